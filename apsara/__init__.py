@@ -1,0 +1,98 @@
+"""Apsara-2.5: a chat backend for Google's Gemini models.
+
+`create_app(config)` builds everything — settings, the conversation store, the
+Gemini client holder, the model catalog, blueprints, error handlers — so a test
+can build as many independent apps as it likes.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask
+from flask_cors import CORS
+
+from .config import VERSION, Settings, from_env
+
+log = logging.getLogger("apsara")
+
+
+@dataclass
+class Services:
+    """What the views reach through `current_app.extensions["apsara"]`."""
+
+    settings: Settings
+    store: "ConversationStore"
+    manager: "ConversationManager"
+    catalog: "ModelCatalog"
+    gemini: "GeminiClient"
+
+
+def _settings(config) -> Settings:
+    if isinstance(config, Settings):
+        return config
+    settings = from_env()
+    return settings.replace(**config) if config else settings
+
+
+def create_app(config: Settings | dict | None = None) -> Flask:
+    from .conversations import ConversationManager, ConversationStore
+    from .gemini.catalog import ModelCatalog
+    from .gemini.client import GeminiClient
+
+    settings = _settings(config)
+    _configure_logging()
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.json.compact = True
+    # A doubled slash is a 404, not a redirect to somewhere else.
+    app.url_map.merge_slashes = False
+    # Werkzeug refuses larger bodies with 413 before reading them.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024 + 64 * 1024
+
+    store = ConversationStore(settings.data_dir)
+    store.history_dir.mkdir(parents=True, exist_ok=True)
+    store.sweep_temp_files()
+    gemini = GeminiClient(settings)
+    catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
+                           ttl_s=settings.models_cache_ttl_s)
+    manager = ConversationManager(store, catalog, settings.default_model)
+    app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini)
+
+    register_extensions(app, settings)
+    register_blueprints(app)
+    if not settings.auth_enabled:
+        log.warning("APSARA_API_KEYS is not set: authentication is OFF and every request "
+                    "acts as the single local user")
+    if not gemini.configured:
+        log.warning("No Gemini API key (set the variable 'gemini'): chat will answer 503")
+    return app
+
+
+def _configure_logging() -> None:
+    # Under Gunicorn the root logger may already be set up; only fill a gap.
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def register_extensions(app: Flask, settings: Settings) -> None:
+    if settings.cors_origins:
+        CORS(app, resources={r"/api/*": {"origins": settings.cors_origins}},
+             expose_headers=["Retry-After", "Content-Disposition"])
+
+
+def register_blueprints(app: Flask) -> None:
+    from .api import register_api
+    from .auth import register_auth
+    from .errors import register_error_handlers
+
+    register_auth(app)
+    register_api(app)
+    # After flask-smorest, so its default handler is replaced by ours.
+    register_error_handlers(app)
+
+
+__all__ = ["create_app", "VERSION"]

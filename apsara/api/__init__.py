@@ -1,0 +1,50 @@
+"""HTTP views, one blueprint per resource, and the OpenAPI document built from them."""
+from __future__ import annotations
+
+from flask import Flask, request
+from flask_smorest import Api
+
+from ..config import VERSION
+from ..errors import ApiError
+from ..schemas import ErrorSchema
+
+
+class ApsaraApi(Api):
+    # Document errors with the service's own envelope, not flask-smorest's.
+    ERROR_SCHEMA = ErrorSchema
+    DEFAULT_ERROR_RESPONSE_NAME = "Error"
+
+
+def require_json_body() -> None:
+    """A body we would ignore is refused instead: JSON only, except uploads."""
+    if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/api/"):
+        return
+    if request.path.startswith("/api/v1/files") or not (request.content_length or request.is_json):
+        return
+    if not request.is_json:
+        raise ApiError(415, "send the request body as application/json")
+
+
+def register_api(app: Flask) -> None:
+    from . import conversations, health, messages, models
+
+    app.config.update(
+        API_TITLE="Apsara-2.5",
+        API_VERSION=VERSION,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        API_SPEC_OPTIONS={
+            "info": {"description": "Chat backend for Google's Gemini models."},
+            "components": {"securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "Needed when the server sets APSARA_API_KEYS."}}},
+            "security": [{"bearer": []}],
+        },
+    )
+    app.before_request(require_json_body)
+    api = ApsaraApi(app)
+    for module in (health, models, conversations, messages):
+        api.register_blueprint(module.blp)

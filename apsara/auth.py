@@ -1,0 +1,51 @@
+"""Bearer-key authentication and who the current user is.
+
+With `APSARA_API_KEYS` set, every `/api/` request but the OpenAPI document and
+the docs page needs `Authorization: Bearer <key>`, and the key names the user.
+Without it, everyone is the one local user. Keys are compared in constant time
+and never logged.
+"""
+from __future__ import annotations
+
+import hmac
+
+from flask import Flask, current_app, g, request
+
+from .config import LOCAL_USER
+from .errors import ApiError
+
+OPEN_PATHS = ("/api/v1/openapi.json", "/api/v1/docs")
+
+
+def _user_for(token: str, keys: dict[str, str]) -> str | None:
+    found = None
+    for user, key in keys.items():
+        # Check every key, so timing does not tell how many users come first.
+        if hmac.compare_digest(token.encode(), key.encode()):
+            found = user
+    return found
+
+
+def authenticate() -> None:
+    settings = current_app.extensions["apsara"].settings
+    if not request.path.startswith("/api/") or request.path.startswith(OPEN_PATHS):
+        return
+    if request.method == "OPTIONS":  # CORS preflight carries no credentials
+        return
+    if not settings.auth_enabled:
+        g.user = LOCAL_USER
+        return
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    user = _user_for(token.strip(), settings.api_keys) if scheme.lower() == "bearer" and token else None
+    if user is None:
+        raise ApiError(401, "a valid 'Authorization: Bearer <key>' header is required",
+                       headers={"WWW-Authenticate": "Bearer"})
+    g.user = user
+
+
+def current_user() -> str:
+    return g.user
+
+
+def register_auth(app: Flask) -> None:
+    app.before_request(authenticate)

@@ -1,0 +1,122 @@
+"""Settings, read once from the environment (and `.env`) when the app is built.
+
+Everything the server can be told lives in `Settings`; `create_app` takes either
+a `Settings` or a dict of overrides, so tests never touch the real environment.
+Variable names are the ones the API document fixes (the Gemini key is read from
+`gemini`, then `GEMINI_API_KEY`, then `GOOGLE_API_KEY`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VERSION = "2.5.0"
+USER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+LOCAL_USER = "local"
+GEMINI_KEY_VARIABLES = ("gemini", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+class ConfigError(ValueError):
+    """A setting that the server cannot start with."""
+
+
+@dataclass
+class Settings:
+    gemini_api_key: str | None = None
+    gemini_base_url: str | None = None
+    gemini_api_version: str = "v1beta"
+    gemini_timeout_s: float = 120.0
+    gemini_retry_attempts: int = 3
+    data_dir: Path = Path("data")
+    default_model: str = "gemini-3.8-flash"
+    # user name -> API key; empty means auth is off and everyone is LOCAL_USER.
+    api_keys: dict[str, str] = field(default_factory=dict)
+    cors_origins: list[str] = field(default_factory=list)
+    max_upload_mb: int = 100
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    file_url_ttl_s: int = 3600
+    models_cache_ttl_s: float = 300.0
+    # Seconds of silence on a stream before a `: ping` comment goes out.
+    ping_interval_s: float = 15.0
+    max_title_chars: int = 200
+    max_system_instruction_chars: int = 200_000
+    max_message_chars: int = 1_000_000
+    max_files_per_message: int = 100
+    max_function_steps: int = 8
+
+    @property
+    def history_dir(self) -> Path:
+        return self.data_dir / "history"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """`user:key,user:key` -> {user: key}; refuses anything ambiguous."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        user, sep, key = item.partition(":")
+        user, key = user.strip(), key.strip()
+        if not sep or not key:
+            raise ConfigError("APSARA_API_KEYS entries must look like user:key")
+        if not USER_NAME.match(user):
+            raise ConfigError(f"APSARA_API_KEYS: user name {user!r} must match {USER_NAME.pattern}")
+        if user in keys:
+            raise ConfigError(f"APSARA_API_KEYS: user {user!r} is listed twice")
+        if key in keys.values():
+            raise ConfigError("APSARA_API_KEYS: two users share one key")
+        keys[user] = key
+    return keys
+
+
+def _split(raw: str | None) -> list[str]:
+    return [p.strip() for p in (raw or "").split(",") if p.strip()]
+
+
+def _number(env, name, default, kind=float):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def from_env(env=None) -> Settings:
+    """Build settings from an environment mapping (default: os.environ plus `.env`)."""
+    if env is None:
+        from dotenv import load_dotenv
+
+        # Real environment variables win over the .env file.
+        load_dotenv(override=False)
+        env = os.environ
+    key = next((env[name] for name in GEMINI_KEY_VARIABLES if env.get(name)), None)
+    settings = Settings(
+        gemini_api_key=key,
+        gemini_base_url=env.get("GEMINI_BASE_URL") or None,
+        gemini_api_version=env.get("GEMINI_API_VERSION") or "v1beta",
+        gemini_timeout_s=_number(env, "GEMINI_TIMEOUT_S", 120.0),
+        data_dir=Path(env.get("APSARA_DATA_DIR") or "data"),
+        api_keys=parse_api_keys(env.get("APSARA_API_KEYS", "")),
+        cors_origins=_split(env.get("CORS_ORIGINS")),
+        max_upload_mb=_number(env, "APSARA_MAX_UPLOAD_MB", 100, int),
+        models_cache_ttl_s=_number(env, "APSARA_MODELS_CACHE_S", 300.0),
+    )
+    if env.get("APSARA_DEFAULT_MODEL"):
+        settings.default_model = env["APSARA_DEFAULT_MODEL"]
+    if env.get("APSARA_SECRET_KEY"):
+        settings.secret_key = env["APSARA_SECRET_KEY"]
+    return settings

@@ -1,0 +1,176 @@
+"""The rules of conversations: who owns what, what may change, what a client sees.
+
+Views hand over plain dicts already checked by a schema; the manager validates
+choices against the model catalog, reads and writes through the store under
+the conversation's lock, and builds the API's view of a conversation (the
+active path, each message with its versions). Nothing here knows HTTP.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+
+from ..clock import new_id, now_iso
+from ..errors import ApiError
+from ..gemini.catalog import ModelCatalog
+from .options import check_choice
+from .store import ConversationStore, InvalidId, check_id
+from .tree import MessageTree
+
+HEADER_FIELDS = ("id", "title", "created_at", "updated_at", "model", "system_instruction",
+                 "tools", "settings", "message_count")
+# Stored with a part for Gemini's sake, never shown to clients.
+PRIVATE_PART_FIELDS = ("thought_signature", "gemini_file")
+
+
+def _not_found(conversation_id) -> ApiError:
+    return ApiError(404, f"conversation '{conversation_id}' not found")
+
+
+def encode_cursor(position: tuple[int, str]) -> str:
+    raw = json.dumps([position[0], position[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        mtime_ns, conversation_id = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(mtime_ns, int) or not isinstance(conversation_id, str):
+            raise ValueError
+        return mtime_ns, conversation_id
+    except (ValueError, TypeError, UnicodeError):
+        raise ApiError(422, "cursor is not one this server gave out",
+                       {"cursor": ["not a valid cursor"]}) from None
+
+
+def message_text(message: dict) -> str:
+    return "".join(p.get("text", "") for p in message.get("parts", ()) if p.get("type") == "text")
+
+
+def public_part(part: dict) -> dict:
+    if not any(k in part for k in PRIVATE_PART_FIELDS):
+        return part
+    return {k: v for k, v in part.items() if k not in PRIVATE_PART_FIELDS}
+
+
+def message_view(message: dict, tree: MessageTree | None = None) -> dict:
+    view = {k: v for k, v in message.items() if k != "parts"}
+    view["parts"] = [public_part(p) for p in message.get("parts", ())]
+    view["text"] = message_text(message)
+    view["siblings"] = tree.siblings(message) if tree is not None else [message["id"]]
+    return view
+
+
+def conversation_view(document: dict, with_messages: bool = True) -> dict:
+    view = dict(document["conversation"])
+    if with_messages:
+        tree = MessageTree.of(document)
+        view["messages"] = [message_view(m, tree) for m in tree.active_path()]
+    return view
+
+
+class ConversationManager:
+    def __init__(self, store: ConversationStore, catalog: ModelCatalog, default_model: str):
+        self.store = store
+        self.catalog = catalog
+        self._default_model = default_model
+
+    # -- choices ---------------------------------------------------------------
+    def default_model(self) -> str:
+        """The configured default, or the first text Flash model the catalog offers."""
+        ids = self.catalog.ids()
+        if self._default_model in ids or not ids:
+            return self._default_model
+        flash = [m.id for m in self.catalog.models() if "flash" in m.id and not m.makes_images]
+        return (flash or ids)[0]
+
+    # -- reading ---------------------------------------------------------------
+    def load(self, owner: str, conversation_id: str) -> dict:
+        try:
+            document = self.store.read(owner, conversation_id)
+        except InvalidId:
+            document = None
+        if document is None:
+            raise _not_found(conversation_id)
+        return document
+
+    def get(self, owner: str, conversation_id: str) -> dict:
+        return conversation_view(self.load(owner, conversation_id))
+
+    def list(self, owner: str, limit: int, cursor: str | None):
+        after = decode_cursor(cursor) if cursor else None
+        headers, last = self.store.list_headers(owner, limit, after)
+        return headers, (encode_cursor(last) if last else None)
+
+    # -- writing ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def editing(self, owner: str, conversation_id: str):
+        """Lock, load, let the caller change the document, save it: all or nothing."""
+        self._check_id(conversation_id)
+        with self.store.locked(owner, conversation_id):
+            document = self.load(owner, conversation_id)
+            yield document
+            self.save(owner, document)
+
+    def _check_id(self, conversation_id: str) -> None:
+        try:
+            check_id(conversation_id)
+        except InvalidId:
+            raise _not_found(conversation_id) from None
+
+    def save(self, owner: str, document: dict) -> None:
+        header = document["conversation"]
+        header["updated_at"] = max(now_iso(), header["updated_at"])
+        header["message_count"] = len(MessageTree.of(document).active_path())
+        self.store.write(owner, header["id"], document)
+
+    def create(self, owner: str, fields: dict) -> dict:
+        model = fields.get("model") or self.default_model()
+        tools = list(dict.fromkeys(fields.get("tools") or []))
+        settings = {k: v for k, v in (fields.get("settings") or {}).items() if v is not None}
+        check_choice(self.catalog, model, tools, settings)
+        conversation_id = fields.get("id")
+        chosen = conversation_id is not None
+        for _attempt in range(5):
+            conversation_id = conversation_id or new_id()
+            with self.store.locked(owner, conversation_id):
+                if not self.store.exists(owner, conversation_id):
+                    stamp = now_iso()
+                    document = {"conversation": {
+                        "id": conversation_id, "title": fields.get("title") or "",
+                        "created_at": stamp, "updated_at": stamp, "model": model,
+                        "system_instruction": fields.get("system_instruction") or "",
+                        "tools": tools, "settings": settings, "message_count": 0,
+                    }, "messages": [], "active": {}}
+                    self.store.write(owner, conversation_id, document)
+                    return conversation_view(document)
+            if chosen:
+                raise ApiError(409, f"conversation '{conversation_id}' already exists")
+            conversation_id = None
+        raise ApiError(500, "could not pick a free conversation id")
+
+    def update(self, owner: str, conversation_id: str, changes: dict) -> dict:
+        with self.editing(owner, conversation_id) as document:
+            header = document["conversation"]
+            model = changes.get("model") or header["model"]
+            tools = list(dict.fromkeys(changes["tools"])) if changes.get("tools") is not None else header["tools"]
+            settings = dict(header["settings"])
+            for key, value in (changes.get("settings") or {}).items():
+                if value is None:
+                    settings.pop(key, None)  # null returns the key to its default
+                else:
+                    settings[key] = value
+            check_choice(self.catalog, model, tools, settings)
+            for key in ("title", "system_instruction"):
+                if changes.get(key) is not None:
+                    header[key] = changes[key]
+            header.update(model=model, tools=tools, settings=settings)
+        return conversation_view(document)
+
+    def delete(self, owner: str, conversation_id: str) -> None:
+        self._check_id(conversation_id)
+        with self.store.locked(owner, conversation_id):
+            if not self.store.delete(owner, conversation_id):
+                raise _not_found(conversation_id)

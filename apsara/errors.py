@@ -1,0 +1,130 @@
+"""The one error type of the service and the one JSON shape every error has.
+
+Any layer raises `ApiError(code, message, details)`; the handlers registered by
+`register_error_handlers` turn it, every werkzeug HTTPException (unknown route,
+405, 413...) and any unexpected crash into
+`{"error": {"code", "status", "message", "details"}}`. Nothing else writes
+error bodies, so no stack trace, server path or key can slip into one.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("apsara")
+
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "ALREADY_EXISTS",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "UNPROCESSABLE",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UPSTREAM_ERROR",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+class ApiError(Exception):
+    """An error the client should see, with its HTTP status."""
+
+    def __init__(self, code: int, message: str, details: dict | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> str:
+        return STATUS_NAMES.get(self.code, "INTERNAL" if self.code >= 500 else "INVALID_ARGUMENT")
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "status": self.status,
+                          "message": self.message, "details": self.details}}
+
+
+def not_found(what: str, ident: str) -> ApiError:
+    return ApiError(404, f"{what} '{ident}' not found")
+
+
+def unprocessable(field: str, message: str) -> ApiError:
+    return ApiError(422, message, {field: [message]})
+
+
+def error_response(error: ApiError):
+    response = jsonify(error.to_dict())
+    response.status_code = error.code
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _flatten(messages, prefix="") -> dict[str, list[str]]:
+    """webargs' nested {"settings": {"temperature": [..]}} -> {"settings.temperature": [..]}."""
+    if isinstance(messages, list):
+        if all(isinstance(m, str) for m in messages):
+            return {prefix or "_body": messages}
+        out: dict[str, list[str]] = {}
+        for item in messages:
+            out.update(_flatten(item, prefix))
+        return out
+    out = {}
+    for key, value in messages.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.update(_flatten(value, path))
+    return out
+
+
+def validation_details(messages: dict) -> dict[str, list[str]]:
+    """Drop webargs' location level (json, query, ...) and flatten to dotted paths."""
+    details: dict[str, list[str]] = {}
+    for location_messages in messages.values():
+        details.update(_flatten(location_messages))
+    return details
+
+
+def _from_http_exception(exc: HTTPException) -> ApiError:
+    code = exc.code or 500
+    data = getattr(exc, "data", None) or {}
+    if code == 422 and "messages" in data:
+        details = validation_details(data["messages"])
+        first = next(iter(details.items()), ("body", ["invalid"]))
+        field_name = "request body" if first[0] == "_body" else first[0]
+        return ApiError(422, f"invalid request: {field_name}: {first[1][0]}", details)
+    if code == 400 and not data:
+        return ApiError(400, "malformed request: the body is not valid JSON")
+    if code == 404:
+        return ApiError(404, "no such resource")
+    if code == 405:
+        return ApiError(405, "method not allowed on this resource",
+                        headers={"Allow": ", ".join(exc.valid_methods or [])} if getattr(exc, "valid_methods", None) else None)
+    if code == 413:
+        return ApiError(413, "request body is too large")
+    message = data.get("message") or exc.description or exc.name
+    return ApiError(code, str(message))
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def handle_api_error(error: ApiError):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc: HTTPException):
+        return error_response(_from_http_exception(exc))
+
+    @app.errorhandler(Exception)
+    def handle_crash(exc: Exception):
+        # The trace goes to the log only; the client gets a plain INTERNAL.
+        log.exception("unhandled error")
+        return error_response(ApiError(500, "internal error"))

@@ -1,0 +1,1 @@
+"""Everything that knows Gemini. The only package that imports google.genai."""

@@ -1,0 +1,184 @@
+"""Which Gemini models can be chosen, and what each can do.
+
+The live `models.list()` decides which models exist; a bundled table describes
+the ones we know (inputs, tools, thinking); for a model the table does not know,
+the live fields plus its family's defaults (read from the name: 3.x takes
+thinking levels, 2.5 a thinking budget, `-image` makes pictures) describe it.
+When the API cannot be reached, the bundled table alone is served.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+from .tools import BUILT_IN_TOOLS, SERVER_FUNCTIONS
+
+ALL_INPUTS = ["text", "image", "audio", "video", "pdf"]
+TEXT_MODEL_TOOLS = ["google_search", "url_context", "code_execution", "image_generation",
+                    *SERVER_FUNCTIONS]
+LEVELS = ["low", "medium", "high"]
+LEVELS_WITH_MINIMAL = ["minimal", "low", "medium", "high"]
+
+
+@dataclass
+class ModelInfo:
+    id: str
+    display_name: str
+    description: str = ""
+    input_token_limit: int = 1_048_576
+    output_token_limit: int = 65_536
+    inputs: list[str] = field(default_factory=lambda: list(ALL_INPUTS))
+    outputs: list[str] = field(default_factory=lambda: ["text"])
+    tools: list[str] = field(default_factory=lambda: list(TEXT_MODEL_TOOLS))
+    # {"levels": [...], "default": "..."} | {"budget": [min, max], "can_disable": bool} | None
+    thinking: dict | None = None
+    status: str = "stable"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def makes_images(self) -> bool:
+        return "image" in self.outputs
+
+
+def _levels(levels=LEVELS, default="high"):
+    return {"levels": list(levels), "default": default}
+
+
+def _budget(low, high, can_disable):
+    return {"budget": [low, high], "can_disable": can_disable}
+
+
+IMAGE_MODEL_TOOLS = ["image_generation"]
+
+BUNDLED = [
+    ModelInfo("gemini-3.8-flash", "Gemini 3.8 Flash", "Fast, capable everyday model.",
+              thinking=_levels(default="medium")),
+    ModelInfo("gemini-3.7-flash", "Gemini 3.7 Flash", "Previous Flash generation.",
+              thinking=_levels(default="medium")),
+    ModelInfo("gemini-3.6-flash", "Gemini 3.6 Flash", "Older Flash; also takes minimal thinking.",
+              thinking=_levels(LEVELS_WITH_MINIMAL, "medium")),
+    ModelInfo("gemini-3.5-flash-lite", "Gemini 3.5 Flash-Lite", "Cheapest fast model.",
+              thinking=_levels(LEVELS_WITH_MINIMAL, "minimal")),
+    ModelInfo("gemini-3.1-flash-lite", "Gemini 3.1 Flash-Lite", "Low-cost tier.",
+              thinking=_levels(LEVELS_WITH_MINIMAL, "minimal")),
+    ModelInfo("gemini-3.1-pro-preview", "Gemini 3.1 Pro (preview)", "Strongest reasoning model.",
+              thinking=_levels(default="high"), status="preview"),
+    ModelInfo("gemini-3.1-flash-image", "Gemini 3.1 Flash Image", "Makes and edits images.",
+              inputs=["text", "image"], outputs=["text", "image"], tools=list(IMAGE_MODEL_TOOLS),
+              output_token_limit=32_768),
+    ModelInfo("gemini-3.1-flash-lite-image", "Gemini 3.1 Flash-Lite Image", "Cheap image model.",
+              inputs=["text", "image"], outputs=["text", "image"], tools=list(IMAGE_MODEL_TOOLS),
+              output_token_limit=32_768),
+    ModelInfo("gemini-3-pro-image", "Gemini 3 Pro Image", "Highest quality images.",
+              inputs=["text", "image"], outputs=["text", "image"],
+              tools=["image_generation", "google_search"], output_token_limit=32_768),
+    ModelInfo("gemini-2.5-flash-lite", "Gemini 2.5 Flash-Lite", "Older low-cost model.",
+              thinking=_budget(512, 24576, True)),
+    ModelInfo("gemini-2.5-flash", "Gemini 2.5 Flash", "Shuts down 2026-12-01.",
+              thinking=_budget(0, 24576, True), status="deprecated"),
+    ModelInfo("gemini-2.5-pro", "Gemini 2.5 Pro", "Shuts down 2026-12-01.",
+              thinking=_budget(128, 32768, False), status="deprecated"),
+]
+
+_FAMILY = re.compile(r"^gemini-(?P<major>\d+)(?:\.(?P<minor>\d+))?-(?P<tier>pro|flash-lite|flash)")
+
+
+def family_defaults(model_id: str) -> ModelInfo:
+    """Describe a model the bundled table does not know, from its name."""
+    info = ModelInfo(model_id, model_id, status="preview" if "preview" in model_id else "stable")
+    match = _FAMILY.match(model_id)
+    if "image" in model_id:
+        info = replace(info, inputs=["text", "image"], outputs=["text", "image"],
+                       tools=list(IMAGE_MODEL_TOOLS))
+    if "tts" in model_id or "audio" in model_id or "embedding" in model_id:
+        info = replace(info, tools=[])
+    if not match or "image" in model_id:
+        return info
+    major, tier = int(match["major"]), match["tier"]
+    if major >= 3:
+        lite = tier == "flash-lite"
+        info.thinking = _levels(LEVELS_WITH_MINIMAL if lite else LEVELS,
+                                "minimal" if lite else ("high" if tier == "pro" else "medium"))
+    elif major == 2 and match["minor"] == "5":
+        info.thinking = {"pro": _budget(128, 32768, False), "flash": _budget(0, 24576, True),
+                         "flash-lite": _budget(512, 24576, True)}[tier]
+    return info
+
+
+_KNOWN = {m.id: m for m in BUNDLED}
+
+
+def describe(live: dict) -> ModelInfo:
+    """One live `models.list()` entry -> ModelInfo (bundled facts win where we have them)."""
+    model_id = live["id"]
+    base = _KNOWN.get(model_id) or family_defaults(model_id)
+    changes = {}
+    for key in ("display_name", "description", "input_token_limit", "output_token_limit"):
+        if live.get(key) and (model_id not in _KNOWN or key.endswith("limit")):
+            changes[key] = live[key]
+    info = replace(base, **changes)
+    if live.get("thinking") is False:
+        info.thinking = None
+    return info
+
+
+class ModelCatalog:
+    """The live model list, cached for `ttl_s`; the bundled table when the API is out of reach.
+
+    `lister()` returns the live entries as dicts (id, display_name, ..., actions)
+    or raises; a failure is remembered for a short while so a dead API is not
+    asked on every request.
+    """
+
+    FAILURE_TTL_S = 30.0
+
+    def __init__(self, lister: Callable[[], list[dict]] | None, ttl_s: float = 300.0):
+        self._lister = lister
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._models: list[ModelInfo] | None = None
+        self._source = "bundled"
+        self._expires = 0.0
+
+    def _refresh(self) -> None:
+        models, source, ttl = list(BUNDLED), "bundled", self.FAILURE_TTL_S
+        if self._lister is not None:
+            try:
+                live = [m for m in self._lister() if "generateContent" in (m.get("actions") or ["generateContent"])]
+                if live:
+                    models, source, ttl = [describe(m) for m in live], "live", self._ttl_s
+            except Exception:  # any failure to reach the API: serve the table
+                pass
+        self._models, self._source, self._expires = models, source, time.monotonic() + ttl
+
+    def models(self) -> list[ModelInfo]:
+        with self._lock:
+            if self._models is None or time.monotonic() >= self._expires:
+                self._refresh()
+            return list(self._models)
+
+    @property
+    def source(self) -> str:
+        self.models()
+        return self._source
+
+    def get(self, model_id: str) -> ModelInfo | None:
+        return next((m for m in self.models() if m.id == model_id), None)
+
+    def ids(self) -> list[str]:
+        return [m.id for m in self.models()]
+
+    def models_with_tool(self, tool: str) -> list[str]:
+        return [m.id for m in self.models() if tool in m.tools]
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._models = None
+
+
+__all__ = ["ModelCatalog", "ModelInfo", "BUNDLED", "BUILT_IN_TOOLS", "describe", "family_defaults"]

@@ -1,0 +1,69 @@
+"""The one long-lived google-genai client of this worker process.
+
+Made lazily on first use and again if the process id changed (Gunicorn forks
+workers after import with --preload), never at import time. Keeping it alive for
+the process's life matters: a collected client closes its HTTP pool and any
+stream still reading from it fails.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from google import genai
+from google.genai import types
+
+from ..config import Settings
+
+# Statuses worth another try before the first byte: the SDK never retries mid-stream.
+RETRY_STATUSES = [408, 429, 500, 502, 503, 504]
+
+
+class GeminiClient:
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._client: genai.Client | None = None
+        self._pid: int | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._settings.gemini_api_key)
+
+    def http_options(self) -> types.HttpOptions:
+        s = self._settings
+        return types.HttpOptions(
+            base_url=s.gemini_base_url,
+            api_version=s.gemini_api_version,
+            # Milliseconds, and per read: it also bounds silence inside a stream.
+            timeout=int(s.gemini_timeout_s * 1000),
+            retry_options=types.HttpRetryOptions(
+                attempts=s.gemini_retry_attempts, initial_delay=0.5, max_delay=8.0,
+                http_status_codes=RETRY_STATUSES),
+        )
+
+    @property
+    def sdk(self) -> genai.Client:
+        pid = os.getpid()
+        if self._client is None or self._pid != pid:
+            with self._lock:
+                if self._client is None or self._pid != pid:
+                    self._client = genai.Client(api_key=self._settings.gemini_api_key,
+                                                http_options=self.http_options())
+                    self._pid = pid
+        return self._client
+
+    def list_models(self) -> list[dict]:
+        """The live model list as plain dicts for the catalog."""
+        found = []
+        for model in self.sdk.models.list(config={"page_size": 100}):
+            found.append({
+                "id": (model.name or "").removeprefix("models/"),
+                "display_name": model.display_name,
+                "description": model.description,
+                "input_token_limit": model.input_token_limit,
+                "output_token_limit": model.output_token_limit,
+                "actions": model.supported_actions,
+                "thinking": model.thinking,
+            })
+        return found

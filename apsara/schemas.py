@@ -1,0 +1,232 @@
+"""Every request and response schema of the API, in one place.
+
+Request schemas refuse unknown fields (marshmallow's default RAISE) and wrong
+types: numbers must be JSON numbers, booleans JSON booleans — a string "0.7"
+is not a temperature. Length limits come from the app's settings at load time.
+Response schemas document the API (the OpenAPI document is built from them).
+"""
+from __future__ import annotations
+
+from flask import current_app
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"
+THINKING_LEVELS = ["minimal", "low", "medium", "high"]
+
+
+# -- strict fields ---------------------------------------------------------------
+class StrictFloat(fields.Float):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValidationError("Not a valid number.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictInteger(fields.Integer):
+    def __init__(self, **kwargs):
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise ValidationError("Not a valid integer.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StrictBoolean(fields.Boolean):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+class MaxChars(validate.Validator):
+    """A length limit read from the app's settings, so it stays configurable."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+
+    def __call__(self, value):
+        limit = getattr(current_app.extensions["apsara"].settings, self.setting)
+        if len(value) > limit:
+            raise ValidationError(f"Longer than maximum length {limit}.")
+        return value
+
+
+class MaxItems(MaxChars):
+    def __call__(self, value):
+        limit = getattr(current_app.extensions["apsara"].settings, self.setting)
+        if len(value) > limit:
+            raise ValidationError(f"More than {limit} items.")
+        return value
+
+
+def _id_field(**kwargs):
+    return fields.String(validate=validate.Regexp(ID_REGEX, error="Must be 1 to 64 letters, digits, _ or -."), **kwargs)
+
+
+# -- requests --------------------------------------------------------------------
+class SettingsSchema(Schema):
+    """Generation settings. Each key is optional; null means "the model's default"."""
+
+    temperature = StrictFloat(allow_none=True, validate=validate.Range(0, 2))
+    top_p = StrictFloat(allow_none=True, validate=validate.Range(0, 1))
+    top_k = StrictInteger(allow_none=True, validate=validate.Range(1, 1000))
+    max_output_tokens = StrictInteger(allow_none=True, validate=validate.Range(1, 1_000_000))
+    stop_sequences = fields.List(fields.String(validate=validate.Length(1, 200)), allow_none=True,
+                                 validate=validate.Length(max=5))
+    seed = StrictInteger(allow_none=True, validate=validate.Range(-(2**31), 2**31 - 1))
+    thinking_level = fields.String(allow_none=True, validate=validate.OneOf(THINKING_LEVELS))
+    thinking_budget = StrictInteger(allow_none=True, validate=validate.Range(-1, 32768))
+    include_thoughts = StrictBoolean(allow_none=True)
+
+
+def _known_tools(value):
+    from .gemini.tools import TOOL_DESCRIPTIONS
+
+    if len(value) > 20:
+        raise ValidationError("More than 20 tools.")
+    unknown = [t for t in value if t not in TOOL_DESCRIPTIONS]
+    if unknown:
+        raise ValidationError(f"Unknown tool '{unknown[0]}'; tools: {', '.join(TOOL_DESCRIPTIONS)}.")
+
+
+def tool_list(**kwargs):
+    return fields.List(fields.String(validate=validate.Length(1, 64)), validate=_known_tools, **kwargs)
+
+
+class ConversationCreateSchema(Schema):
+    id = _id_field(metadata={"description": "The session id; made up by the server when absent."})
+    title = fields.String(validate=MaxChars("max_title_chars"))
+    model = fields.String(validate=validate.Length(1, 200))
+    system_instruction = fields.String(validate=MaxChars("max_system_instruction_chars"))
+    tools = tool_list()
+    settings = fields.Nested(SettingsSchema)
+
+
+class ConversationPatchSchema(ConversationCreateSchema):
+    class Meta:
+        exclude = ("id",)
+
+    @validates_schema
+    def not_empty(self, data, **kwargs):
+        if not data:
+            raise ValidationError("Nothing to change: give at least one field.", "_body")
+
+
+class ListQuerySchema(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
+    cursor = fields.String(validate=validate.Length(1, 500))
+
+
+# -- responses -------------------------------------------------------------------
+class ErrorBodySchema(Schema):
+    code = fields.Integer()
+    status = fields.String()
+    message = fields.String()
+    details = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorBodySchema)
+
+
+class PartSchema(Schema):
+    type = fields.String(validate=validate.OneOf(
+        ["text", "thought", "file", "code", "code_result", "function_call", "function_response"]))
+    text = fields.String()
+    file_id = fields.String()
+    mime_type = fields.String()
+    url = fields.String()
+    language = fields.String()
+    code = fields.String()
+    outcome = fields.String()
+    output = fields.String()
+    name = fields.String()
+    args = fields.Dict()
+    response = fields.Dict()
+
+
+class UsageSchema(Schema):
+    prompt_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    thought_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+    cached_tokens = fields.Integer()
+
+
+class GroundingSchema(Schema):
+    queries = fields.List(fields.String())
+    sources = fields.List(fields.Dict())
+
+
+class MessageSchema(Schema):
+    id = fields.String()
+    role = fields.String(validate=validate.OneOf(["user", "model"]))
+    parent_id = fields.String(allow_none=True)
+    created_at = fields.String()
+    parts = fields.List(fields.Nested(PartSchema))
+    text = fields.String()
+    siblings = fields.List(fields.String())
+    model = fields.String(allow_none=True)
+    status = fields.String(validate=validate.OneOf(
+        ["complete", "streaming", "interrupted", "error", "blocked"]))
+    finish_reason = fields.String(allow_none=True)
+    usage = fields.Nested(UsageSchema, allow_none=True)
+    grounding = fields.Nested(GroundingSchema, allow_none=True)
+    error = fields.Nested(ErrorBodySchema, allow_none=True)
+
+
+class ConversationSummarySchema(Schema):
+    id = fields.String()
+    title = fields.String()
+    created_at = fields.String()
+    updated_at = fields.String()
+    model = fields.String()
+    system_instruction = fields.String()
+    tools = fields.List(fields.String())
+    settings = fields.Nested(SettingsSchema)
+    message_count = fields.Integer()
+
+
+class ConversationSchema(ConversationSummarySchema):
+    messages = fields.List(fields.Nested(MessageSchema))
+
+
+class ConversationListSchema(Schema):
+    conversations = fields.List(fields.Nested(ConversationSummarySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    version = fields.String()
+    gemini = fields.String()
+    storage = fields.String()
+
+
+class ModelSchema(Schema):
+    id = fields.String()
+    display_name = fields.String()
+    description = fields.String()
+    input_token_limit = fields.Integer()
+    output_token_limit = fields.Integer()
+    inputs = fields.List(fields.String())
+    outputs = fields.List(fields.String())
+    tools = fields.List(fields.String())
+    thinking = fields.Dict(allow_none=True)
+    status = fields.String()
+
+
+class ModelListSchema(Schema):
+    default = fields.String()
+    source = fields.String(metadata={"description": "live (from the Gemini API) or bundled"})
+    models = fields.List(fields.Nested(ModelSchema))
+
+
+class ToolSchema(Schema):
+    id = fields.String()
+    description = fields.String()
+
+
+class ToolListSchema(Schema):
+    tools = fields.List(fields.Nested(ToolSchema))

@@ -1,0 +1,40 @@
+"""The app under real Gunicorn with two worker processes: no lost updates."""
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.servers import call, gunicorn
+
+pytestmark = pytest.mark.slow
+
+# Each concurrent PATCH sets a different key; with merging, all must survive.
+SETTING_VALUES = {"temperature": 0.5, "top_p": 0.5, "top_k": 3, "max_output_tokens": 99,
+                  "seed": 42, "stop_sequences": ["Z"], "thinking_level": "low", "include_thoughts": True}
+
+
+def test_concurrent_patches_through_two_workers_lose_nothing(tmp_path):
+    log = tmp_path / "gunicorn.log"
+    with gunicorn({"APSARA_DATA_DIR": str(tmp_path / "data")}, workers=2, log_path=log) as base:
+        url = f"{base}/api/v1/conversations"
+        assert call("POST", url, {"id": "shared"})[0] == 201
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for round_ in range(12):
+                status, _ = call("PATCH", f"{url}/shared", {"settings": {k: None for k in SETTING_VALUES}})
+                assert status == 200
+                results = list(pool.map(
+                    lambda item: call("PATCH", f"{url}/shared", {"settings": {item[0]: item[1]}}),
+                    SETTING_VALUES.items()))
+                assert all(status == 200 for status, _ in results)
+                status, conversation = call("GET", f"{url}/shared")
+                assert conversation["settings"] == SETTING_VALUES, f"round {round_}"
+            # many concurrent creations: each exactly once
+            created = list(pool.map(lambda n: call("POST", url, {"id": f"c{n % 20}"})[0], range(60)))
+            assert created.count(201) == 20 and created.count(409) == 40
+    for path in (tmp_path / "data" / "history").rglob("*.json"):
+        json.loads(path.read_bytes())  # every file parses
+    pids = set(re.findall(r"pid=<?(\d+)", log.read_text()))
+    assert len(pids) >= 2, "requests were served by one worker only"

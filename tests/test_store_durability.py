@@ -1,0 +1,118 @@
+"""The store under stress: many processes writing, writers killed mid-write."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from apsara.conversations.store import ConversationStore
+
+OWNER, CID = "local", "stress"
+
+
+def _seed(store: ConversationStore) -> None:
+    with store.locked(OWNER, CID):
+        store.write(OWNER, CID, {"conversation": {"id": CID, "updated_at": "2026-01-01T00:00:00.000Z",
+                                                  "counter": 0}, "messages": [], "active": {}})
+
+
+def _append(store: ConversationStore, tag: str, payload_size: int = 0) -> None:
+    """One read-modify-write: bump the counter and add one message."""
+    with store.locked(OWNER, CID):
+        document = store.read(OWNER, CID)
+        document["conversation"]["counter"] += 1
+        document["messages"].append({"id": tag, "pad": "x" * payload_size})
+        store.write(OWNER, CID, document)
+
+
+def _consistent(document: dict) -> int:
+    counter = document["conversation"]["counter"]
+    assert len(document["messages"]) == counter
+    return counter
+
+
+def _run_children(count: int, body) -> None:
+    pids = []
+    for n in range(count):
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                body(n)
+            except BaseException:
+                code = 1
+            os._exit(code)
+        pids.append(pid)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.slow
+def test_concurrent_writer_processes_lose_no_update(tmp_path):
+    store = ConversationStore(tmp_path)
+    _seed(store)
+    processes, each = 6, 40
+
+    def writer(n):
+        for i in range(each):
+            _append(ConversationStore(tmp_path), f"p{n}-{i}")
+
+    _run_children(processes, writer)
+    document = store.read(OWNER, CID)
+    assert _consistent(document) == processes * each
+    assert {m["id"] for m in document["messages"]} == {f"p{n}-{i}" for n in range(processes) for i in range(each)}
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_leaves_old_or_new_file(tmp_path):
+    store = ConversationStore(tmp_path)
+    _seed(store)
+    rng = random.Random(1234)
+    path = store.path(OWNER, CID)
+    last_seen, kills = 0, 300
+    for _ in range(kills):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                child_store = ConversationStore(tmp_path)
+                for i in range(1_000_000):
+                    _append(child_store, f"k{i}", payload_size=rng.randrange(0, 20_000))
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0, 0.02))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        document = json.loads(path.read_bytes())  # parses, every time
+        counter = _consistent(document)
+        assert counter >= last_seen  # never goes back: old or new, nothing older
+        last_seen = counter
+    assert last_seen > 0
+    # the lock died with its holder: a fresh writer still gets through at once
+    _append(store, "after")
+    assert _consistent(store.read(OWNER, CID)) == last_seen + 1
+    # temp files of killed writers are swept (here with no age limit)
+    store.sweep_temp_files(older_than_s=0)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_header_line_reads_without_parsing_messages(tmp_path):
+    store = ConversationStore(tmp_path)
+    _seed(store)
+    for i in range(50):
+        _append(store, f"m{i}", payload_size=100)
+    header = store.read_header(OWNER, CID)
+    assert header == store.read(OWNER, CID)["conversation"]
+    first_line = store.path(OWNER, CID).read_bytes().split(b"\n", 1)[0]
+    assert b'"messages"' not in first_line
+
+
+def test_mtime_follows_updated_at(tmp_path):
+    store = ConversationStore(tmp_path)
+    _seed(store)
+    stamp = store.path(OWNER, CID).stat().st_mtime_ns
+    assert stamp == 1767225600000 * 1_000_000  # 2026-01-01T00:00:00.000Z
