@@ -39,12 +39,12 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     from .conversations import ConversationManager, ConversationStore
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
+    from .jsonio import OrjsonProvider
 
     settings = _settings(config)
     _configure_logging()
     app = Flask(__name__)
-    app.json.sort_keys = False
-    app.json.compact = True
+    app.json = OrjsonProvider(app)
     # A doubled slash is a 404, not a redirect to somewhere else.
     app.url_map.merge_slashes = False
     # Werkzeug refuses larger bodies with 413 before reading them.

@@ -97,7 +97,7 @@ def test_sigkill_at_random_moments_leaves_old_or_new_file(tmp_path):
     assert _consistent(store.read(OWNER, CID)) == last_seen + 1
     # temp files of killed writers are swept (here with no age limit)
     store.sweep_temp_files(older_than_s=0)
-    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert sorted(p.name for p in path.parent.iterdir()) == [".recent.log", path.name]
 
 
 def test_header_line_reads_without_parsing_messages(tmp_path):
@@ -116,3 +116,26 @@ def test_mtime_follows_updated_at(tmp_path):
     _seed(store)
     stamp = store.path(OWNER, CID).stat().st_mtime_ns
     assert stamp == 1767225600000 * 1_000_000  # 2026-01-01T00:00:00.000Z
+
+
+def test_listing_follows_writes_from_another_process(tmp_path):
+    """Each worker keeps its own recency map; it must see other workers' writes and deletes."""
+    reader = ConversationStore(tmp_path)
+    writer = ConversationStore(tmp_path)  # stands for another worker process
+    stamp = "2026-01-01T00:00:0{}.000Z"
+    for n in range(3):
+        with writer.locked(OWNER, f"c{n}"):
+            writer.write(OWNER, f"c{n}", {"conversation": {"id": f"c{n}", "updated_at": stamp.format(n)}})
+    assert [h["id"] for h in reader.list_headers(OWNER, 10)[0]] == ["c2", "c1", "c0"]
+    with writer.locked(OWNER, "c0"):
+        writer.write(OWNER, "c0", {"conversation": {"id": "c0", "updated_at": stamp.format(9)}})
+    writer.delete(OWNER, "c1")
+    assert [h["id"] for h in reader.list_headers(OWNER, 10)[0]] == ["c0", "c2"]
+    writer.recency(OWNER).compact()  # a compacted log is noticed and rescanned
+    with writer.locked(OWNER, "c5"):
+        writer.write(OWNER, "c5", {"conversation": {"id": "c5", "updated_at": stamp.format(5)}})
+    assert [h["id"] for h in reader.list_headers(OWNER, 10)[0]] == ["c0", "c5", "c2"]
+    # pages: the cursor position is (mtime, id) of the last item
+    page, after = reader.list_headers(OWNER, 2)
+    assert [h["id"] for h in page] == ["c0", "c5"]
+    assert [h["id"] for h in reader.list_headers(OWNER, 2, after)[0]] == ["c2"]

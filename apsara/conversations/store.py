@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
+import heapq
 import os
 import re
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+
+import orjson
+
+from .recency import RecencyIndex
 
 SCHEMA_VERSION = 1
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -63,28 +67,47 @@ def _fsync_dir(path: Path) -> None:
 
 
 def encode(document: dict) -> bytes:
-    """The file's bytes: the header alone on line one, everything else after it."""
-    header = json.dumps(document["conversation"], ensure_ascii=True, separators=(",", ":"))
-    first_line = f'{{"schema_version":{SCHEMA_VERSION},"conversation":{header}'
+    """The file's bytes: the header alone on line one, everything else after it.
+
+    JSON escapes control characters inside strings, so the only raw newlines
+    are the ones put here.
+    """
+    header = orjson.dumps(document["conversation"])
+    first_line = b'{"schema_version":%d,"conversation":%s' % (SCHEMA_VERSION, header)
     rest = {k: v for k, v in document.items() if k not in ("conversation", "schema_version")}
     if not rest:
-        return (first_line + "\n}\n").encode("utf-8")
-    body = json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
-    # body is "{...}": splice its members after the header to keep one JSON document.
-    return (first_line + ",\n" + body[1:] + "\n").encode("utf-8")
+        return first_line + b"\n}\n"
+    # orjson gives "{...}": splice its members after the header to keep one JSON document.
+    return first_line + b",\n" + orjson.dumps(rest)[1:] + b"\n"
 
 
 def _decode_header_line(line: bytes) -> dict:
-    text = line.decode("utf-8").rstrip()
-    if text.endswith(","):
-        text = text[:-1]
-    return json.loads(text + "}")["conversation"]
+    line = line.rstrip()
+    if line.endswith(b","):
+        line = line[:-1]
+    return orjson.loads(line + b"}")["conversation"]
+
+
+def _ordered(keys: list, first: int):
+    head = heapq.nsmallest(first, keys)
+    yield from head
+    if len(head) == first:
+        yield from sorted(keys)[first:]
 
 
 class ConversationStore:
     def __init__(self, data_dir: Path):
         self.history_dir = Path(data_dir) / "history"
         self.locks_dir = Path(data_dir) / "locks"
+        self._recency: dict[str, RecencyIndex] = {}
+
+    def recency(self, owner: str) -> RecencyIndex:
+        index = self._recency.get(owner)
+        if index is None:
+            folder = self._user_dir(owner)
+            index = self._recency.setdefault(
+                owner, RecencyIndex(folder, self.locks_dir / check_id(owner) / ".recent.lock"))
+        return index
 
     # -- paths -----------------------------------------------------------------
     def _user_dir(self, owner: str, create: bool = False) -> Path:
@@ -122,7 +145,7 @@ class ConversationStore:
         except FileNotFoundError:
             return None
         try:
-            document = json.loads(raw)
+            document = orjson.loads(raw)
         except ValueError as exc:
             raise CorruptFile(conversation_id) from exc
         if document.get("schema_version") != SCHEMA_VERSION:
@@ -141,26 +164,14 @@ class ConversationStore:
 
         Returns (headers, next_position or None).
         """
-        try:
-            entries = os.scandir(self._user_dir(owner))
-        except FileNotFoundError:
-            return [], None
-        keys = []
-        with entries:
-            for entry in entries:
-                name = entry.name
-                if not name.endswith(_SUFFIX) or name.startswith("."):
-                    continue
-                try:
-                    keys.append((-entry.stat().st_mtime_ns, name[: -len(_SUFFIX)]))
-                except FileNotFoundError:
-                    continue
+        keys = [(-mtime, cid) for cid, mtime in self.recency(owner).snapshot()]
         if after is not None:
             boundary = (-after[0], after[1])
             keys = [k for k in keys if k > boundary]
-        keys.sort()
+        # Newest first, ties by id. A page rarely meets a deleted file, so look at
+        # twice the page first and sort everything only when that runs short.
         headers, last = [], None
-        for neg_mtime, conversation_id in keys:
+        for neg_mtime, conversation_id in _ordered(keys, 2 * limit + 1):
             if len(headers) == limit:
                 return headers, last
             header = self.read_header(owner, conversation_id)
@@ -189,6 +200,7 @@ class ConversationStore:
                 os.unlink(temp_name)
             raise
         _fsync_dir(folder)
+        self.recency(owner).record(conversation_id, mtime_ns)
 
     def delete(self, owner: str, conversation_id: str) -> bool:
         target = self.path(owner, conversation_id)
@@ -197,6 +209,7 @@ class ConversationStore:
         except FileNotFoundError:
             return False
         _fsync_dir(target.parent)
+        self.recency(owner).record(conversation_id, None)
         return True
 
     def sweep_temp_files(self, older_than_s: float = 600.0) -> int:
