@@ -26,6 +26,7 @@ class Services:
     manager: "ConversationManager"
     catalog: "ModelCatalog"
     gemini: "GeminiClient"
+    chat: "Chat"
 
 
 def _settings(config) -> Settings:
@@ -36,6 +37,7 @@ def _settings(config) -> Settings:
 
 
 def create_app(config: Settings | dict | None = None) -> Flask:
+    from .chat import Chat
     from .conversations import ConversationManager, ConversationStore
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
@@ -57,7 +59,8 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
                            ttl_s=settings.models_cache_ttl_s)
     manager = ConversationManager(store, catalog, settings.default_model)
-    app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini)
+    app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,
+                                        Chat(manager, catalog, gemini))
 
     register_extensions(app, settings)
     register_blueprints(app)

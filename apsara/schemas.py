@@ -113,6 +113,35 @@ class ConversationPatchSchema(ConversationCreateSchema):
             raise ValidationError("Nothing to change: give at least one field.", "_body")
 
 
+class TurnOptionsSchema(Schema):
+    model = fields.String(validate=validate.Length(1, 200),
+                          metadata={"description": "Another model for this turn only."})
+    tools = tool_list(metadata={"description": "Other tools for this turn only."})
+    stream = StrictBoolean(metadata={"description": "Stream server-sent events; when absent, "
+                                                    "`Accept: text/event-stream` asks for a stream."})
+
+
+class SendSchema(TurnOptionsSchema):
+    text = fields.String(validate=MaxChars("max_message_chars"))
+    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"))
+
+    @validates_schema
+    def has_content(self, data, **kwargs):
+        if not (data.get("text") or "").strip() and not data.get("files"):
+            raise ValidationError("Give text, files or both.", "text")
+
+
+class EditSchema(TurnOptionsSchema):
+    text = fields.String(validate=MaxChars("max_message_chars"),
+                         metadata={"description": "The new text; omitted keeps the old text."})
+    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"),
+                        metadata={"description": "Omitted keeps the old files; [] drops them."})
+
+
+class RegenerateSchema(TurnOptionsSchema):
+    pass
+
+
 class ListQuerySchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
     cursor = fields.String(validate=validate.Length(1, 500))
@@ -190,6 +219,11 @@ class ConversationSummarySchema(Schema):
 
 class ConversationSchema(ConversationSummarySchema):
     messages = fields.List(fields.Nested(MessageSchema))
+
+
+class TurnResultSchema(Schema):
+    user_message = fields.Nested(MessageSchema)
+    reply = fields.Nested(MessageSchema)
 
 
 class ConversationListSchema(Schema):

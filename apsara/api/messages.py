@@ -1,5 +1,103 @@
-"""Messages: send, edit, regenerate, select."""
+"""Messages: send, edit a user message, regenerate a reply, select a version.
+
+Each turn answers 201 with JSON, or 200 with server-sent events when asked to
+stream. The user message (and an empty reply) are stored before the first byte
+goes out.
+"""
+from __future__ import annotations
+
+from flask import current_app, jsonify, request
 from flask_smorest import Blueprint
 
+from ..auth import current_user
+from ..schemas import ConversationSchema, EditSchema, RegenerateSchema, SendSchema, TurnResultSchema
+from ..streaming import sse_response
+
 blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
-                description="Messages and their versions.")
+                description="Messages, replies and their versions.")
+
+STREAM_DOC = {"200": {"description": "Server-sent events: user_message, reply_start, delta, thought, "
+                                     "part, grounding, then done or error.",
+                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+def wants_stream(body: dict) -> bool:
+    if "stream" in body:
+        return body["stream"]
+    return "text/event-stream" in (request.headers.get("Accept") or "")
+
+
+def answer(conversation_id: str, turn, body: dict, with_user: bool):
+    services = current_app.extensions["apsara"]
+    owner = current_user()
+    events = services.chat.run(owner, conversation_id, turn, stream=wants_stream(body))
+    if wants_stream(body):
+        first = [("user_message", turn.user_message)] if with_user else []
+        first.append(("reply_start", {"id": turn.reply["id"], "model": turn.reply["model"]}))
+        return sse_response(first, events, services.settings.ping_interval_s)
+    name, data = list(events)[-1]
+    result = {"user_message": turn.user_message} if with_user else {}
+    if name == "done":
+        response = jsonify({**result, "reply": data})
+        response.status_code = 201
+        return response
+    response = jsonify({"error": data["error"], **result, "reply": data["reply"]})
+    response.status_code = data["error"]["code"]
+    for header, value in (turn.error.headers if turn.error else {}).items():
+        response.headers[header] = value
+    return response
+
+
+def _chat():
+    return current_app.extensions["apsara"].chat
+
+
+@blp.route("/<conversation_id>/messages", methods=["POST"])
+@blp.arguments(SendSchema)
+@blp.response(201, TurnResultSchema)
+@blp.doc(responses=STREAM_DOC)
+@blp.alt_response(404, description="No such conversation or file.")
+@blp.alt_response(409, description="A reply is still being written in this conversation.")
+@blp.alt_response(503, description="No Gemini key configured, or Gemini unavailable.")
+def send(body, conversation_id):
+    """Send a message and get the reply (JSON or a stream)."""
+    turn = _chat().start(current_user(), conversation_id, kind="send", text=body.get("text"),
+                         files=body.get("files"), model=body.get("model"), tools=body.get("tools"))
+    return answer(conversation_id, turn, body, with_user=True)
+
+
+@blp.route("/<conversation_id>/messages/<message_id>", methods=["PUT"])
+@blp.arguments(EditSchema)
+@blp.response(201, TurnResultSchema)
+@blp.doc(responses=STREAM_DOC)
+@blp.alt_response(404, description="No such conversation or message.")
+@blp.alt_response(422, description="Not a user message, or a choice the model cannot take.")
+def edit(body, conversation_id, message_id):
+    """Edit a user message: a new version becomes active and the conversation continues from it."""
+    turn = _chat().start(current_user(), conversation_id, kind="edit", target_id=message_id,
+                         text=body.get("text"), files=body.get("files"), model=body.get("model"),
+                         tools=body.get("tools"))
+    return answer(conversation_id, turn, body, with_user=True)
+
+
+@blp.route("/<conversation_id>/messages/<message_id>/regenerate", methods=["POST"])
+@blp.arguments(RegenerateSchema, required=False)
+@blp.response(201, TurnResultSchema)
+@blp.doc(responses=STREAM_DOC)
+@blp.alt_response(404, description="No such conversation or message.")
+@blp.alt_response(422, description="Not a model reply.")
+def regenerate(body, conversation_id, message_id):
+    """Write a new version of a model reply, optionally with another model."""
+    body = body or {}
+    turn = _chat().start(current_user(), conversation_id, kind="regenerate", target_id=message_id,
+                         model=body.get("model"), tools=body.get("tools"))
+    return answer(conversation_id, turn, body, with_user=False)
+
+
+@blp.route("/<conversation_id>/messages/<message_id>/select", methods=["POST"])
+@blp.response(200, ConversationSchema)
+@blp.alt_response(404, description="No such conversation or message.")
+def select(conversation_id, message_id):
+    """Make a version active, with its ancestors and the branch last active below it."""
+    services = current_app.extensions["apsara"]
+    return jsonify(services.manager.select(current_user(), conversation_id, message_id))

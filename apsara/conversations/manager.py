@@ -10,6 +10,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import socket
+import time
+from datetime import datetime
+from typing import Callable
 
 from ..clock import new_id, now_iso
 from ..errors import ApiError
@@ -56,7 +61,8 @@ def public_part(part: dict) -> dict:
 
 
 def message_view(message: dict, tree: MessageTree | None = None) -> dict:
-    view = {k: v for k, v in message.items() if k != "parts"}
+    # "_" fields (who is writing a reply) are bookkeeping, not API.
+    view = {k: v for k, v in message.items() if k != "parts" and not k.startswith("_")}
     view["parts"] = [public_part(p) for p in message.get("parts", ())]
     view["text"] = message_text(message)
     view["siblings"] = tree.siblings(message) if tree is not None else [message["id"]]
@@ -69,6 +75,59 @@ def conversation_view(document: dict, with_messages: bool = True) -> dict:
         tree = MessageTree.of(document)
         view["messages"] = [message_view(m, tree) for m in tree.active_path()]
     return view
+
+
+# A reply still "streaming" whose writer died (crash, restart) is shown as interrupted.
+STALE_STREAM_S = 1800.0
+_HOST = socket.gethostname()
+
+
+def _writer_alive(message: dict) -> bool:
+    writer = message.get("_writer") or {}
+    started = writer.get("started", 0)
+    if time.time() - started > STALE_STREAM_S:
+        return False
+    if writer.get("host") != _HOST:
+        return True  # another machine's process: trust it until it is stale
+    try:
+        os.kill(writer["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, TypeError):
+        return True
+    return True
+
+
+def settle_dead_streams(tree: MessageTree) -> None:
+    for message in tree.messages:
+        if message.get("status") == "streaming" and not _writer_alive(message):
+            message["status"] = "interrupted"
+            message.pop("_writer", None)
+
+
+def context_path(tree: MessageTree, upto: str | None) -> list[dict]:
+    """What the model is sent: the path from the root to `upto`, user messages and
+    complete replies only (failed, blocked, interrupted replies never go back)."""
+    path = []
+    node = tree.get(upto) if upto else None
+    while node is not None:
+        if node["role"] == "user" or node.get("status") == "complete":
+            path.append(node)
+        node = tree.get(node["parent_id"]) if node["parent_id"] else None
+    path.reverse()
+    return path
+
+
+class Turn:
+    """What `begin_turn` stored and what the call to Gemini needs."""
+
+    def __init__(self, header, user_message, reply, context, choice):
+        self.header = header
+        self.user_message = user_message
+        self.reply = reply
+        self.context = context
+        self.choice = choice
+        self.error = None  # the ApiError a failed reply ended with
 
 
 class ConversationManager:
@@ -174,3 +233,77 @@ class ConversationManager:
         with self.store.locked(owner, conversation_id):
             if not self.store.delete(owner, conversation_id):
                 raise _not_found(conversation_id)
+
+    # -- turns ------------------------------------------------------------------
+    def begin_turn(self, owner: str, conversation_id: str, *, kind: str, target_id: str | None = None,
+                   user_parts: Callable[[dict | None], list[dict]] | None = None,
+                   choose: Callable[[dict], object]) -> Turn:
+        """Store the user's message (send, edit) and an empty reply being written.
+
+        kind: "send" continues from the end of the active path; "edit" adds a new
+        version of user message `target_id`; "regenerate" a new version of model
+        reply `target_id`. `choose(header)` validates the model/tools for this turn
+        and returns the choice; raising there stores nothing.
+        """
+        with self.editing(owner, conversation_id) as document:
+            tree = MessageTree.of(document)
+            settle_dead_streams(tree)
+            if any(m.get("status") == "streaming" for m in tree.messages):
+                raise ApiError(409, "a reply is still being written in this conversation; "
+                                    "try again when it is done")
+            target = None
+            if kind == "send":
+                last = tree.last()
+                parent_id = last["id"] if last else None
+            else:
+                target = tree.get(target_id)
+                if target is None:
+                    raise ApiError(404, f"message '{target_id}' not found")
+                wanted = "user" if kind == "edit" else "model"
+                if target["role"] != wanted:
+                    verb = "edit" if kind == "edit" else "regenerate"
+                    raise ApiError(422, f"only {wanted} messages can be {verb}ed; message "
+                                        f"'{target_id}' is a {target['role']} message",
+                                   {"message_id": [f"not a {wanted} message"]})
+                parent_id = target["parent_id"]
+            choice = choose(document["conversation"])
+            stamp = now_iso()
+            user = None
+            if kind != "regenerate":
+                user = tree.add({"id": new_id("m"), "role": "user", "parent_id": parent_id,
+                                 "created_at": stamp, "parts": user_parts(target)})
+                parent_id = user["id"]
+            reply = tree.add({"id": new_id("m"), "role": "model", "parent_id": parent_id,
+                              "created_at": stamp, "parts": [], "model": choice.model.id,
+                              "status": "streaming",
+                              "_writer": {"pid": os.getpid(), "host": _HOST, "started": time.time()}})
+            tree.select(reply["id"])
+            turn = Turn(dict(document["conversation"]), message_view(user, tree) if user else None,
+                        message_view(reply, tree), context_path(tree, parent_id), choice)
+        return turn
+
+    def finish_reply(self, owner: str, conversation_id: str, reply_id: str, fields: dict) -> dict:
+        """Store the outcome of a reply; returns the stored reply as the API shows it."""
+        try:
+            with self.editing(owner, conversation_id) as document:
+                tree = MessageTree.of(document)
+                reply = tree.get(reply_id)
+                if reply is None:
+                    raise ApiError(404, f"message '{reply_id}' not found")
+                reply.update(fields)
+                reply.pop("_writer", None)
+                return message_view(reply, tree)
+        except ApiError as error:
+            if error.code != 404:
+                raise
+            # The conversation was deleted while the reply was written: nothing to keep.
+            return message_view({"id": reply_id, "role": "model", "parent_id": None,
+                                 "created_at": now_iso(), **fields})
+
+    def select(self, owner: str, conversation_id: str, message_id: str) -> dict:
+        with self.editing(owner, conversation_id) as document:
+            tree = MessageTree.of(document)
+            if tree.get(message_id) is None:
+                raise ApiError(404, f"message '{message_id}' not found")
+            tree.select(message_id)
+        return conversation_view(document)

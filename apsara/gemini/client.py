@@ -30,6 +30,11 @@ class GeminiClient:
     def configured(self) -> bool:
         return bool(self._settings.gemini_api_key)
 
+    @property
+    def secret(self) -> str | None:
+        """The key, only so error messages can be scrubbed of it."""
+        return self._settings.gemini_api_key
+
     def http_options(self) -> types.HttpOptions:
         s = self._settings
         return types.HttpOptions(

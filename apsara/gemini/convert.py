@@ -1,0 +1,148 @@
+"""Between the service's message parts and google-genai's types, in one place.
+
+Stored parts are the API's part types plus what Gemini needs back verbatim
+(`thought_signature`, base64). Model parts go back exactly as they came, so
+Gemini 3 finds its signatures; text chunks of a stream are merged into one part
+unless that would drop or mix a signature.
+"""
+from __future__ import annotations
+
+import base64
+
+from google.genai import types
+
+from .catalog import ModelInfo
+
+
+def _signature(part: dict) -> bytes | None:
+    raw = part.get("thought_signature")
+    return base64.b64decode(raw) if raw else None
+
+
+def to_sdk_part(part: dict) -> types.Part | None:
+    kind, signature = part.get("type"), _signature(part)
+    if kind in ("text", "thought"):
+        return types.Part(text=part.get("text", ""), thought=True if kind == "thought" else None,
+                          thought_signature=signature)
+    if kind == "code":
+        return types.Part(executable_code=types.ExecutableCode(
+            language=(part.get("language") or "PYTHON").upper(), code=part.get("code", "")),
+            thought_signature=signature)
+    if kind == "code_result":
+        return types.Part(code_execution_result=types.CodeExecutionResult(
+            outcome=part.get("outcome") or "OUTCOME_OK", output=part.get("output", "")),
+            thought_signature=signature)
+    if kind == "function_call":
+        return types.Part(function_call=types.FunctionCall(
+            id=part.get("call_id"), name=part["name"], args=part.get("args") or {}),
+            thought_signature=signature)
+    if kind == "function_response":
+        return types.Part(function_response=types.FunctionResponse(
+            id=part.get("call_id"), name=part["name"], response=part.get("response") or {}))
+    if kind == "inline":  # bytes resolved by the caller (files, generated images)
+        return types.Part(inline_data=types.Blob(mime_type=part["mime_type"], data=part["data"]),
+                          thought_signature=signature)
+    if kind == "uri":
+        return types.Part(file_data=types.FileData(file_uri=part["uri"], mime_type=part["mime_type"]))
+    return None
+
+
+def to_content(role: str, parts: list[dict]) -> types.Content | None:
+    sdk_parts = [p for p in (to_sdk_part(part) for part in parts) if p is not None]
+    return types.Content(role=role, parts=sdk_parts) if sdk_parts else None
+
+
+def to_contents(turns: list[tuple[str, list[dict]]]) -> list[types.Content]:
+    """(role, parts) turns, oldest first -> Contents; adjacent turns of one role merge."""
+    contents: list[types.Content] = []
+    for role, parts in turns:
+        content = to_content(role, parts)
+        if content is None:
+            continue
+        if contents and contents[-1].role == role:
+            contents[-1].parts.extend(content.parts)
+        else:
+            contents.append(content)
+    return contents
+
+
+def from_sdk_part(part: types.Part) -> dict | None:
+    """One SDK response part -> a stored part (None for parts we do not keep)."""
+    out: dict | None = None
+    if part.text is not None:
+        out = {"type": "thought" if part.thought else "text", "text": part.text}
+    elif part.executable_code is not None:
+        language = part.executable_code.language
+        out = {"type": "code", "language": (getattr(language, "value", language) or "PYTHON").lower(),
+               "code": part.executable_code.code or ""}
+    elif part.code_execution_result is not None:
+        outcome = part.code_execution_result.outcome
+        out = {"type": "code_result", "outcome": getattr(outcome, "value", outcome) or "OUTCOME_OK",
+               "output": part.code_execution_result.output or ""}
+    elif part.function_call is not None:
+        call = part.function_call
+        out = {"type": "function_call", "name": call.name, "args": dict(call.args or {})}
+        if call.id:
+            out["call_id"] = call.id
+    elif part.inline_data is not None:
+        out = {"type": "inline", "mime_type": part.inline_data.mime_type or "application/octet-stream",
+               "data": part.inline_data.data or b""}
+    elif part.thought_signature is None:
+        return None
+    else:
+        out = {"type": "text", "text": ""}  # a bare signature, kept so it goes back
+    if part.thought_signature:
+        out["thought_signature"] = base64.b64encode(part.thought_signature).decode()
+    return out
+
+
+def merge_part(parts: list[dict], new: dict) -> bool:
+    """Append `new` to `parts`, merging stream text into the previous part of its kind.
+
+    Returns True when it merged. Never merges two signed parts: each signature must
+    go back attached to its own part.
+    """
+    if parts and new["type"] in ("text", "thought") and parts[-1]["type"] == new["type"]:
+        last = parts[-1]
+        if not (last.get("thought_signature") and new.get("thought_signature")):
+            last["text"] += new["text"]
+            if new.get("thought_signature"):
+                last["thought_signature"] = new["thought_signature"]
+            return True
+    parts.append(new)
+    return False
+
+
+_LEVELS = {"minimal": types.ThinkingLevel.MINIMAL, "low": types.ThinkingLevel.LOW,
+           "medium": types.ThinkingLevel.MEDIUM, "high": types.ThinkingLevel.HIGH}
+
+
+def thinking_config(model: ModelInfo, settings: dict) -> types.ThinkingConfig | None:
+    """thinking_level for models that take levels (3.x), thinking_budget for 2.5; never both."""
+    if model.thinking is None:
+        return None
+    config = {}
+    if settings.get("include_thoughts") is not None:
+        config["include_thoughts"] = settings["include_thoughts"]
+    if "levels" in model.thinking and settings.get("thinking_level"):
+        config["thinking_level"] = _LEVELS[settings["thinking_level"]]
+    elif "budget" in model.thinking and settings.get("thinking_budget") is not None:
+        config["thinking_budget"] = settings["thinking_budget"]
+    return types.ThinkingConfig(**config) if config else None
+
+
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_output_tokens", "stop_sequences", "seed")
+
+
+def generation_config(model: ModelInfo, settings: dict, system_instruction: str,
+                      tools: list[types.Tool] | None = None, **extra) -> types.GenerateContentConfig:
+    config = {k: settings[k] for k in GENERATION_KEYS if settings.get(k) not in (None, [])}
+    if system_instruction:
+        config["system_instruction"] = system_instruction
+    thinking = thinking_config(model, settings)
+    if thinking is not None:
+        config["thinking_config"] = thinking
+    if tools:
+        config["tools"] = tools
+    config.update(extra)
+    return types.GenerateContentConfig(**config)

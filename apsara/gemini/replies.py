@@ -1,0 +1,120 @@
+"""Turning Gemini's answers (whole, or a stream of chunks) into one stored reply.
+
+`ReplyBuilder.feed()` takes each response as it arrives and returns the client
+events it implies (`delta`, `thought`, `part`, `grounding`); `outcome()` says
+what the finished reply is: complete, blocked, or an error that explains itself.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from google.genai import types
+
+from ..errors import ApiError
+from .convert import from_sdk_part, merge_part
+
+BLOCKING_FINISH = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
+                   "LANGUAGE", "IMAGE_PROHIBITED_CONTENT"}
+
+
+def _value(enum_or_str):
+    return getattr(enum_or_str, "value", enum_or_str)
+
+
+def usage_of(meta: types.GenerateContentResponseUsageMetadata) -> dict:
+    usage = {"prompt_tokens": meta.prompt_token_count or 0,
+             "output_tokens": meta.candidates_token_count or 0,
+             "thought_tokens": meta.thoughts_token_count or 0,
+             "total_tokens": meta.total_token_count or 0}
+    if meta.cached_content_token_count:
+        usage["cached_tokens"] = meta.cached_content_token_count
+    return usage
+
+
+def grounding_of(meta: types.GroundingMetadata) -> dict | None:
+    queries = list(meta.web_search_queries or [])
+    sources = []
+    for chunk in meta.grounding_chunks or []:
+        web = chunk.web
+        if web is not None and web.uri:
+            sources.append({"uri": web.uri, "title": web.title or web.domain or web.uri})
+    if not queries and not sources:
+        return None
+    return {"queries": queries, "sources": sources}
+
+
+def public(part: dict) -> dict:
+    return {k: v for k, v in part.items() if k != "thought_signature"}
+
+
+class ReplyBuilder:
+    def __init__(self, on_inline: Callable[[dict], dict | None] | None = None):
+        self.parts: list[dict] = []
+        self.finish_reason: str | None = None
+        self.usage: dict | None = None
+        self.grounding: dict | None = None
+        self.block_reason: str | None = None
+        self.safety_ratings: list | None = None
+        self._on_inline = on_inline
+
+    def feed(self, response: types.GenerateContentResponse) -> list[tuple[str, dict]]:
+        events: list[tuple[str, dict]] = []
+        feedback = response.prompt_feedback
+        if feedback is not None and feedback.block_reason:
+            self.block_reason = _value(feedback.block_reason)
+        if response.usage_metadata is not None:
+            self.usage = usage_of(response.usage_metadata)
+        if not response.candidates:
+            return events
+        candidate = response.candidates[0]
+        for sdk_part in (candidate.content.parts or []) if candidate.content else []:
+            part = from_sdk_part(sdk_part)
+            if part is None:
+                continue
+            if part["type"] == "inline":
+                part = self._on_inline(part) if self._on_inline else None
+                if part is None:
+                    continue
+            merge_part(self.parts, part)
+            if part["type"] == "text":
+                if part["text"]:
+                    events.append(("delta", {"text": part["text"]}))
+            elif part["type"] == "thought":
+                if part["text"]:
+                    events.append(("thought", {"text": part["text"]}))
+            else:
+                events.append(("part", public(part)))
+        if candidate.finish_reason:
+            self.finish_reason = _value(candidate.finish_reason)
+        if candidate.safety_ratings:
+            self.safety_ratings = [{"category": _value(r.category), "probability": _value(r.probability),
+                                    **({"blocked": True} if r.blocked else {})}
+                                   for r in candidate.safety_ratings]
+        if candidate.grounding_metadata is not None:
+            grounding = grounding_of(candidate.grounding_metadata)
+            if grounding:
+                self.grounding = grounding
+                events.append(("grounding", grounding))
+        return events
+
+    def has_content(self) -> bool:
+        return any(p["type"] != "thought" and (p["type"] != "text" or p["text"]) for p in self.parts)
+
+    def outcome(self) -> tuple[dict, ApiError | None]:
+        """(reply fields to store, the error if the reply failed)."""
+        fields = {"parts": self.parts, "finish_reason": self.finish_reason, "usage": self.usage,
+                  "grounding": self.grounding}
+        if self.safety_ratings:
+            fields["safety_ratings"] = self.safety_ratings
+        if self.block_reason:
+            return {**fields, "parts": [], "status": "blocked", "finish_reason": self.block_reason}, None
+        if self.has_content():
+            return {**fields, "status": "complete"}, None
+        if self.finish_reason in BLOCKING_FINISH:
+            return {**fields, "status": "blocked"}, None
+        if self.finish_reason == "MAX_TOKENS":
+            error = ApiError(502, "the model reached max_output_tokens before writing any answer; "
+                                  "raise settings.max_output_tokens or lower the thinking level")
+        else:
+            error = ApiError(502, f"Gemini returned an empty reply (finish reason {self.finish_reason})")
+        return {**fields, "status": "error"}, error

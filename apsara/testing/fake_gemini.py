@@ -1,0 +1,340 @@
+"""A local fake of the Gemini REST API, spoken at the wire level.
+
+Real HTTP on a loopback port, the same JSON (camelCase, with the snake_case
+nested objects the SDK sends), and real SSE framing (`data: <json>` + blank
+line, no terminator), so the real google-genai SDK talks to it unchanged.
+Tests script it (`fake.push(Reply(...))`) and read what it received
+(`fake.requests`); with nothing scripted it answers by echoing the user, which
+is what `make run` uses when there is no key.
+
+Run alone: `python -m apsara.testing.fake_gemini --port 8765`.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ..gemini.catalog import BUNDLED
+
+_CALL = re.compile(r"^/(?P<ver>v1\w*)/models/(?P<model>[^/:]+):(?P<method>\w+)$")
+_MODELS = re.compile(r"^/(?P<ver>v1\w*)/models(?:/(?P<model>[^/:]+))?$")
+BAD_KEY = "rejected-key"
+
+
+@dataclass
+class Reply:
+    """One scripted answer to a generate call.
+
+    `parts` are Gemini response parts (`{"text": ...}`, `{"text":..,"thought":True}`,
+    `{"inlineData": ...}`, ...), a plain string meaning a text part; a stream sends
+    one part per chunk. `error` answers (status, message) instead; `fail_after`
+    breaks a stream with a mid-stream error event after that many chunks.
+    """
+
+    parts: list = field(default_factory=lambda: ["Hello", " from", " the fake."])
+    finish_reason: str | None = "STOP"
+    usage: dict | None = None
+    error: tuple[int, str] | None = None
+    error_status: str | None = None
+    retry_after: str | None = None
+    fail_after: int | None = None
+    delay_s: float = 0.0          # before the first byte of the answer
+    chunk_delay_s: float = 0.0    # between stream chunks
+    block_reason: str | None = None  # promptFeedback.blockReason, no candidates
+    grounding: dict | None = None
+    safety_ratings: list | None = None
+    extra_candidate: dict | None = None
+
+    def wire_parts(self) -> list[dict]:
+        return [{"text": p} if isinstance(p, str) else p for p in self.parts]
+
+
+_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+           500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def _contents_text(body: dict) -> str:
+    """The last user turn's text, for the echo reply."""
+    for content in reversed(body.get("contents") or []):
+        if content.get("role", "user") == "user":
+            texts = [p.get("text", "") for p in content.get("parts", []) if "text" in p]
+            if texts:
+                return " ".join(texts)
+    return ""
+
+
+def _config(body: dict) -> dict:
+    return body.get("generationConfig") or body.get("generation_config") or {}
+
+
+def _thinking(body: dict) -> dict:
+    config = _config(body)
+    return config.get("thinkingConfig") or config.get("thinking_config") or {}
+
+
+def _count_tokens(body: dict) -> int:
+    words = 0
+    for content in body.get("contents") or []:
+        for part in content.get("parts", []):
+            words += len(str(part.get("text", "")).split()) + (258 if "inlineData" in part or "inline_data" in part or "fileData" in part or "file_data" in part else 0)
+    system = body.get("systemInstruction") or body.get("system_instruction") or {}
+    for part in system.get("parts", []):
+        words += len(str(part.get("text", "")).split())
+    return words
+
+
+class FakeGemini:
+    def __init__(self, models: list[dict] | None = None, port: int = 0):
+        self.requests: list[dict] = []
+        self.script: deque[Reply] = deque()
+        self.default: Reply | None = None  # None: echo the user
+        self.models = models if models is not None else [
+            {"name": f"models/{m.id}", "displayName": m.display_name, "description": m.description,
+             "inputTokenLimit": m.input_token_limit, "outputTokenLimit": m.output_token_limit,
+             "supportedGenerationMethods": ["generateContent", "countTokens"],
+             "thinking": m.thinking is not None}
+            for m in BUNDLED]
+        self.list_error: tuple[int, str] | None = None
+        self.signature_counter = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    # -- control ----------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> "FakeGemini":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def push(self, *replies: Reply) -> None:
+        self.script.extend(replies)
+
+    def generate_requests(self) -> list[dict]:
+        return [r for r in self.requests if r["method_name"] in ("generateContent", "streamGenerateContent")]
+
+    def last_body(self) -> dict:
+        return self.generate_requests()[-1]["json"]
+
+    def next_signature(self) -> str:
+        with self._lock:
+            self.signature_counter += 1
+            return base64.b64encode(f"sig-{self.signature_counter}".encode()).decode()
+
+    def _next_reply(self, body: dict) -> Reply:
+        with self._lock:
+            if self.script:
+                return self.script.popleft()
+        if self.default is not None:
+            return self.default
+        text = _contents_text(body) or "(nothing)"
+        words = f"Echo: {text}".split(" ")
+        parts: list = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        if _thinking(body).get("include_thoughts") or _thinking(body).get("includeThoughts"):
+            parts.insert(0, {"text": "Thinking about an echo.", "thought": True})
+        return Reply(parts=parts)
+
+    # -- the HTTP side ------------------------------------------------------------
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send_json(self, status: int, payload: dict, headers: dict | None = None):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=UTF-8")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _error(self, code: int, message: str, status: str | None = None, headers=None):
+                self._send_json(code, {"error": {"code": code, "message": message,
+                                                 "status": status or _STATUS.get(code, "UNKNOWN")}}, headers)
+
+            def _read_json(self) -> dict:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                return json.loads(raw) if raw else {}
+
+            def _record(self, body, match=None) -> dict:
+                entry = {"method": self.command, "path": self.path, "headers": dict(self.headers),
+                         "json": body, "method_name": match["method"] if match else None,
+                         "model": match["model"] if match else None, "at": time.monotonic()}
+                with fake._lock:
+                    fake.requests.append(entry)
+                return entry
+
+            def _authorized(self) -> bool:
+                key = self.headers.get("x-goog-api-key")
+                if not key:
+                    self._error(403, "Method doesn't allow unregistered callers.", "PERMISSION_DENIED")
+                    return False
+                if key == BAD_KEY:
+                    self._error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT")
+                    return False
+                return True
+
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                match = _MODELS.match(path)
+                self._record(None)
+                if not match:
+                    return self._error(404, f"no such path {path}")
+                if not self._authorized():
+                    return None
+                if fake.list_error:
+                    return self._error(*fake.list_error)
+                if match["model"]:
+                    found = next((m for m in fake.models if m["name"] == f"models/{match['model']}"), None)
+                    return self._send_json(200, found) if found else self._error(404, "model not found")
+                query = dict(p.split("=", 1) for p in (self.path.split("?", 1) + [""])[1].split("&") if "=" in p)
+                size = int(query.get("pageSize", 50))
+                start = int(query.get("pageToken") or 0)
+                page = fake.models[start:start + size]
+                payload = {"models": page}
+                if start + size < len(fake.models):
+                    payload["nextPageToken"] = str(start + size)
+                self._send_json(200, payload)
+
+            def do_POST(self):
+                path = self.path.split("?", 1)[0]
+                body = self._read_json()
+                match = _CALL.match(path)
+                self._record(body, match)
+                if not match:
+                    return self._error(404, f"no such method {path}")
+                if not self._authorized():
+                    return None
+                known = any(m["name"] == f"models/{match['model']}" for m in fake.models)
+                if not known:
+                    return self._error(404, f"models/{match['model']} is not found for API version "
+                                            f"{match['ver']}, or is not supported for generateContent.")
+                if match["method"] == "countTokens":
+                    return self._send_json(200, {"totalTokens": _count_tokens(body)})
+                if match["method"] not in ("generateContent", "streamGenerateContent"):
+                    return self._error(404, f"unknown method {match['method']}")
+                reply = fake._next_reply(body)
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                if reply.error:
+                    headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
+                    return self._error(reply.error[0], reply.error[1], reply.error_status, headers)
+                if match["method"] == "generateContent":
+                    return self._send_json(200, self._whole(reply, body))
+                return self._stream(reply, body)
+
+            def _usage(self, reply: Reply, body: dict, parts: list) -> dict:
+                if reply.usage is not None:
+                    return reply.usage
+                prompt = _count_tokens(body)
+                out = sum(len(str(p.get("text", "")).split()) for p in parts if not p.get("thought"))
+                thoughts = sum(len(str(p.get("text", "")).split()) for p in parts if p.get("thought"))
+                usage = {"promptTokenCount": prompt, "candidatesTokenCount": out,
+                         "totalTokenCount": prompt + out + thoughts}
+                if thoughts:
+                    usage["thoughtsTokenCount"] = thoughts
+                return usage
+
+            def _signed(self, parts: list) -> list:
+                # Gemini 3 signs the first part of a turn (and every function call).
+                signed = [dict(p) for p in parts]
+                for index, part in enumerate(signed):
+                    if index == 0 or "functionCall" in part:
+                        part["thoughtSignature"] = fake.next_signature()
+                return signed
+
+            def _candidate(self, reply: Reply, parts: list, final: bool) -> dict:
+                candidate: dict = {"index": 0}
+                if parts:
+                    candidate["content"] = {"role": "model", "parts": parts}
+                if final:
+                    if reply.finish_reason:
+                        candidate["finishReason"] = reply.finish_reason
+                    if reply.grounding:
+                        candidate["groundingMetadata"] = reply.grounding
+                    if reply.safety_ratings:
+                        candidate["safetyRatings"] = reply.safety_ratings
+                    if reply.extra_candidate:
+                        candidate.update(reply.extra_candidate)
+                return candidate
+
+            def _whole(self, reply: Reply, body: dict) -> dict:
+                if reply.block_reason:
+                    return {"promptFeedback": {"blockReason": reply.block_reason},
+                            "usageMetadata": {"promptTokenCount": _count_tokens(body), "totalTokenCount": _count_tokens(body)}}
+                parts = self._signed(reply.wire_parts())
+                return {"candidates": [self._candidate(reply, parts, True)],
+                        "usageMetadata": self._usage(reply, body, parts), "modelVersion": "fake"}
+
+            def _stream(self, reply: Reply, body: dict):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+
+                def send(payload: dict):
+                    self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\r\n\r\n")
+                    self.wfile.flush()
+
+                try:
+                    if reply.block_reason:
+                        send(self._whole(reply, body))
+                        return
+                    parts = self._signed(reply.wire_parts())
+                    if not parts:
+                        send({"candidates": [self._candidate(reply, [], True)],
+                              "usageMetadata": self._usage(reply, body, parts)})
+                        return
+                    for index, part in enumerate(parts):
+                        if reply.fail_after is not None and index == reply.fail_after:
+                            send({"error": {"code": 500, "message": "stream broke", "status": "INTERNAL"}})
+                            return
+                        last = index == len(parts) - 1
+                        chunk = {"candidates": [self._candidate(reply, [part], last)], "modelVersion": "fake"}
+                        if last:
+                            chunk["usageMetadata"] = self._usage(reply, body, parts)
+                        send(chunk)
+                        if reply.chunk_delay_s and not last:
+                            time.sleep(reply.chunk_delay_s)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Offline fake of the Gemini REST API.")
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    fake = FakeGemini(port=args.port).start()
+    print(f"fake Gemini listening on {fake.url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()
