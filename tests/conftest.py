@@ -54,3 +54,41 @@ def users(tmp_path):
     raw = app.test_client()
     return {"alice": UserClient(raw, "key-a"), "bob": UserClient(raw, "key-b"),
             "nobody": UserClient(raw, None), "app": app}
+
+
+# -- chat against the wire-level Gemini fake -----------------------------------------
+from apsara.testing.fake_gemini import FakeGemini  # noqa: E402
+
+
+@pytest.fixture
+def fake():
+    server = FakeGemini().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def chat_app(tmp_path, fake):
+    return create_app(make_settings(tmp_path, gemini_api_key="test-key-123", gemini_base_url=fake.url,
+                                    ping_interval_s=0.2))
+
+
+@pytest.fixture
+def chat(chat_app):
+    return chat_app.test_client()
+
+
+def parse_sse(raw: str) -> tuple[list[tuple[str, int, dict]], int]:
+    """SSE text -> ([(event, id, data)], number of ': ping' comments)."""
+    import json
+
+    events, pings = [], 0
+    for block in raw.split("\n\n"):
+        if not block.strip():
+            continue
+        if block.startswith(": ping"):
+            pings += 1
+            continue
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        events.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
+    return events, pings

@@ -51,6 +51,7 @@ class Reply:
     grounding: dict | None = None
     safety_ratings: list | None = None
     extra_candidate: dict | None = None
+    hold: threading.Event | None = None  # a stream waits here after its first chunk
 
     def wire_parts(self) -> list[dict]:
         return [{"text": p} if isinstance(p, str) else p for p in self.parts]
@@ -106,7 +107,8 @@ class FakeGemini:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     # -- control ----------------------------------------------------------------
     @property
@@ -177,7 +179,7 @@ class FakeGemini:
                 raw = self.rfile.read(length) if length else b""
                 return json.loads(raw) if raw else {}
 
-            def _record(self, body, match=None) -> dict:
+            def _record(self, body, match=None) -> dict:  # noqa: D401
                 entry = {"method": self.command, "path": self.path, "headers": dict(self.headers),
                          "json": body, "method_name": match["method"] if match else None,
                          "model": match["model"] if match else None, "at": time.monotonic()}
@@ -318,6 +320,8 @@ class FakeGemini:
                         send(chunk)
                         if reply.chunk_delay_s and not last:
                             time.sleep(reply.chunk_delay_s)
+                        if index == 0 and reply.hold is not None:
+                            reply.hold.wait(30)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
