@@ -85,7 +85,7 @@ class Chat:
         return []
 
     # -- running it ---------------------------------------------------------------
-    def request_for(self, turn: Turn) -> tuple[list[types.Content], types.GenerateContentConfig]:
+    def request_for(self, turn: Turn) -> tuple[list[dict], types.GenerateContentConfig]:
         choice: Choice = turn.choice
         contents = to_contents([(m["role"], m["parts"]) for m in turn.context])
         tools = [BUILT_IN[t]() for t in choice.tools if t in BUILT_IN]

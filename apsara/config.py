@@ -31,6 +31,8 @@ class Settings:
     gemini_api_version: str = "v1beta"
     gemini_timeout_s: float = 120.0
     gemini_retry_attempts: int = 3
+    # Open connections to Gemini per worker process: the most replies it streams at once.
+    gemini_max_connections: int = 1000
     data_dir: Path = Path("data")
     default_model: str = "gemini-3.8-flash"
     # user name -> API key; empty means auth is off and everyone is LOCAL_USER.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
+import httpx2
 from google import genai
 from google.genai import types
 
@@ -45,6 +46,10 @@ class GeminiClient:
             retry_options=types.HttpRetryOptions(
                 attempts=s.gemini_retry_attempts, initial_delay=0.5, max_delay=8.0,
                 http_status_codes=RETRY_STATUSES),
+            # The default pool holds 100 connections: one worker streaming more
+            # replies than that would queue the rest behind them.
+            client_args={"limits": httpx2.Limits(max_connections=s.gemini_max_connections,
+                                                 max_keepalive_connections=100)},
         )
 
     @property

@@ -19,50 +19,54 @@ def _signature(part: dict) -> bytes | None:
     return base64.b64decode(raw) if raw else None
 
 
-def to_sdk_part(part: dict) -> types.Part | None:
-    kind, signature = part.get("type"), _signature(part)
+def to_sdk_part(part: dict) -> dict | None:
+    """A stored part -> the SDK's Part, as the dict form the SDK validates itself.
+
+    Dicts, not types.Part: the SDK validates its whole request anyway, and
+    building pydantic objects first doubles that cost (~30 ms for 1,000 parts).
+    """
+    kind = part.get("type")
     if kind in ("text", "thought"):
-        return types.Part(text=part.get("text", ""), thought=True if kind == "thought" else None,
-                          thought_signature=signature)
-    if kind == "code":
-        return types.Part(executable_code=types.ExecutableCode(
-            language=(part.get("language") or "PYTHON").upper(), code=part.get("code", "")),
-            thought_signature=signature)
-    if kind == "code_result":
-        return types.Part(code_execution_result=types.CodeExecutionResult(
-            outcome=part.get("outcome") or "OUTCOME_OK", output=part.get("output", "")),
-            thought_signature=signature)
-    if kind == "function_call":
-        return types.Part(function_call=types.FunctionCall(
-            id=part.get("call_id"), name=part["name"], args=part.get("args") or {}),
-            thought_signature=signature)
-    if kind == "function_response":
-        return types.Part(function_response=types.FunctionResponse(
-            id=part.get("call_id"), name=part["name"], response=part.get("response") or {}))
-    if kind == "inline":  # bytes resolved by the caller (files, generated images)
-        return types.Part(inline_data=types.Blob(mime_type=part["mime_type"], data=part["data"]),
-                          thought_signature=signature)
-    if kind == "uri":
-        return types.Part(file_data=types.FileData(file_uri=part["uri"], mime_type=part["mime_type"]))
-    return None
+        out = {"text": part.get("text", "")}
+        if kind == "thought":
+            out["thought"] = True
+    elif kind == "code":
+        out = {"executable_code": {"language": (part.get("language") or "PYTHON").upper(),
+                                   "code": part.get("code", "")}}
+    elif kind == "code_result":
+        out = {"code_execution_result": {"outcome": part.get("outcome") or "OUTCOME_OK",
+                                         "output": part.get("output", "")}}
+    elif kind == "function_call":
+        out = {"function_call": {"name": part["name"], "args": part.get("args") or {}}}
+        if part.get("call_id"):
+            out["function_call"]["id"] = part["call_id"]
+    elif kind == "function_response":
+        out = {"function_response": {"name": part["name"], "response": part.get("response") or {}}}
+        if part.get("call_id"):
+            out["function_response"]["id"] = part["call_id"]
+    elif kind == "inline":  # bytes resolved by the caller (files, generated images)
+        out = {"inline_data": {"mime_type": part["mime_type"], "data": part["data"]}}
+    elif kind == "uri":
+        out = {"file_data": {"file_uri": part["uri"], "mime_type": part["mime_type"]}}
+    else:
+        return None
+    signature = _signature(part)
+    if signature:
+        out["thought_signature"] = signature
+    return out
 
 
-def to_content(role: str, parts: list[dict]) -> types.Content | None:
-    sdk_parts = [p for p in (to_sdk_part(part) for part in parts) if p is not None]
-    return types.Content(role=role, parts=sdk_parts) if sdk_parts else None
-
-
-def to_contents(turns: list[tuple[str, list[dict]]]) -> list[types.Content]:
-    """(role, parts) turns, oldest first -> Contents; adjacent turns of one role merge."""
-    contents: list[types.Content] = []
+def to_contents(turns: list[tuple[str, list[dict]]]) -> list[dict]:
+    """(role, parts) turns, oldest first -> Content dicts; adjacent turns of one role merge."""
+    contents: list[dict] = []
     for role, parts in turns:
-        content = to_content(role, parts)
-        if content is None:
+        sdk_parts = [p for p in (to_sdk_part(part) for part in parts) if p is not None]
+        if not sdk_parts:
             continue
-        if contents and contents[-1].role == role:
-            contents[-1].parts.extend(content.parts)
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(sdk_parts)
         else:
-            contents.append(content)
+            contents.append({"role": role, "parts": sdk_parts})
     return contents
 
 

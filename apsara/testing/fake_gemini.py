@@ -15,6 +15,7 @@ import argparse
 import base64
 import json
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -91,6 +92,11 @@ def _count_tokens(body: dict) -> int:
     return words
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # hundreds of streams may connect at once
+    daemon_threads = True
+
+
 class FakeGemini:
     def __init__(self, models: list[dict] | None = None, port: int = 0):
         self.requests: list[dict] = []
@@ -105,7 +111,7 @@ class FakeGemini:
         self.list_error: tuple[int, str] | None = None
         self.signature_counter = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -156,6 +162,12 @@ class FakeGemini:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                # Headers and body go out as separate writes; without this, Nagle
+                # plus delayed ACK adds ~40 ms to keep-alive answers.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def log_message(self, *args):  # quiet
                 pass
@@ -331,8 +343,14 @@ class FakeGemini:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Offline fake of the Gemini REST API.")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--chunks", type=int, default=0,
+                        help="answer every call with this many chunks instead of echoing")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
     args = parser.parse_args()
-    fake = FakeGemini(port=args.port).start()
+    fake = FakeGemini(port=args.port)
+    if args.chunks:
+        fake.default = Reply(parts=[f"word{n} " for n in range(args.chunks)], chunk_delay_s=args.chunk_delay)
+    fake.start()
     print(f"fake Gemini listening on {fake.url}", flush=True)
     try:
         threading.Event().wait()

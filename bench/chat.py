@@ -1,0 +1,242 @@
+"""What Apsara adds on top of a direct SDK call, and how many streams it holds.
+
+Side by side, in one run, against the same offline Gemini fake (its own process):
+  1. a direct google-genai call with a 10-turn (and a 500-turn) history, vs the
+     same turn sent through Apsara under Gunicorn: added p50;
+  2. time to first delta, direct stream vs through Apsara;
+  3. N concurrent 10-second streams through Apsara, per worker class.
+Run: `.venv/bin/python bench/chat.py [--streams 200] [--classes gevent,gthread]`.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from google import genai  # noqa: E402
+from google.genai import types  # noqa: E402
+
+from apsara.conversations.store import encode, iso_to_ns  # noqa: E402
+from tests.servers import free_port, gunicorn, wait_for  # noqa: E402
+
+MODEL = "gemini-3.8-flash"
+
+
+def start_fake(chunks=0, delay=0.0):
+    port = free_port()
+    args = [sys.executable, "-m", "apsara.testing.fake_gemini", "--port", str(port)]
+    if chunks:
+        args += ["--chunks", str(chunks), "--chunk-delay", str(delay)]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def history(turns: int) -> list[tuple[str, str]]:
+    out = []
+    for n in range(turns):
+        out.append(("user", f"question {n} " + "lorem ipsum " * 20))
+        out.append(("model", f"answer {n} " + "dolor sit amet " * 30))
+    return out
+
+
+def seed(data: Path, conversation_id: str, turns: int) -> None:
+    folder = data / "history" / "local"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = "2026-06-01T00:00:00.000Z"
+    messages, active, parent = [], {}, None
+    for n, (role, text) in enumerate(history(turns)):
+        message = {"id": f"m{n}", "role": role, "parent_id": parent, "created_at": stamp,
+                   "parts": [{"type": "text", "text": text}]}
+        if role == "model":
+            message.update(status="complete", model=MODEL)
+        messages.append(message)
+        active[parent or ""] = message["id"]
+        parent = message["id"]
+    header = {"id": conversation_id, "title": "", "created_at": stamp, "updated_at": stamp, "model": MODEL,
+              "system_instruction": "", "tools": [], "settings": {}, "message_count": len(messages)}
+    path = folder / f"{conversation_id}.json"
+    path.write_bytes(encode({"conversation": header, "messages": messages, "active": active}))
+    os.utime(path, ns=(iso_to_ns(stamp),) * 2)
+
+
+def direct_contents(turns: int) -> list[dict]:
+    """The fastest way to hand the SDK a history (dicts: it validates them once)."""
+    contents = [{"role": r, "parts": [{"text": t}]} for r, t in history(turns)]
+    return contents + [{"role": "user", "parts": [{"text": "next question"}]}]
+
+
+def pct(samples, q):
+    samples = sorted(samples)
+    return samples[min(len(samples) - 1, int(len(samples) * q))]
+
+
+def post(conn, path, body, stream=False):
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    return conn.getresponse()
+
+
+def first_delta_via_apsara(conn, path) -> tuple[float, float]:
+    start = time.perf_counter()
+    response = post(conn, path, {"text": "next question", "stream": True})
+    first = None
+    buffer = b""
+    while True:
+        line = response.readline()
+        if not line:
+            break
+        if first is None and line.startswith(b"event: delta"):
+            first = time.perf_counter() - start
+        buffer += line
+    return first, time.perf_counter() - start
+
+
+def latency_section(base: str, fake_url: str, data: Path, turns: int, samples: int) -> None:
+    client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=fake_url, api_version="v1beta",
+                                                                          timeout=60_000))
+    contents = direct_contents(turns)
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    direct, through = [], []
+    for n in range(samples):  # interleaved, so both see the same machine state
+        start = time.perf_counter()
+        client.models.generate_content(model=MODEL, contents=contents)
+        direct.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        response = post(conn, f"/api/v1/conversations/t{turns}-{n}/messages", {"text": "next question"})
+        response.read()
+        assert response.status == 201, response.status
+        through.append((time.perf_counter() - start) * 1000)
+    d50, a50 = statistics.median(direct), statistics.median(through)
+    # Pairs were taken back to back: the median of their differences shrugs off machine noise.
+    added = statistics.median(t - d for t, d in zip(through, direct))
+    target = 10 if turns <= 10 else 40
+    print(f"{turns:>4}-turn turn: direct p50 {d50:6.2f} ms | via Apsara p50 {a50:6.2f} ms p99 {pct(through, .99):6.2f} ms"
+          f" | added: p50 difference {a50 - d50:6.2f} ms, median paired {added:6.2f} ms"
+          f" (target <= {target}: {'met' if added <= target else 'MISSED'})")
+
+
+def first_delta_section(base: str, fake_url: str, data: Path, samples: int) -> None:
+    client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=fake_url, api_version="v1beta",
+                                                                          timeout=60_000))
+    contents = direct_contents(10)
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    direct, through = [], []
+    for n in range(samples):
+        start = time.perf_counter()
+        stream = client.models.generate_content_stream(model=MODEL, contents=contents)
+        next(iter(stream))
+        direct.append((time.perf_counter() - start) * 1000)
+        for _ in stream:
+            pass
+        first, _ = first_delta_via_apsara(conn, f"/api/v1/conversations/s-{n}/messages")
+        through.append(first * 1000)
+    d50, a50 = statistics.median(direct), statistics.median(through)
+    added = statistics.median(t - d for t, d in zip(through, direct))
+    print(f"time to first delta: direct p50 {d50:6.2f} ms | via Apsara p50 {a50:6.2f} ms | added: p50 difference "
+          f"{a50 - d50:6.2f} ms, median paired {added:6.2f} ms (target <= 10: {'met' if added <= 10 else 'MISSED'})")
+
+
+def concurrency_section(worker_class: str, streams: int, seconds: float) -> None:
+    chunks = 20
+    fake, fake_url = start_fake(chunks=chunks, delay=seconds / (chunks - 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        for n in range(streams):
+            seed(data, f"c{n}", 1)
+        env = {"APSARA_DATA_DIR": str(data), "gemini": "bench", "GEMINI_BASE_URL": fake_url,
+               "GUNICORN_ACCESS_LOG": "/dev/null", "GUNICORN_THREADS": str(max(streams // 2 + 10, 50))}
+        with gunicorn(env, workers=2, worker_class=worker_class) as base:
+            host, port = base.removeprefix("http://").split(":")
+            ok, errors, firsts, totals = [], [], [], []
+            lock = threading.Lock()
+            barrier = threading.Barrier(streams)
+
+            def one(n):
+                try:
+                    conn = http.client.HTTPConnection(host, int(port), timeout=seconds * 6)
+                    barrier.wait(30)
+                    first, total = first_delta_via_apsara(conn, f"/api/v1/conversations/c{n}/messages")
+                    with lock:
+                        (ok if first is not None else errors).append(n)
+                        if first is not None:
+                            firsts.append(first)
+                            totals.append(total)
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    with lock:
+                        errors.append(f"{n}: {type(exc).__name__}")
+
+            threads = [threading.Thread(target=one, args=(n,)) for n in range(streams)]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - started
+        stored_ok = 0
+        for n in range(streams):
+            document = json.loads((data / "history" / "local" / f"c{n}.json").read_bytes())
+            stored_ok += document["messages"][-1].get("status") == "complete"
+    fake.terminate()
+    fake.wait()
+    print(f"{worker_class:>8}: {streams} concurrent {seconds:.0f}-second streams: {len(ok)} completed, "
+          f"{len(errors)} errors, {stored_ok} replies stored complete; first delta p50 "
+          f"{statistics.median(firsts) * 1000 if firsts else float('nan'):.0f} ms p99 "
+          f"{pct(firsts, .99) * 1000 if firsts else float('nan'):.0f} ms; stream p99 "
+          f"{pct(totals, .99) if totals else float('nan'):.2f} s; wall {wall:.1f} s")
+    if errors:
+        print("          first errors:", errors[:5])
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--classes", default="gevent,gthread")
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--latency-class", default="gevent", help="worker class for the latency runs")
+    args = parser.parse_args()
+
+    fake, fake_url = start_fake()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        for n in range(args.samples):
+            seed(data, f"t10-{n}", 10)
+            seed(data, f"s-{n}", 10)
+        for n in range(args.samples // 4):
+            seed(data, f"t500-{n}", 500)
+        env = {"APSARA_DATA_DIR": str(data), "gemini": "bench", "GEMINI_BASE_URL": fake_url,
+               "GUNICORN_ACCESS_LOG": "/dev/null"}
+        with gunicorn(env, workers=2, worker_class=args.latency_class) as base:
+            wait_for(base + "/health")
+            print(f"Gunicorn {args.latency_class}, 2 workers, {os.cpu_count()} cores; fake Gemini in its own process")
+            latency_section(base, fake_url, data, 10, args.samples)
+            latency_section(base, fake_url, data, 500, args.samples // 4)
+            first_delta_section(base, fake_url, data, args.samples)
+    fake.terminate()
+    fake.wait()
+    for worker_class in filter(None, args.classes.split(",")):
+        concurrency_section(worker_class, args.streams, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
