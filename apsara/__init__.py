@@ -9,12 +9,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from flask import Flask
+from flask import Flask, Request, current_app
 from flask_cors import CORS
 
 from .config import VERSION, Settings, from_env
 
 log = logging.getLogger("apsara")
+
+
+class UploadRequest(Request):
+    """Uploads stream straight into the data folder instead of memory or /tmp."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return current_app.extensions["apsara"].files.incoming_file()
 
 
 @dataclass
@@ -27,6 +34,7 @@ class Services:
     catalog: "ModelCatalog"
     gemini: "GeminiClient"
     chat: "Chat"
+    files: "FileStore"
 
 
 def _settings(config) -> Settings:
@@ -38,6 +46,7 @@ def _settings(config) -> Settings:
 
 def create_app(config: Settings | dict | None = None) -> Flask:
     from .chat import Chat
+    from .files import FileStore
     from .conversations import ConversationManager, ConversationStore
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
@@ -58,9 +67,12 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     gemini = GeminiClient(settings)
     catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
                            ttl_s=settings.models_cache_ttl_s)
-    manager = ConversationManager(store, catalog, settings.default_model)
+    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s)
+    files.sweep_incoming()
+    manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,
-                                        Chat(manager, catalog, gemini))
+                                        Chat(manager, catalog, gemini, files, settings), files)
+    app.request_class = UploadRequest
 
     register_extensions(app, settings)
     register_blueprints(app)

@@ -8,6 +8,7 @@ and never logged.
 from __future__ import annotations
 
 import hmac
+import re
 
 from flask import Flask, current_app, g, request
 
@@ -26,11 +27,29 @@ def _user_for(token: str, keys: dict[str, str]) -> str | None:
     return found
 
 
+SIGNED_CONTENT = re.compile(r"^/api/v1/files/([^/]+)/content$")
+
+
+def _signed_url_user() -> str | None:
+    """The owner named by a valid file-URL signature; 401 for a bad or expired one."""
+    match = SIGNED_CONTENT.match(request.path)
+    if not match or "signature" not in request.args:
+        return None
+    files = current_app.extensions["apsara"].files
+    args = request.args
+    if not files.verify(match[1], args.get("user", ""), args.get("expires", ""), args.get("signature", "")):
+        raise ApiError(401, "this file link is invalid or has expired; ask for the file again")
+    return args["user"]
+
+
 def authenticate() -> None:
     settings = current_app.extensions["apsara"].settings
     if not request.path.startswith("/api/") or request.path.startswith(OPEN_PATHS):
         return
     if request.method == "OPTIONS":  # CORS preflight carries no credentials
+        return
+    if "Authorization" not in request.headers and (signed := _signed_url_user()):
+        g.user = signed
         return
     if not settings.auth_enabled:
         g.user = LOCAL_USER

@@ -14,14 +14,25 @@ from typing import Iterator
 
 from google.genai import types
 
+from google.genai import errors as genai_errors
+
+from .config import Settings
 from .conversations.manager import ConversationManager, Turn
 from .conversations.options import check_thinking, check_tools, resolve_model
 from .errors import ApiError
+from .files import FileStore
+from .filetypes import input_kind
+from .gemini import uploads
 from .gemini.catalog import ModelCatalog, ModelInfo
 from .gemini.client import GeminiClient
 from .gemini.convert import generation_config, to_contents
 from .gemini.errors import to_api_error
 from .gemini.replies import ReplyBuilder
+
+# Files up to this size ride inside the request when they are new in this turn;
+# bigger ones, and files already sent in earlier turns, go through the Files API.
+INLINE_MAX_BYTES = 8 * 1024 * 1024
+INLINE_BUDGET_BYTES = 15 * 1024 * 1024
 
 log = logging.getLogger("apsara.chat")
 
@@ -43,10 +54,13 @@ class Choice:
 
 
 class Chat:
-    def __init__(self, manager: ConversationManager, catalog: ModelCatalog, gemini: GeminiClient):
+    def __init__(self, manager: ConversationManager, catalog: ModelCatalog, gemini: GeminiClient,
+                 files: FileStore, settings: Settings):
         self.manager = manager
         self.catalog = catalog
         self.gemini = gemini
+        self.files = files
+        self.settings = settings
 
     # -- starting a turn ----------------------------------------------------------
     def _require_key(self) -> None:
@@ -55,13 +69,26 @@ class Chat:
                                 "'gemini' (or GEMINI_API_KEY) and restart")
 
     def _chooser(self, model_override: str | None, tools_override: list[str] | None):
-        def choose(header: dict) -> Choice:
+        def choose(header: dict, context: list[dict]) -> Choice:
             model = resolve_model(self.catalog, model_override or header["model"])
             tools = tools_override if tools_override is not None else header["tools"]
             check_tools(self.catalog, model, tools)
             check_thinking(model, header["settings"])
+            self._check_inputs(model, context)
             return Choice(model, tools, header["settings"], header["system_instruction"])
         return choose
+
+    def _check_inputs(self, model: ModelInfo, context: list[dict]) -> None:
+        for message in context:
+            for part in message["parts"]:
+                if part["type"] != "file":
+                    continue
+                kind = input_kind(part["mime_type"])
+                if kind != "text" and kind not in model.inputs:
+                    able = ", ".join(m.id for m in self.catalog.models() if kind in m.inputs) or "none"
+                    message_text = (f"model '{model.id}' cannot read {kind} files "
+                                    f"('{part['file_id']}'); models that can: {able}")
+                    raise ApiError(422, message_text, {"files": [message_text]})
 
     def start(self, owner: str, conversation_id: str, *, kind: str = "send", target_id: str | None = None,
               text: str | None = None, files: list[str] | None = None, model: str | None = None,
@@ -74,36 +101,117 @@ class Chat:
             old = previous["parts"] if previous else []
             texts = [{"type": "text", "text": text}] if text is not None else [p for p in old if p["type"] == "text"]
             kept = file_parts if file_parts is not None else [p for p in old if p["type"] == "file"]
+            if not any(p.get("text", "").strip() for p in texts) and not kept:
+                raise ApiError(422, "the message would be empty: give text, files or both",
+                               {"text": ["empty message"]})
             return texts + kept
 
         return self.manager.begin_turn(owner, conversation_id, kind=kind, target_id=target_id,
                                        user_parts=user_parts, choose=self._chooser(model, tools))
 
     def _file_parts(self, owner: str, file_ids: list[str]) -> list[dict]:
-        if file_ids:
-            raise ApiError(404, f"file '{file_ids[0]}' not found")
-        return []
+        parts = []
+        for file_id in dict.fromkeys(file_ids):
+            meta = self.files.get(owner, file_id)
+            if meta is None:
+                raise ApiError(404, f"file '{file_id}' not found")
+            parts.append({"type": "file", "file_id": file_id, "mime_type": meta["mime_type"]})
+        return parts
+
+    # -- files in the request ------------------------------------------------------
+    def _resolve_files(self, owner: str, context: list[dict]) -> list[tuple[str, list[dict]]]:
+        """Context messages -> (role, parts) with every file part made sendable."""
+        newest = context[-1]["id"] if context else None
+        inline_left = INLINE_BUDGET_BYTES
+        turns = []
+        for message in context:
+            parts = []
+            for part in message["parts"]:
+                if part["type"] != "file":
+                    parts.append(part)
+                    continue
+                meta = self.files.get(owner, part["file_id"])
+                if meta is None:  # removed by a cleanup: the message keeps its place, minus the file
+                    continue
+                signature = {"thought_signature": part["thought_signature"]} if part.get("thought_signature") else {}
+                size = meta["size_bytes"]
+                if message["id"] == newest and size <= INLINE_MAX_BYTES and size <= inline_left:
+                    inline_left -= size
+                    parts.append({"type": "inline", "mime_type": meta["mime_type"],
+                                  "data": self.files.read_bytes(owner, meta["id"]), **signature})
+                else:
+                    ref = self._uploaded(owner, meta)
+                    parts.append({"type": "uri", "uri": ref["uri"], "mime_type": ref["mime_type"], **signature})
+            turns.append((message["role"], parts))
+        return turns
+
+    def _uploaded(self, owner: str, meta: dict) -> dict:
+        """This file's live Files API upload, made now if it has none or it expired."""
+        ref = meta.get("gemini")
+        if uploads.usable(ref):
+            return ref
+        ref = uploads.upload(self.gemini, self.files.content_path(owner, meta["id"]), meta["mime_type"],
+                             meta.get("filename") or meta["id"])
+        self.files.set_gemini_ref(owner, meta["id"], ref)
+        meta["gemini"] = ref
+        return ref
+
+    def _forget_uploads(self, owner: str, context: list[dict]) -> bool:
+        """After Gemini said a referenced file is gone: drop our references. True if any."""
+        forgot = False
+        for message in context:
+            for part in message["parts"]:
+                if part["type"] == "file" and (self.files.get(owner, part["file_id"]) or {}).get("gemini"):
+                    self.files.set_gemini_ref(owner, part["file_id"], None)
+                    forgot = True
+        return forgot
+
+    def _store_image(self, owner: str):
+        def store(part: dict) -> dict:
+            extension = part["mime_type"].split("/")[-1].split("+")[0]
+            meta = self.files.save_bytes(owner, part["data"], part["mime_type"], f"generated.{extension}")
+            stored = {"type": "file", "file_id": meta["id"], "mime_type": meta["mime_type"]}
+            if part.get("thought_signature"):
+                stored["thought_signature"] = part["thought_signature"]
+            return stored
+        return store
 
     # -- running it ---------------------------------------------------------------
-    def request_for(self, turn: Turn) -> tuple[list[dict], types.GenerateContentConfig]:
+    def request_for(self, owner: str, turn: Turn) -> tuple[list[dict], types.GenerateContentConfig]:
         choice: Choice = turn.choice
-        contents = to_contents([(m["role"], m["parts"]) for m in turn.context])
+        contents = to_contents(self._resolve_files(owner, turn.context))
         tools = [BUILT_IN[t]() for t in choice.tools if t in BUILT_IN]
         config = generation_config(choice.model, choice.settings, choice.system_instruction, tools)
         return contents, config
 
+    def _call(self, owner: str, turn: Turn, builder: ReplyBuilder, stream: bool):
+        """One call to Gemini, yielding client events; retried once if an upload had expired."""
+        link = self.manager.link(owner)
+        for attempt in (1, 2):
+            contents, config = self.request_for(owner, turn)
+            sdk, model_id = self.gemini.sdk, turn.choice.model.id
+            try:
+                if stream:
+                    for response in sdk.models.generate_content_stream(model=model_id, contents=contents,
+                                                                       config=config):
+                        for name, data in builder.feed(response):
+                            if data.get("type") == "file" and link:
+                                data = {**data, "url": link(data["file_id"])}
+                            yield name, data
+                else:
+                    builder.feed(sdk.models.generate_content(model=model_id, contents=contents, config=config))
+                return
+            except genai_errors.ClientError as exc:
+                # Gemini forgets uploads after 48 hours; upload again and retry, once.
+                expired = exc.code in (403, 404) and "file" in (exc.message or "").lower()
+                if attempt == 2 or builder.parts or not expired or not self._forget_uploads(owner, turn.context):
+                    raise
+
     def run(self, owner: str, conversation_id: str, turn: Turn, stream: bool) -> Iterator[tuple[str, dict]]:
-        builder = ReplyBuilder()
+        builder = ReplyBuilder(on_inline=self._store_image(owner))
         outcome: tuple[dict, ApiError | None] | None = None
         try:
-            contents, config = self.request_for(turn)
-            sdk = self.gemini.sdk
-            model_id = turn.choice.model.id
-            if stream:
-                for response in sdk.models.generate_content_stream(model=model_id, contents=contents, config=config):
-                    yield from builder.feed(response)
-            else:
-                builder.feed(sdk.models.generate_content(model=model_id, contents=contents, config=config))
+            yield from self._call(owner, turn, builder, stream)
             outcome = builder.outcome()
         except GeneratorExit:
             outcome = ({**self._partial(builder), "status": "interrupted"}, None)

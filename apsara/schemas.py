@@ -221,6 +221,21 @@ class ConversationSchema(ConversationSummarySchema):
     messages = fields.List(fields.Nested(MessageSchema))
 
 
+class UploadSchema(Schema):
+    file = fields.Raw(required=True, metadata={"type": "string", "format": "binary"})
+
+
+class FileSchema(Schema):
+    id = fields.String()
+    filename = fields.String()
+    mime_type = fields.String()
+    size_bytes = fields.Integer()
+    sha256 = fields.String()
+    created_at = fields.String()
+    generated = fields.Boolean(metadata={"description": "Made by a model, not uploaded."})
+    url = fields.String(metadata={"description": "Signed, expiring URL of the bytes."})
+
+
 class TurnResultSchema(Schema):
     user_message = fields.Nested(MessageSchema)
     reply = fields.Nested(MessageSchema)

@@ -1,7 +1,7 @@
 """HTTP views, one blueprint per resource, and the OpenAPI document built from them."""
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_smorest import Api
 
 from ..config import VERSION
@@ -15,8 +15,17 @@ class ApsaraApi(Api):
     DEFAULT_ERROR_RESPONSE_NAME = "Error"
 
 
+JSON_BODY_LIMIT = 16 * 1024 * 1024
+
+
 def require_json_body() -> None:
-    """A body we would ignore is refused instead: JSON only, except uploads."""
+    """A body we would ignore is refused instead: JSON only, except uploads.
+
+    Uploads may be as large as APSARA_MAX_UPLOAD_MB; JSON bodies never need more
+    than 16 MB, and werkzeug refuses larger ones with 413 before reading them.
+    """
+    if request.path != "/api/v1/files":
+        request.max_content_length = min(JSON_BODY_LIMIT, current_app.config["MAX_CONTENT_LENGTH"])
     if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/api/"):
         return
     if request.path.startswith("/api/v1/files") or not (request.content_length or request.is_json):
@@ -26,7 +35,7 @@ def require_json_body() -> None:
 
 
 def register_api(app: Flask) -> None:
-    from . import conversations, health, messages, models
+    from . import conversations, files, health, messages, models
 
     app.config.update(
         API_TITLE="Apsara-2.5",
@@ -46,5 +55,5 @@ def register_api(app: Flask) -> None:
     )
     app.before_request(require_json_body)
     api = ApsaraApi(app)
-    for module in (health, models, conversations, messages):
+    for module in (health, models, conversations, messages, files):
         api.register_blueprint(module.blp)

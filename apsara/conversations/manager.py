@@ -60,20 +60,24 @@ def public_part(part: dict) -> dict:
     return {k: v for k, v in part.items() if k not in PRIVATE_PART_FIELDS}
 
 
-def message_view(message: dict, tree: MessageTree | None = None) -> dict:
+def message_view(message: dict, tree: MessageTree | None = None, link=None) -> dict:
+    """A stored message as the API shows it. `link(file_id)` gives file parts a fresh signed URL."""
     # "_" fields (who is writing a reply) are bookkeeping, not API.
     view = {k: v for k, v in message.items() if k != "parts" and not k.startswith("_")}
     view["parts"] = [public_part(p) for p in message.get("parts", ())]
+    if link is not None:
+        view["parts"] = [{**p, "url": link(p["file_id"])} if p.get("type") == "file" else p
+                         for p in view["parts"]]
     view["text"] = message_text(message)
     view["siblings"] = tree.siblings(message) if tree is not None else [message["id"]]
     return view
 
 
-def conversation_view(document: dict, with_messages: bool = True) -> dict:
+def conversation_view(document: dict, with_messages: bool = True, link=None) -> dict:
     view = dict(document["conversation"])
     if with_messages:
         tree = MessageTree.of(document)
-        view["messages"] = [message_view(m, tree) for m in tree.active_path()]
+        view["messages"] = [message_view(m, tree, link) for m in tree.active_path()]
     return view
 
 
@@ -131,10 +135,18 @@ class Turn:
 
 
 class ConversationManager:
-    def __init__(self, store: ConversationStore, catalog: ModelCatalog, default_model: str):
+    def __init__(self, store: ConversationStore, catalog: ModelCatalog, default_model: str,
+                 file_url: Callable[[str, str], str] | None = None):
         self.store = store
         self.catalog = catalog
         self._default_model = default_model
+        self._file_url = file_url
+
+    def link(self, owner: str):
+        """How file parts of this owner's messages get their signed URLs."""
+        if self._file_url is None:
+            return None
+        return lambda file_id: self._file_url(owner, file_id)
 
     # -- choices ---------------------------------------------------------------
     def default_model(self) -> str:
@@ -156,7 +168,7 @@ class ConversationManager:
         return document
 
     def get(self, owner: str, conversation_id: str) -> dict:
-        return conversation_view(self.load(owner, conversation_id))
+        return conversation_view(self.load(owner, conversation_id), link=self.link(owner))
 
     def list(self, owner: str, limit: int, cursor: str | None):
         after = decode_cursor(cursor) if cursor else None
@@ -226,7 +238,7 @@ class ConversationManager:
                 if changes.get(key) is not None:
                     header[key] = changes[key]
             header.update(model=model, tools=tools, settings=settings)
-        return conversation_view(document)
+        return conversation_view(document, link=self.link(owner))
 
     def delete(self, owner: str, conversation_id: str) -> None:
         self._check_id(conversation_id)
@@ -237,13 +249,13 @@ class ConversationManager:
     # -- turns ------------------------------------------------------------------
     def begin_turn(self, owner: str, conversation_id: str, *, kind: str, target_id: str | None = None,
                    user_parts: Callable[[dict | None], list[dict]] | None = None,
-                   choose: Callable[[dict], object]) -> Turn:
+                   choose: Callable[[dict, list[dict]], object]) -> Turn:
         """Store the user's message (send, edit) and an empty reply being written.
 
         kind: "send" continues from the end of the active path; "edit" adds a new
         version of user message `target_id`; "regenerate" a new version of model
-        reply `target_id`. `choose(header)` validates the model/tools for this turn
-        and returns the choice; raising there stores nothing.
+        reply `target_id`. `choose(header, context)` validates the model, tools and
+        files for this turn and returns the choice; raising there stores nothing.
         """
         with self.editing(owner, conversation_id) as document:
             tree = MessageTree.of(document)
@@ -266,20 +278,23 @@ class ConversationManager:
                                         f"'{target_id}' is a {target['role']} message",
                                    {"message_id": [f"not a {wanted} message"]})
                 parent_id = target["parent_id"]
-            choice = choose(document["conversation"])
             stamp = now_iso()
             user = None
             if kind != "regenerate":
                 user = tree.add({"id": new_id("m"), "role": "user", "parent_id": parent_id,
                                  "created_at": stamp, "parts": user_parts(target)})
                 parent_id = user["id"]
+            context = context_path(tree, parent_id)
+            # Raising here leaves the file untouched: `editing` saves only on success.
+            choice = choose(document["conversation"], context)
             reply = tree.add({"id": new_id("m"), "role": "model", "parent_id": parent_id,
                               "created_at": stamp, "parts": [], "model": choice.model.id,
                               "status": "streaming",
                               "_writer": {"pid": os.getpid(), "host": _HOST, "started": time.time()}})
             tree.select(reply["id"])
-            turn = Turn(dict(document["conversation"]), message_view(user, tree) if user else None,
-                        message_view(reply, tree), context_path(tree, parent_id), choice)
+            link = self.link(owner)
+            turn = Turn(dict(document["conversation"]), message_view(user, tree, link) if user else None,
+                        message_view(reply, tree, link), context, choice)
         return turn
 
     def finish_reply(self, owner: str, conversation_id: str, reply_id: str, fields: dict) -> dict:
@@ -292,13 +307,13 @@ class ConversationManager:
                     raise ApiError(404, f"message '{reply_id}' not found")
                 reply.update(fields)
                 reply.pop("_writer", None)
-                return message_view(reply, tree)
+                return message_view(reply, tree, self.link(owner))
         except ApiError as error:
             if error.code != 404:
                 raise
             # The conversation was deleted while the reply was written: nothing to keep.
             return message_view({"id": reply_id, "role": "model", "parent_id": None,
-                                 "created_at": now_iso(), **fields})
+                                 "created_at": now_iso(), **fields}, link=self.link(owner))
 
     def select(self, owner: str, conversation_id: str, message_id: str) -> dict:
         with self.editing(owner, conversation_id) as document:
@@ -306,4 +321,4 @@ class ConversationManager:
             if tree.get(message_id) is None:
                 raise ApiError(404, f"message '{message_id}' not found")
             tree.select(message_id)
-        return conversation_view(document)
+        return conversation_view(document, link=self.link(owner))

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import orjson
 
+from ..durable import TEMP_PREFIX, fsync_dir, write_atomically
 from .recency import RecencyIndex
 
 SCHEMA_VERSION = 1
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUFFIX = ".json"
-_TEMP_PREFIX = ".tmp-"
 
 
 class InvalidId(ValueError):
@@ -56,14 +56,6 @@ def check_id(value: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or value in (".", ".."):
         raise InvalidId(value)
     return value
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode(document: dict) -> bytes:
@@ -184,22 +176,9 @@ class ConversationStore:
     def write(self, owner: str, conversation_id: str, document: dict) -> None:
         """Atomically replace the conversation's file. Call inside `locked()`."""
         target = self.path(owner, conversation_id)
-        folder = self._user_dir(owner, create=True)
-        data = encode(document)
+        self._user_dir(owner, create=True)
         mtime_ns = iso_to_ns(document["conversation"]["updated_at"])
-        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_SUFFIX, dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.utime(temp_name, ns=(mtime_ns, mtime_ns))
-            os.replace(temp_name, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp_name)
-            raise
-        _fsync_dir(folder)
+        write_atomically(target, encode(document), mtime_ns)
         self.recency(owner).record(conversation_id, mtime_ns)
 
     def delete(self, owner: str, conversation_id: str) -> bool:
@@ -208,7 +187,7 @@ class ConversationStore:
             target.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         self.recency(owner).record(conversation_id, None)
         return True
 
@@ -220,7 +199,7 @@ class ConversationStore:
         for folder in self.history_dir.iterdir():
             if not folder.is_dir():
                 continue
-            for temp in folder.glob(_TEMP_PREFIX + "*"):
+            for temp in folder.glob(TEMP_PREFIX + "*"):
                 with contextlib.suppress(FileNotFoundError):
                     if temp.stat().st_mtime < cutoff:
                         temp.unlink()

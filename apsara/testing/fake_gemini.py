@@ -109,6 +109,9 @@ class FakeGemini:
              "thinking": m.thinking is not None}
             for m in BUNDLED]
         self.list_error: tuple[int, str] | None = None
+        # Files API: name ("files/abc") -> {"bytes", "mime_type", "expired"}; sessions in progress.
+        self.files: dict[str, dict] = {}
+        self._sessions: dict[str, dict] = {}
         self.signature_counter = 0
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
@@ -137,6 +140,18 @@ class FakeGemini:
 
     def last_body(self) -> dict:
         return self.generate_requests()[-1]["json"]
+
+    def expire_files(self) -> None:
+        """Make every uploaded file unusable, as after Gemini's 48 hours."""
+        for record in self.files.values():
+            record["expired"] = True
+
+    def _file_json(self, name: str) -> dict:
+        record = self.files[name]
+        return {"name": name, "uri": f"{self.url}/v1beta/{name}", "mimeType": record["mime_type"],
+                "sizeBytes": str(len(record["bytes"])), "state": "ACTIVE",
+                "displayName": record.get("display_name", ""),
+                "createTime": "2026-11-21T00:00:00Z", "expirationTime": "2026-11-23T00:00:00Z"}
 
     def next_signature(self) -> str:
         with self._lock:
@@ -211,6 +226,13 @@ class FakeGemini:
 
             def do_GET(self):
                 path = self.path.split("?", 1)[0]
+                file_match = re.match(r"^/v1\w*/(files/[^/]+)$", path)
+                if file_match:
+                    self._record(None)
+                    name = file_match[1]
+                    if name not in fake.files or fake.files[name]["expired"]:
+                        return self._error(403, f"You do not have permission to access the File {name}.")
+                    return self._send_json(200, fake._file_json(name))
                 match = _MODELS.match(path)
                 self._record(None)
                 if not match:
@@ -233,7 +255,21 @@ class FakeGemini:
 
             def do_POST(self):
                 path = self.path.split("?", 1)[0]
+                if path.startswith("/_upload/"):
+                    return self._upload_chunk(path.rsplit("/", 1)[1])
                 body = self._read_json()
+                if re.match(r"^/upload/v1\w*/files$", path):
+                    self._record(body)
+                    if not self._authorized():
+                        return None
+                    session = f"s{len(fake._sessions) + 1}"
+                    meta = body.get("file") or {}
+                    fake._sessions[session] = {"bytes": b"", "mime_type": self.headers.get(
+                        "X-Goog-Upload-Header-Content-Type") or meta.get("mimeType") or meta.get("mime_type")
+                        or "application/octet-stream",
+                        "display_name": meta.get("displayName") or meta.get("display_name") or ""}
+                    return self._send_json(200, {}, {"X-Goog-Upload-URL": f"{fake.url}/_upload/{session}",
+                                                     "X-Goog-Upload-Status": "active"})
                 match = _CALL.match(path)
                 self._record(body, match)
                 if not match:
@@ -244,6 +280,10 @@ class FakeGemini:
                 if not known:
                     return self._error(404, f"models/{match['model']} is not found for API version "
                                             f"{match['ver']}, or is not supported for generateContent.")
+                missing = self._missing_file(body)
+                if missing:
+                    return self._error(403, f"You do not have permission to access the File {missing} "
+                                            "or it may not exist.", "PERMISSION_DENIED")
                 if match["method"] == "countTokens":
                     return self._send_json(200, {"totalTokens": _count_tokens(body)})
                 if match["method"] not in ("generateContent", "streamGenerateContent"):
@@ -257,6 +297,32 @@ class FakeGemini:
                 if match["method"] == "generateContent":
                     return self._send_json(200, self._whole(reply, body))
                 return self._stream(reply, body)
+
+            def _upload_chunk(self, session_id: str):
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length) if length else b""
+                session = fake._sessions.get(session_id)
+                if session is None:
+                    return self._error(404, "no such upload")
+                session["bytes"] += data
+                command = self.headers.get("X-Goog-Upload-Command", "")
+                self._record({"upload_session": session_id, "bytes": len(data), "command": command})
+                if "finalize" not in command:
+                    return self._send_json(200, {}, {"X-Goog-Upload-Status": "active"})
+                name = f"files/{session_id}-{len(fake.files) + 1}"
+                fake.files[name] = {**fake._sessions.pop(session_id), "expired": False}
+                return self._send_json(200, {"file": fake._file_json(name)}, {"X-Goog-Upload-Status": "final"})
+
+            def _missing_file(self, body: dict) -> str | None:
+                for content in body.get("contents") or []:
+                    for part in content.get("parts", []):
+                        data = part.get("fileData") or part.get("file_data")
+                        if data:
+                            uri = data.get("fileUri") or data.get("file_uri") or ""
+                            name = "files/" + uri.rsplit("/files/", 1)[-1]
+                            if name not in fake.files or fake.files[name]["expired"]:
+                                return name
+                return None
 
             def _usage(self, reply: Reply, body: dict, parts: list) -> dict:
                 if reply.usage is not None:

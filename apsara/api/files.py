@@ -1,0 +1,82 @@
+"""Files: upload, metadata, content (by Bearer key or signed URL)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import current_app, jsonify, request, send_file
+from flask_smorest import Blueprint
+
+from ..auth import current_user
+from ..errors import ApiError
+from ..filetypes import ACTIVE_TYPES
+from ..schemas import FileSchema, UploadSchema
+
+blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded and generated files.")
+
+
+def _files():
+    return current_app.extensions["apsara"].files
+
+
+def _meta_or_404(file_id: str) -> dict:
+    meta = _files().get(current_user(), file_id)
+    if meta is None:
+        raise ApiError(404, f"file '{file_id}' not found")
+    return meta
+
+
+@blp.route("", methods=["POST"])
+@blp.arguments(UploadSchema, location="files")
+@blp.response(201, FileSchema)
+@blp.alt_response(413, description="Larger than APSARA_MAX_UPLOAD_MB.")
+@blp.alt_response(415, description="Not a type the models can read (decided from the bytes).")
+def upload(form):
+    """Upload a file (multipart field `file`); its type is decided from its bytes."""
+    incoming = form["file"]
+    temp_path = Path(incoming.stream.name) if hasattr(incoming.stream, "name") else None
+    try:
+        if temp_path is None:  # tiny uploads may stay in memory: park them on disk like the rest
+            with _files().incoming_file() as fh:
+                fh.write(incoming.stream.read())
+                temp_path = Path(fh.name)
+        incoming.stream.close()
+        meta = _files().adopt(current_user(), temp_path, Path(incoming.filename or "").name[:255])
+    finally:
+        if temp_path is not None:
+            temp_path.unlink(missing_ok=True)
+    response = jsonify(_files().public(current_user(), meta))
+    response.status_code = 201
+    return response
+
+
+@blp.route("/<file_id>", methods=["GET"])
+@blp.response(200, FileSchema)
+@blp.alt_response(404, description="No such file.")
+def get(file_id):
+    """A file's metadata, with a fresh signed URL."""
+    return jsonify(_files().public(current_user(), _meta_or_404(file_id)))
+
+
+@blp.route("/<file_id>/content", methods=["GET"])
+@blp.response(200, description="The bytes.")
+@blp.doc(security=[{"bearer": []}, {}], parameters=[
+    {"in": "query", "name": name, "schema": {"type": "string"}, "required": False,
+     "description": "Part of a signed URL (instead of the Bearer key)."}
+    for name in ("user", "expires", "signature")])
+@blp.alt_response(401, description="No valid key and no valid signature.")
+@blp.alt_response(404, description="No such file.")
+def content(file_id):
+    """The file's bytes, served so that a browser never runs them."""
+    meta = _meta_or_404(file_id)
+    mime = meta["mime_type"]
+    active = mime in ACTIVE_TYPES
+    # Runnable types (HTML, SVG, scripts) only ever download; nosniff and a
+    # sandboxing CSP keep the browser from treating anything else as a page.
+    response = send_file(_files().content_path(current_user(), file_id), mimetype=mime,
+                         as_attachment=active, download_name=meta["filename"] or file_id,
+                         conditional=True, max_age=300)
+    if mime.startswith("text/"):
+        response.headers["Content-Type"] = f"{mime}; charset=utf-8"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    return response

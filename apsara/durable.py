@@ -1,0 +1,39 @@
+"""Writing a file so that a crash leaves the old bytes or the new ones, never half.
+
+Temp file in the same folder, flush, fsync, optional mtime, `os.replace`, fsync
+of the folder. Readers need no lock: a rename is atomic.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(target: Path, data: bytes, mtime_ns: int | None = None) -> None:
+    folder = target.parent
+    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=target.suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if mtime_ns is not None:
+            os.utime(temp_name, ns=(mtime_ns, mtime_ns))
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    fsync_dir(folder)

@@ -1,0 +1,161 @@
+"""Stored files: uploads and the images models make.
+
+`<data>/files/<user>/<id>.bin` holds the bytes, `<id>.json` the metadata
+(name, type, size, SHA-256, and the Gemini Files API reference while one is
+alive). Uploads are written straight to `<data>/files/.incoming/` by the
+multipart parser, never held in memory, then hashed, typed from their bytes and
+moved into place. File URLs are signed (HMAC-SHA256 with APSARA_SECRET_KEY) and
+expire, so a browser `<img src>` can load them without a Bearer header.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import orjson
+
+from .clock import new_id, now_iso
+from .conversations.store import InvalidId, check_id
+from .durable import write_atomically
+from .errors import ApiError
+from .filetypes import sniff
+
+PRIVATE_FIELDS = ("gemini",)
+_CHUNK = 1024 * 1024
+
+
+class FileStore:
+    def __init__(self, data_dir: Path, secret_key: str, url_ttl_s: int = 3600):
+        self.root = Path(data_dir) / "files"
+        self.incoming = self.root / ".incoming"
+        self._secret = secret_key.encode()
+        self._url_ttl_s = url_ttl_s
+
+    # -- paths -------------------------------------------------------------------
+    def _folder(self, owner: str, create: bool = False) -> Path:
+        folder = self.root / check_id(owner)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _paths(self, owner: str, file_id: str) -> tuple[Path, Path]:
+        folder = self._folder(owner)
+        check_id(file_id)
+        return folder / f"{file_id}.bin", folder / f"{file_id}.json"
+
+    # -- writing -----------------------------------------------------------------
+    def incoming_file(self):
+        """Where the multipart parser writes an upload as it arrives."""
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        return tempfile.NamedTemporaryFile(dir=self.incoming, prefix="up-", delete=False)
+
+    def adopt(self, owner: str, temp_path: Path, filename: str) -> dict:
+        """Hash and type an uploaded temp file, then move it into the user's files."""
+        digest, size, head = hashlib.sha256(), 0, b""
+        with open(temp_path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                if len(head) < 8192:
+                    head += chunk[: 8192 - len(head)]
+                digest.update(chunk)
+                size += len(chunk)
+        mime_type = sniff(head, filename)
+        if mime_type is None:
+            raise ApiError(415, "this type of file cannot be read by the models; send an image, PDF, "
+                                "audio, video or text file")
+        file_id = new_id("f")
+        blob, meta_path = self._paths(owner, file_id)
+        self._folder(owner, create=True)
+        os.replace(temp_path, blob)
+        meta = {"id": file_id, "filename": filename or f"{file_id}", "mime_type": mime_type,
+                "size_bytes": size, "sha256": digest.hexdigest(), "created_at": now_iso()}
+        write_atomically(meta_path, orjson.dumps(meta))
+        return meta
+
+    def save_bytes(self, owner: str, data: bytes, mime_type: str, filename: str) -> dict:
+        """Store bytes made here (a generated image); their type is already known."""
+        file_id = new_id("f")
+        blob, meta_path = self._paths(owner, file_id)
+        self._folder(owner, create=True)
+        write_atomically(blob, data)
+        meta = {"id": file_id, "filename": filename, "mime_type": mime_type, "size_bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(), "created_at": now_iso(), "generated": True}
+        write_atomically(meta_path, orjson.dumps(meta))
+        return meta
+
+    def set_gemini_ref(self, owner: str, file_id: str, ref: dict | None) -> None:
+        """Remember (or forget) this file's upload to the Gemini Files API."""
+        meta = self.get(owner, file_id)
+        if meta is None:
+            return
+        if ref is None:
+            meta.pop("gemini", None)
+        else:
+            meta["gemini"] = ref
+        write_atomically(self._paths(owner, file_id)[1], orjson.dumps(meta))
+
+    # -- reading -----------------------------------------------------------------
+    def get(self, owner: str, file_id: str) -> dict | None:
+        try:
+            return orjson.loads(self._paths(owner, file_id)[1].read_bytes())
+        except (FileNotFoundError, InvalidId):
+            return None
+
+    def content_path(self, owner: str, file_id: str) -> Path:
+        return self._paths(owner, file_id)[0]
+
+    def read_bytes(self, owner: str, file_id: str) -> bytes:
+        return self.content_path(owner, file_id).read_bytes()
+
+    def ids(self, owner: str) -> list[str]:
+        try:
+            return [p.stem for p in self._folder(owner).glob("*.json") if not p.name.startswith(".")]
+        except InvalidId:
+            return []
+
+    def delete(self, owner: str, file_id: str) -> None:
+        for path in self._paths(owner, file_id):
+            path.unlink(missing_ok=True)
+
+    def public(self, owner: str, meta: dict) -> dict:
+        view = {k: v for k, v in meta.items() if k not in PRIVATE_FIELDS}
+        view["url"] = self.signed_url(owner, meta["id"])
+        return view
+
+    # -- signed URLs -------------------------------------------------------------
+    def _signature(self, owner: str, file_id: str, expires: int) -> str:
+        message = f"{owner}\n{file_id}\n{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def signed_url(self, owner: str, file_id: str) -> str:
+        # Rounded up to the next 5 minutes, so repeated views of one page reuse URLs (cache-friendly).
+        expires = (int(time.time() + self._url_ttl_s) // 300 + 1) * 300
+        query = urlencode({"user": owner, "expires": expires,
+                           "signature": self._signature(owner, file_id, expires)})
+        return f"/api/v1/files/{file_id}/content?{query}"
+
+    def verify(self, file_id: str, owner: str, expires: str, signature: str) -> bool:
+        try:
+            expires_at = int(expires)
+            check_id(owner)
+            check_id(file_id)
+        except (ValueError, InvalidId):
+            return False
+        if expires_at < time.time():
+            return False
+        return hmac.compare_digest(self._signature(owner, file_id, expires_at), signature or "")
+
+    def sweep_incoming(self, older_than_s: float = 3600.0) -> None:
+        if not self.incoming.is_dir():
+            return
+        cutoff = time.time() - older_than_s
+        for leftover in self.incoming.iterdir():
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+            except FileNotFoundError:
+                pass
