@@ -21,6 +21,7 @@ from .conversations.manager import ConversationManager, Turn
 from .conversations.options import check_thinking, check_tools, resolve_model
 from .errors import ApiError
 from .files import FileStore
+from .functions import BUILT_IN_FUNCTIONS, GENERATE_IMAGE, run_function
 from .filetypes import input_kind
 from .gemini import uploads
 from .gemini.catalog import ModelCatalog, ModelInfo
@@ -180,32 +181,138 @@ class Chat:
     def request_for(self, owner: str, turn: Turn) -> tuple[list[dict], types.GenerateContentConfig]:
         choice: Choice = turn.choice
         contents = to_contents(self._resolve_files(owner, turn.context))
+        return contents, self._config(choice)
+
+    def _functions(self, choice: Choice) -> list[dict]:
+        """Declarations of the server functions this turn offers the model."""
+        declared = [BUILT_IN_FUNCTIONS[t].declaration() for t in choice.tools if t in BUILT_IN_FUNCTIONS]
+        if "image_generation" in choice.tools and not choice.model.makes_images:
+            declared.append({**GENERATE_IMAGE, "parameters_json_schema": GENERATE_IMAGE["parameters"],
+                             "parameters": None})
+        return [{k: v for k, v in d.items() if v is not None} for d in declared]
+
+    def _config(self, choice: Choice, functions_allowed: bool = True) -> types.GenerateContentConfig:
         tools = [BUILT_IN[t]() for t in choice.tools if t in BUILT_IN]
-        config = generation_config(choice.model, choice.settings, choice.system_instruction, tools)
-        return contents, config
+        functions = self._functions(choice)
+        extra = {}
+        if functions:
+            tools.append(types.Tool(function_declarations=functions))
+            mode = "AUTO" if functions_allowed else "NONE"
+            extra["tool_config"] = types.ToolConfig(
+                function_calling_config=types.FunctionCallingConfig(mode=mode),
+                # Built-in tools next to our functions: Gemini refuses the mix without this.
+                include_server_side_tool_invocations=True if len(tools) > 1 else None)
+        if choice.model.makes_images:
+            extra["response_modalities"] = ["TEXT", "IMAGE"]
+        return generation_config(choice.model, choice.settings, choice.system_instruction, tools, **extra)
+
+    def _stream_step(self, sdk, model_id, contents, config, builder, stream, link):
+        """One request to Gemini; yields the client events of what it answers."""
+        if not stream:
+            builder.feed(sdk.models.generate_content(model=model_id, contents=contents, config=config))
+            return
+        for response in sdk.models.generate_content_stream(model=model_id, contents=contents, config=config):
+            for name, data in builder.feed(response):
+                if data.get("type") == "file" and link:
+                    data = {**data, "url": link(data["file_id"])}
+                yield name, data
 
     def _call(self, owner: str, turn: Turn, builder: ReplyBuilder, stream: bool):
-        """One call to Gemini, yielding client events; retried once if an upload had expired."""
+        """Call Gemini, run the functions it asks for (a bounded number of rounds),
+        yield client events. Retried once, before any output, if an upload had expired."""
         link = self.manager.link(owner)
+        sdk, choice = self.gemini.sdk, turn.choice
         for attempt in (1, 2):
             contents, config = self.request_for(owner, turn)
-            sdk, model_id = self.gemini.sdk, turn.choice.model.id
             try:
-                if stream:
-                    for response in sdk.models.generate_content_stream(model=model_id, contents=contents,
-                                                                       config=config):
-                        for name, data in builder.feed(response):
-                            if data.get("type") == "file" and link:
-                                data = {**data, "url": link(data["file_id"])}
-                            yield name, data
-                else:
-                    builder.feed(sdk.models.generate_content(model=model_id, contents=contents, config=config))
+                for step in range(self.settings.max_function_steps + 1):
+                    first_new = len(builder.parts)
+                    yield from self._stream_step(sdk, choice.model.id, contents, config, builder, stream, link)
+                    step_parts = builder.parts[first_new:]
+                    calls = [p for p in step_parts if p["type"] == "function_call"]
+                    if not calls:
+                        return
+                    last_round = step == self.settings.max_function_steps - 1
+                    results, pictures = [], []
+                    for call in calls:
+                        result, made = self._run_function(owner, turn, call, builder, last_round)
+                        results.append(result)
+                        pictures += made
+                    # Stored and shown in this order: the calls, their results, then any pictures.
+                    for part in results + pictures:
+                        builder.parts.append(part)
+                        shown = {k: v for k, v in part.items() if k != "thought_signature"}
+                        if part["type"] == "file" and link:
+                            shown["url"] = link(part["file_id"])
+                        yield "part", shown
+                    contents = contents + to_contents([("model", step_parts), ("user", results)])
+                    if last_round:  # the model must answer now, without calling anything
+                        config = self._config(choice, functions_allowed=False)
                 return
             except genai_errors.ClientError as exc:
                 # Gemini forgets uploads after 48 hours; upload again and retry, once.
                 expired = exc.code in (403, 404) and "file" in (exc.message or "").lower()
                 if attempt == 2 or builder.parts or not expired or not self._forget_uploads(owner, turn.context):
                     raise
+
+    # -- server functions ---------------------------------------------------------------
+    def _run_function(self, owner, turn, call: dict, builder: ReplyBuilder,
+                      last_round: bool) -> tuple[dict, list[dict]]:
+        """(the function_response part, file parts of pictures it made)."""
+        name, args = call["name"], call.get("args") or {}
+        allowed, made = set(turn.choice.tools), []
+        if name in BUILT_IN_FUNCTIONS and name in allowed:
+            response = run_function(BUILT_IN_FUNCTIONS[name], args)
+        elif name == "generate_image" and "image_generation" in allowed:
+            response, made = self._generate_image(owner, turn, builder, args)
+        else:
+            response = {"error": f"there is no function called {name!r} here"}
+        if last_round:
+            response = {**response, "note": "function-call limit reached: answer the user now"}
+        result = {"type": "function_response", "name": name, "response": response}
+        if call.get("call_id"):
+            result["call_id"] = call["call_id"]
+        return result, made
+
+    def _generate_image(self, owner: str, turn: Turn, builder: ReplyBuilder, args: dict) -> tuple[dict, list]:
+        """generate_image on a text model: the configured image model draws, the picture is stored."""
+        prompt = args.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            return {"error": "generate_image needs a prompt"}, []
+        image_model = self.catalog.get(self.settings.image_model)
+        if image_model is None:
+            return {"error": f"the image model {self.settings.image_model} is not available"}, []
+        parts: list[dict] = [{"text": prompt}]
+        if args.get("edit_previous"):
+            previous = self._latest_image(owner, turn, builder)
+            if previous is None:
+                return {"error": "there is no earlier picture in this conversation to change"}, []
+            parts.append({"inline_data": {"mime_type": previous["mime_type"],
+                                          "data": self.files.read_bytes(owner, previous["file_id"])}})
+        try:
+            response = self.gemini.sdk.models.generate_content(
+                model=image_model.id, contents=[{"role": "user", "parts": parts}],
+                config=types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"]))
+        except Exception as exc:  # reported to the model, which can tell the user
+            return {"error": f"the image model failed: {to_api_error(exc, self.gemini.secret).message}"}, []
+        images = ReplyBuilder(on_inline=self._store_image(owner))
+        images.feed(response)
+        # The image model's signatures belong to its own turn, not to this conversation's.
+        made = [{k: v for k, v in p.items() if k != "thought_signature"} for p in images.parts if p["type"] == "file"]
+        if not made:
+            return {"error": "the image model made no picture", "said": "".join(
+                p.get("text", "") for p in images.parts if p["type"] == "text")[:500]}, []
+        return {"result": "the picture is shown to the user", "file_ids": [p["file_id"] for p in made]}, made
+
+    def _latest_image(self, owner: str, turn: Turn, builder: ReplyBuilder) -> dict | None:
+        for part in reversed(builder.parts):
+            if part["type"] == "file" and part["mime_type"].startswith("image/"):
+                return part
+        for message in reversed(turn.context):
+            for part in reversed(message["parts"]):
+                if part["type"] == "file" and part["mime_type"].startswith("image/"):
+                    return part
+        return None
 
     def run(self, owner: str, conversation_id: str, turn: Turn, stream: bool) -> Iterator[tuple[str, dict]]:
         builder = ReplyBuilder(on_inline=self._store_image(owner))

@@ -49,6 +49,8 @@ class Settings:
     max_message_chars: int = 1_000_000
     max_files_per_message: int = 100
     max_function_steps: int = 8
+    # The model that draws when a text model calls generate_image.
+    image_model: str = "gemini-3.1-flash-image"
 
     @property
     def history_dir(self) -> Path:
@@ -119,6 +121,8 @@ def from_env(env=None) -> Settings:
     )
     if env.get("APSARA_DEFAULT_MODEL"):
         settings.default_model = env["APSARA_DEFAULT_MODEL"]
+    if env.get("APSARA_IMAGE_MODEL"):
+        settings.image_model = env["APSARA_IMAGE_MODEL"]
     if env.get("APSARA_SECRET_KEY"):
         settings.secret_key = env["APSARA_SECRET_KEY"]
     return settings

@@ -57,16 +57,23 @@ def to_sdk_part(part: dict) -> dict | None:
 
 
 def to_contents(turns: list[tuple[str, list[dict]]]) -> list[dict]:
-    """(role, parts) turns, oldest first -> Content dicts; adjacent turns of one role merge."""
+    """(role, parts) turns, oldest first -> Content dicts.
+
+    A stored reply that called functions holds the calls and their results in
+    order; Gemini wants each result in a user turn between the model's turns, so
+    function_response parts are given the user role. Adjacent turns of one role merge.
+    """
     contents: list[dict] = []
     for role, parts in turns:
-        sdk_parts = [p for p in (to_sdk_part(part) for part in parts) if p is not None]
-        if not sdk_parts:
-            continue
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(sdk_parts)
-        else:
-            contents.append({"role": role, "parts": sdk_parts})
+        for part in parts:
+            sdk_part = to_sdk_part(part)
+            if sdk_part is None:
+                continue
+            part_role = "user" if part.get("type") == "function_response" else role
+            if contents and contents[-1]["role"] == part_role:
+                contents[-1]["parts"].append(sdk_part)
+            else:
+                contents.append({"role": part_role, "parts": [sdk_part]})
     return contents
 
 
