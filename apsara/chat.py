@@ -8,6 +8,7 @@ failure as `error`, an abandoned run as `interrupted` with what had arrived.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Iterator
@@ -17,8 +18,11 @@ from google.genai import types
 from google.genai import errors as genai_errors
 
 from .config import Settings
-from .conversations.manager import ConversationManager, Turn
+from .clock import new_id, now_iso
+from .conversations.manager import ConversationManager, Turn, context_path, message_view
 from .conversations.options import check_thinking, check_tools, resolve_model
+from .conversations.output import check_output
+from .conversations.tree import MessageTree
 from .errors import ApiError
 from .files import FileStore
 from .functions import BUILT_IN_FUNCTIONS, GENERATE_IMAGE, run_function
@@ -42,6 +46,16 @@ BUILT_IN = {
     "url_context": lambda: types.Tool(url_context=types.UrlContext()),
     "code_execution": lambda: types.Tool(code_execution=types.ToolCodeExecution()),
 }
+
+
+_UNPARSED = object()
+
+
+def _parse_json(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _UNPARSED
 
 
 @dataclass
@@ -69,14 +83,24 @@ class Chat:
             raise ApiError(503, "no Gemini API key is configured: set the environment variable "
                                 "'gemini' (or GEMINI_API_KEY) and restart")
 
-    def _chooser(self, model_override: str | None, tools_override: list[str] | None):
+    def _chooser(self, owner: str, model_override: str | None, tools_override: list[str] | None,
+                 settings_override: dict | None = None):
         def choose(header: dict, context: list[dict]) -> Choice:
             model = resolve_model(self.catalog, model_override or header["model"])
             tools = tools_override if tools_override is not None else header["tools"]
+            settings = dict(header["settings"])
+            for key, value in (settings_override or {}).items():
+                if value is None:
+                    settings.pop(key, None)  # null: the model's default, for this turn
+                else:
+                    settings[key] = value
             check_tools(self.catalog, model, tools)
-            check_thinking(model, header["settings"])
+            check_thinking(model, settings)
+            check_output(settings)
             self._check_inputs(model, context)
-            return Choice(model, tools, header["settings"], header["system_instruction"])
+            choice = Choice(model, tools, settings, header["system_instruction"])
+            self._check_size(owner, choice, context)
+            return choice
         return choose
 
     def _check_inputs(self, model: ModelInfo, context: list[dict]) -> None:
@@ -93,7 +117,7 @@ class Chat:
 
     def start(self, owner: str, conversation_id: str, *, kind: str = "send", target_id: str | None = None,
               text: str | None = None, files: list[str] | None = None, model: str | None = None,
-              tools: list[str] | None = None) -> Turn:
+              tools: list[str] | None = None, settings: dict | None = None) -> Turn:
         self._require_key()
         file_parts = self._file_parts(owner, files) if files is not None else None
 
@@ -108,7 +132,7 @@ class Chat:
             return texts + kept
 
         return self.manager.begin_turn(owner, conversation_id, kind=kind, target_id=target_id,
-                                       user_parts=user_parts, choose=self._chooser(model, tools))
+                                       user_parts=user_parts, choose=self._chooser(owner, model, tools, settings))
 
     def _file_parts(self, owner: str, file_ids: list[str]) -> list[dict]:
         parts = []
@@ -118,6 +142,80 @@ class Chat:
                 raise ApiError(404, f"file '{file_id}' not found")
             parts.append({"type": "file", "file_id": file_id, "mime_type": meta["mime_type"]})
         return parts
+
+    # -- context size ----------------------------------------------------------------------
+    @staticmethod
+    def _estimate_tokens(choice: Choice, context: list[dict]) -> int:
+        """A generous guess (3 characters a token); only a guess near the limit costs a countTokens call."""
+        chars = len(choice.system_instruction or "")
+        tokens = 0
+        for message in context:
+            for part in message["parts"]:
+                chars += len(part.get("text", "")) + len(str(part.get("args") or part.get("response") or ""))
+                if part["type"] == "file":
+                    tokens += 1000  # a picture is ~258-1,100 tokens; long media are counted exactly below
+        return chars // 3 + tokens
+
+    def count(self, owner: str, choice: Choice, context: list[dict]) -> int:
+        """Gemini's own count of what this context would cost."""
+        contents = to_contents(self._resolve_files(owner, context))
+        if choice.system_instruction:
+            contents = [{"role": "user", "parts": [{"text": choice.system_instruction}]}] + contents
+        if not contents:
+            return 0
+        result = self.gemini.sdk.models.count_tokens(model=choice.model.id, contents=contents)
+        return result.total_tokens or 0
+
+    def _check_size(self, owner: str, choice: Choice, context: list[dict]) -> None:
+        limit = choice.model.input_token_limit
+        has_media = any(p["type"] == "file" and not p["mime_type"].startswith(("image/", "text/"))
+                        for m in context for p in m["parts"])
+        if not has_media and self._estimate_tokens(choice, context) <= limit // 2:
+            return
+        try:
+            total = self.count(owner, choice, context)
+        except Exception as exc:
+            raise to_api_error(exc, self.gemini.secret) from None
+        if total > limit:
+            message = (f"the conversation is {total:,} tokens, over the input limit of '{choice.model.id}' "
+                       f"({limit:,}) by {total - limit:,}; edit an earlier message, start a new conversation "
+                       "or choose a model with a larger context")
+            raise ApiError(422, message, {"text": [message]})
+
+    def conversation_tokens(self, owner: str, conversation_id: str) -> dict:
+        """What the next turn would send, counted by Gemini (files included)."""
+        self._require_key()
+        document = self.manager.load(owner, conversation_id)
+        header = document["conversation"]
+        tree = MessageTree.of(document)
+        last = tree.last()
+        context = context_path(tree, last["id"]) if last else []
+        model = resolve_model(self.catalog, header["model"])
+        choice = Choice(model, header["tools"], header["settings"], header["system_instruction"])
+        try:
+            total = self.count(owner, choice, context)
+        except ApiError:
+            raise
+        except Exception as exc:
+            raise to_api_error(exc, self.gemini.secret) from None
+        return {"model": model.id, "total_tokens": total, "input_token_limit": model.input_token_limit}
+
+    # -- one stateless turn ---------------------------------------------------------------
+    def start_stateless(self, owner: str, body: dict) -> Turn:
+        """/generate: the same checks and call as a conversation turn, nothing stored."""
+        self._require_key()
+        parts = ([{"type": "text", "text": body["text"]}] if body.get("text") else [])
+        parts += self._file_parts(owner, body.get("files") or [])
+        header = {"model": body.get("model") or self.manager.default_model(), "tools": body.get("tools") or [],
+                  "settings": {}, "system_instruction": body.get("system_instruction") or ""}
+        stamp = now_iso()
+        user = {"id": new_id("m"), "role": "user", "parent_id": None, "created_at": stamp, "parts": parts}
+        choice = self._chooser(owner, None, None, body.get("settings"))(header, [user])
+        reply = {"id": new_id("m"), "role": "model", "parent_id": user["id"], "created_at": stamp, "parts": [],
+                 "model": choice.model.id, "status": "streaming"}
+        turn = Turn(header, None, reply, [user], choice)
+        turn.persist = False
+        return turn
 
     # -- files in the request ------------------------------------------------------
     def _resolve_files(self, owner: str, context: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -346,4 +444,10 @@ class Chat:
         fields, error = outcome
         if error is not None:
             fields = {**fields, "error": {"code": error.code, "status": error.status, "message": error.message}}
+        elif turn.choice.settings.get("response_mime_type") == "application/json":
+            parsed = _parse_json("".join(p.get("text", "") for p in fields["parts"] if p["type"] == "text"))
+            if parsed is not _UNPARSED:
+                fields = {**fields, "parsed": parsed}
+        if not turn.persist:
+            return message_view({**turn.reply, **fields}, link=self.manager.link(owner))
         return self.manager.finish_reply(owner, conversation_id, turn.reply["id"], fields)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from .conversations.output import MIME_TYPES, SAFETY_CATEGORIES, SAFETY_THRESHOLDS
+
 ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"
 THINKING_LEVELS = ["minimal", "low", "medium", "high"]
 
@@ -65,6 +67,11 @@ def _id_field(**kwargs):
 
 
 # -- requests --------------------------------------------------------------------
+class SafetySettingSchema(Schema):
+    category = fields.String(required=True, validate=validate.OneOf(SAFETY_CATEGORIES))
+    threshold = fields.String(required=True, validate=validate.OneOf(SAFETY_THRESHOLDS))
+
+
 class SettingsSchema(Schema):
     """Generation settings. Each key is optional; null means "the model's default"."""
 
@@ -78,6 +85,11 @@ class SettingsSchema(Schema):
     thinking_level = fields.String(allow_none=True, validate=validate.OneOf(THINKING_LEVELS))
     thinking_budget = StrictInteger(allow_none=True, validate=validate.Range(-1, 32768))
     include_thoughts = StrictBoolean(allow_none=True)
+    response_mime_type = fields.String(allow_none=True, validate=validate.OneOf(MIME_TYPES))
+    response_schema = fields.Dict(allow_none=True, metadata={
+        "description": "Gemini's schema (OpenAPI subset) for structured output; needs a JSON or enum mime type."})
+    safety_settings = fields.List(fields.Nested(SafetySettingSchema), allow_none=True,
+                                  validate=validate.Length(max=len(SAFETY_CATEGORIES)))
 
 
 def _known_tools(value):
@@ -116,6 +128,8 @@ class ConversationPatchSchema(ConversationCreateSchema):
 class TurnOptionsSchema(Schema):
     model = fields.String(validate=validate.Length(1, 200),
                           metadata={"description": "Another model for this turn only."})
+    settings = fields.Nested(SettingsSchema, metadata={
+        "description": "Settings for this turn only, merged over the conversation's."})
     tools = tool_list(metadata={"description": "Other tools for this turn only."})
     stream = StrictBoolean(metadata={"description": "Stream server-sent events; when absent, "
                                                     "`Accept: text/event-stream` asks for a stream."})
@@ -140,6 +154,19 @@ class EditSchema(TurnOptionsSchema):
 
 class RegenerateSchema(TurnOptionsSchema):
     pass
+
+
+class GenerateSchema(TurnOptionsSchema):
+    """One stateless turn: nothing is stored."""
+
+    text = fields.String(validate=MaxChars("max_message_chars"))
+    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"))
+    system_instruction = fields.String(validate=MaxChars("max_system_instruction_chars"))
+
+    @validates_schema
+    def has_content(self, data, **kwargs):
+        if not (data.get("text") or "").strip() and not data.get("files"):
+            raise ValidationError("Give text, files or both.", "text")
 
 
 class ListQuerySchema(Schema):
@@ -203,6 +230,8 @@ class MessageSchema(Schema):
     usage = fields.Nested(UsageSchema, allow_none=True)
     grounding = fields.Nested(GroundingSchema, allow_none=True)
     error = fields.Nested(ErrorBodySchema, allow_none=True)
+    parsed = fields.Raw(allow_none=True, metadata={"description": "The JSON reply, parsed (JSON output only)."})
+    safety_ratings = fields.List(fields.Dict(), allow_none=True)
 
 
 class ConversationSummarySchema(Schema):
@@ -234,6 +263,16 @@ class FileSchema(Schema):
     created_at = fields.String()
     generated = fields.Boolean(metadata={"description": "Made by a model, not uploaded."})
     url = fields.String(metadata={"description": "Signed, expiring URL of the bytes."})
+
+
+class TokenCountSchema(Schema):
+    model = fields.String()
+    total_tokens = fields.Integer()
+    input_token_limit = fields.Integer()
+
+
+class GenerateResultSchema(Schema):
+    reply = fields.Nested(MessageSchema)
 
 
 class TurnResultSchema(Schema):

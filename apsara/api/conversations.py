@@ -6,7 +6,7 @@ from flask_smorest import Blueprint
 
 from ..auth import current_user
 from ..schemas import (ConversationCreateSchema, ConversationListSchema, ConversationPatchSchema,
-                       ConversationSchema, ListQuerySchema)
+                       ConversationSchema, ListQuerySchema, TokenCountSchema)
 
 blp = Blueprint("conversations", __name__, url_prefix="/api/v1/conversations",
                 description="Conversations (sessions) and their settings.")
@@ -65,3 +65,13 @@ def delete(conversation_id):
     """Delete a conversation and all its versions (its files stay)."""
     manager().delete(current_user(), conversation_id)
     return "", 204
+
+
+@blp.route("/<conversation_id>/tokens", methods=["GET"])
+@blp.response(200, TokenCountSchema)
+@blp.alt_response(404, description="No such conversation.")
+@blp.alt_response(503, description="No Gemini key configured.")
+def tokens(conversation_id):
+    """Tokens the next turn would send (Gemini's countTokens), next to the model's input limit."""
+    chat = current_app.extensions["apsara"].chat
+    return jsonify(chat.conversation_tokens(current_user(), conversation_id))

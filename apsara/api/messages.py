@@ -27,7 +27,7 @@ def wants_stream(body: dict) -> bool:
     return "text/event-stream" in (request.headers.get("Accept") or "")
 
 
-def answer(conversation_id: str, turn, body: dict, with_user: bool):
+def answer(conversation_id: str | None, turn, body: dict, with_user: bool, success: int = 201):
     services = current_app.extensions["apsara"]
     owner = current_user()
     events = services.chat.run(owner, conversation_id, turn, stream=wants_stream(body))
@@ -39,7 +39,7 @@ def answer(conversation_id: str, turn, body: dict, with_user: bool):
     result = {"user_message": turn.user_message} if with_user else {}
     if name == "done":
         response = jsonify({**result, "reply": data})
-        response.status_code = 201
+        response.status_code = success
         return response
     response = jsonify({"error": data["error"], **result, "reply": data["reply"]})
     response.status_code = data["error"]["code"]
@@ -62,7 +62,8 @@ def _chat():
 def send(body, conversation_id):
     """Send a message and get the reply (JSON or a stream)."""
     turn = _chat().start(current_user(), conversation_id, kind="send", text=body.get("text"),
-                         files=body.get("files"), model=body.get("model"), tools=body.get("tools"))
+                         files=body.get("files"), model=body.get("model"), tools=body.get("tools"),
+                         settings=body.get("settings"))
     return answer(conversation_id, turn, body, with_user=True)
 
 
@@ -76,7 +77,7 @@ def edit(body, conversation_id, message_id):
     """Edit a user message: a new version becomes active and the conversation continues from it."""
     turn = _chat().start(current_user(), conversation_id, kind="edit", target_id=message_id,
                          text=body.get("text"), files=body.get("files"), model=body.get("model"),
-                         tools=body.get("tools"))
+                         tools=body.get("tools"), settings=body.get("settings"))
     return answer(conversation_id, turn, body, with_user=True)
 
 
@@ -90,7 +91,7 @@ def regenerate(body, conversation_id, message_id):
     """Write a new version of a model reply, optionally with another model."""
     body = body or {}
     turn = _chat().start(current_user(), conversation_id, kind="regenerate", target_id=message_id,
-                         model=body.get("model"), tools=body.get("tools"))
+                         model=body.get("model"), tools=body.get("tools"), settings=body.get("settings"))
     return answer(conversation_id, turn, body, with_user=False)
 
 

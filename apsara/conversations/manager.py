@@ -132,6 +132,7 @@ class Turn:
         self.context = context
         self.choice = choice
         self.error = None  # the ApiError a failed reply ended with
+        self.persist = True  # False for /generate: nothing is stored
 
 
 class ConversationManager:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..errors import ApiError
 from ..gemini.catalog import ModelCatalog, ModelInfo
+from .output import check_output
 
 
 def _refuse(field: str, message: str) -> ApiError:
@@ -68,4 +69,5 @@ def check_choice(catalog: ModelCatalog, model_id: str, tools: list[str], setting
     model = resolve_model(catalog, model_id)
     check_tools(catalog, model, tools)
     check_thinking(model, settings)
+    check_output(settings)
     return model

@@ -142,7 +142,8 @@ def thinking_config(model: ModelInfo, settings: dict) -> types.ThinkingConfig | 
     return types.ThinkingConfig(**config) if config else None
 
 
-GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_output_tokens", "stop_sequences", "seed")
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "max_output_tokens", "stop_sequences", "seed",
+                   "response_mime_type", "response_schema", "safety_settings")
 
 
 def generation_config(model: ModelInfo, settings: dict, system_instruction: str,
