@@ -18,6 +18,7 @@ from google.genai import types
 from google.genai import errors as genai_errors
 
 from .config import Settings
+from .caching import ContextCache
 from .clock import new_id, now_iso
 from .conversations.manager import ConversationManager, Turn, context_path, message_view
 from .conversations.options import check_thinking, check_tools, resolve_model
@@ -76,6 +77,7 @@ class Chat:
         self.gemini = gemini
         self.files = files
         self.settings = settings
+        self.cache = ContextCache(gemini, settings.cache_min_tokens)
 
     # -- starting a turn ----------------------------------------------------------
     def _require_key(self) -> None:
@@ -276,10 +278,29 @@ class Chat:
         return store
 
     # -- running it ---------------------------------------------------------------
-    def request_for(self, owner: str, turn: Turn) -> tuple[list[dict], types.GenerateContentConfig]:
+    def request_for(self, owner: str, turn: Turn, conversation_id: str | None = None):
+        """(contents, config) for this turn; through the conversation's context cache when it pays."""
         choice: Choice = turn.choice
-        contents = to_contents(self._resolve_files(owner, turn.context))
-        return contents, self._config(choice)
+        config = self._config(choice)
+        turns = self._resolve_files(owner, turn.context)
+        if turn.persist and conversation_id:
+            def count(contents):
+                return self.gemini.sdk.models.count_tokens(model=choice.model.id, contents=contents).total_tokens or 0
+
+            use, save = self.cache.plan(turn.header.get("_cache"), choice.model.id, config, turns, turn.context, count)
+            if save is not None:
+                self._save_cache_record(owner, conversation_id, turn, save)
+            if use is not None:
+                return ContextCache.apply(use, turns, config)
+        return to_contents(turns), config
+
+    def _save_cache_record(self, owner: str, conversation_id: str, turn: Turn, record: dict | None) -> None:
+        turn.header["_cache"] = record
+        self.manager.set_cache_record(owner, conversation_id, record)
+
+    def delete_conversation(self, owner: str, conversation_id: str) -> None:
+        record = self.manager.delete(owner, conversation_id)
+        self.cache.forget(record)
 
     def _functions(self, choice: Choice) -> list[dict]:
         """Declarations of the server functions this turn offers the model."""
@@ -315,13 +336,13 @@ class Chat:
                     data = {**data, "url": link(data["file_id"])}
                 yield name, data
 
-    def _call(self, owner: str, turn: Turn, builder: ReplyBuilder, stream: bool):
+    def _call(self, owner: str, conversation_id: str | None, turn: Turn, builder: ReplyBuilder, stream: bool):
         """Call Gemini, run the functions it asks for (a bounded number of rounds),
         yield client events. Retried once, before any output, if an upload had expired."""
         link = self.manager.link(owner)
         sdk, choice = self.gemini.sdk, turn.choice
         for attempt in (1, 2):
-            contents, config = self.request_for(owner, turn)
+            contents, config = self.request_for(owner, turn, conversation_id)
             try:
                 for step in range(self.settings.max_function_steps + 1):
                     first_new = len(builder.parts)
@@ -344,13 +365,20 @@ class Chat:
                             shown["url"] = link(part["file_id"])
                         yield "part", shown
                     contents = contents + to_contents([("model", step_parts), ("user", results)])
-                    if last_round:  # the model must answer now, without calling anything
+                    # The model must answer now, without calling anything (a cached
+                    # request keeps its tool config: the note in the results says so).
+                    if last_round and not config.cached_content:
                         config = self._config(choice, functions_allowed=False)
                 return
             except genai_errors.ClientError as exc:
-                # Gemini forgets uploads after 48 hours; upload again and retry, once.
-                expired = exc.code in (403, 404) and "file" in (exc.message or "").lower()
-                if attempt == 2 or builder.parts or not expired or not self._forget_uploads(owner, turn.context):
+                # Gemini forgets uploads after 48 hours and caches when they expire:
+                # upload or cache again and retry, once, if nothing was shown yet.
+                message = (exc.message or "").lower()
+                if attempt == 2 or builder.parts or exc.code not in (400, 403, 404):
+                    raise
+                if "cachedcontent" in message and turn.header.get("_cache"):
+                    self._save_cache_record(owner, conversation_id, turn, None)
+                elif not ("file" in message and self._forget_uploads(owner, turn.context)):
                     raise
 
     # -- server functions ---------------------------------------------------------------
@@ -416,7 +444,7 @@ class Chat:
         builder = ReplyBuilder(on_inline=self._store_image(owner))
         outcome: tuple[dict, ApiError | None] | None = None
         try:
-            yield from self._call(owner, turn, builder, stream)
+            yield from self._call(owner, conversation_id, turn, builder, stream)
             outcome = builder.outcome()
         except GeneratorExit:
             outcome = ({**self._partial(builder), "status": "interrupted"}, None)

@@ -49,6 +49,8 @@ class Settings:
     max_message_chars: int = 1_000_000
     max_files_per_message: int = 100
     max_function_steps: int = 8
+    # Smallest prefix worth an explicit context cache; None: Gemini's minimum per model.
+    cache_min_tokens: int | None = None
     # The model that draws when a text model calls generate_image.
     image_model: str = "gemini-3.1-flash-image"
 

@@ -63,7 +63,7 @@ def put(changes, conversation_id):
 @blp.alt_response(404, description="No such conversation.")
 def delete(conversation_id):
     """Delete a conversation and all its versions (its files stay)."""
-    manager().delete(current_user(), conversation_id)
+    current_app.extensions["apsara"].chat.delete_conversation(current_user(), conversation_id)
     return "", 204
 
 

@@ -73,8 +73,13 @@ def message_view(message: dict, tree: MessageTree | None = None, link=None) -> d
     return view
 
 
+def summary_view(header: dict) -> dict:
+    # "_" keys (the context-cache record) are bookkeeping, not API.
+    return {k: v for k, v in header.items() if not k.startswith("_")}
+
+
 def conversation_view(document: dict, with_messages: bool = True, link=None) -> dict:
-    view = dict(document["conversation"])
+    view = summary_view(document["conversation"])
     if with_messages:
         tree = MessageTree.of(document)
         view["messages"] = [message_view(m, tree, link) for m in tree.active_path()]
@@ -174,7 +179,7 @@ class ConversationManager:
     def list(self, owner: str, limit: int, cursor: str | None):
         after = decode_cursor(cursor) if cursor else None
         headers, last = self.store.list_headers(owner, limit, after)
-        return headers, (encode_cursor(last) if last else None)
+        return [summary_view(h) for h in headers], (encode_cursor(last) if last else None)
 
     # -- writing ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -241,11 +246,21 @@ class ConversationManager:
             header.update(model=model, tools=tools, settings=settings)
         return conversation_view(document, link=self.link(owner))
 
-    def delete(self, owner: str, conversation_id: str) -> None:
+    def delete(self, owner: str, conversation_id: str) -> dict | None:
+        """Delete; returns the context-cache record the conversation had, for cleaning up."""
         self._check_id(conversation_id)
         with self.store.locked(owner, conversation_id):
-            if not self.store.delete(owner, conversation_id):
+            header = self.store.read_header(owner, conversation_id)
+            if header is None or not self.store.delete(owner, conversation_id):
                 raise _not_found(conversation_id)
+        return header.get("_cache")
+
+    def set_cache_record(self, owner: str, conversation_id: str, record: dict | None) -> None:
+        try:
+            with self.editing(owner, conversation_id) as document:
+                document["conversation"]["_cache"] = record
+        except ApiError:
+            pass  # deleted meanwhile
 
     # -- turns ------------------------------------------------------------------
     def begin_turn(self, owner: str, conversation_id: str, *, kind: str, target_id: str | None = None,

@@ -42,3 +42,17 @@ def upload(client: GeminiClient, path: Path, mime_type: str, display_name: str) 
     expires = uploaded.expiration_time or (datetime.now(timezone.utc) + timedelta(hours=48))
     return {"name": uploaded.name, "uri": uploaded.uri, "mime_type": uploaded.mime_type or mime_type,
             "expires_at": expires.isoformat()}
+
+
+def create_cache(client: GeminiClient, model_id: str, contents: list[dict], config: types.GenerateContentConfig,
+                 ttl_s: int) -> dict:
+    """An explicit context cache of the system instruction, tools and `contents`."""
+    cache = client.sdk.caches.create(model=model_id, config=types.CreateCachedContentConfig(
+        contents=contents or None, system_instruction=config.system_instruction, tools=config.tools,
+        tool_config=config.tool_config, ttl=f"{int(ttl_s)}s"))
+    expires = cache.expire_time or (datetime.now(timezone.utc) + timedelta(seconds=ttl_s))
+    return {"name": cache.name, "expires_at": expires.isoformat()}
+
+
+def delete_cache(client: GeminiClient, name: str) -> None:
+    client.sdk.caches.delete(name=name)

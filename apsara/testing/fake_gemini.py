@@ -81,15 +81,37 @@ def _thinking(body: dict) -> dict:
     return config.get("thinkingConfig") or config.get("thinking_config") or {}
 
 
-def _count_tokens(body: dict) -> int:
-    words = 0
+def _part_tokens(part: dict, files: dict) -> int:
+    """Words of text; a text file's words (inline or uploaded); 258 for any other file."""
+    if "text" in part:
+        return len(str(part["text"]).split())
+    inline = part.get("inlineData") or part.get("inline_data")
+    data = part.get("fileData") or part.get("file_data")
+    mime = ""
+    raw = None
+    if inline:
+        mime = inline.get("mimeType") or inline.get("mime_type") or ""
+        raw = base64.b64decode(inline.get("data") or "")
+    elif data:
+        uri = data.get("fileUri") or data.get("file_uri") or ""
+        record = files.get("files/" + uri.rsplit("/files/", 1)[-1])
+        mime = (data.get("mimeType") or data.get("mime_type") or "")
+        raw = record["bytes"] if record else None
+    else:
+        return 0
+    if raw is not None and mime.startswith("text/"):
+        return len(raw.decode("utf-8", "replace").split())
+    return 258
+
+
+def _count_tokens(body: dict, files: dict | None = None) -> int:
+    files = files or {}
+    total = 0
     for content in body.get("contents") or []:
-        for part in content.get("parts", []):
-            words += len(str(part.get("text", "")).split()) + (258 if "inlineData" in part or "inline_data" in part or "fileData" in part or "file_data" in part else 0)
+        total += sum(_part_tokens(part, files) for part in content.get("parts", []))
     system = body.get("systemInstruction") or body.get("system_instruction") or {}
-    for part in system.get("parts", []):
-        words += len(str(part.get("text", "")).split())
-    return words
+    total += sum(_part_tokens(part, files) for part in system.get("parts", []))
+    return total
 
 
 class _Server(ThreadingHTTPServer):
@@ -112,6 +134,8 @@ class FakeGemini:
         # Files API: name ("files/abc") -> {"bytes", "mime_type", "expired"}; sessions in progress.
         self.files: dict[str, dict] = {}
         self._sessions: dict[str, dict] = {}
+        # Explicit caches: name -> {"model", "tokens", "expired", "body"}
+        self.caches: dict[str, dict] = {}
         self.signature_counter = 0
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
@@ -140,6 +164,10 @@ class FakeGemini:
 
     def last_body(self) -> dict:
         return self.generate_requests()[-1]["json"]
+
+    def expire_caches(self) -> None:
+        for record in self.caches.values():
+            record["expired"] = True
 
     def expire_files(self) -> None:
         """Make every uploaded file unusable, as after Gemini's 48 hours."""
@@ -270,6 +298,17 @@ class FakeGemini:
                         "display_name": meta.get("displayName") or meta.get("display_name") or ""}
                     return self._send_json(200, {}, {"X-Goog-Upload-URL": f"{fake.url}/_upload/{session}",
                                                      "X-Goog-Upload-Status": "active"})
+                if re.match(r"^/v1\w*/cachedContents$", path):
+                    self._record(body)
+                    if not self._authorized():
+                        return None
+                    name = f"cachedContents/c{len(fake.caches) + 1}"
+                    tokens = _count_tokens(body, fake.files)
+                    fake.caches[name] = {"model": body.get("model", ""), "tokens": tokens, "expired": False,
+                                         "body": body}
+                    return self._send_json(200, {"name": name, "model": body.get("model"),
+                                                 "expireTime": "2026-11-21T23:00:00Z",
+                                                 "usageMetadata": {"totalTokenCount": tokens}})
                 match = _CALL.match(path)
                 self._record(body, match)
                 if not match:
@@ -280,12 +319,21 @@ class FakeGemini:
                 if not known:
                     return self._error(404, f"models/{match['model']} is not found for API version "
                                             f"{match['ver']}, or is not supported for generateContent.")
+                cached = body.get("cachedContent") or body.get("cached_content")
+                if cached:
+                    record = fake.caches.get(cached)
+                    if record is None or record["expired"]:
+                        return self._error(403, f"CachedContent not found (or permission denied): {cached}",
+                                           "PERMISSION_DENIED")
+                    if body.get("systemInstruction") or body.get("tools") or body.get("toolConfig"):
+                        return self._error(400, "CachedContent can not be used with GenerateContent request "
+                                                "setting system_instruction, tools or tool_config.")
                 missing = self._missing_file(body)
                 if missing:
                     return self._error(403, f"You do not have permission to access the File {missing} "
                                             "or it may not exist.", "PERMISSION_DENIED")
                 if match["method"] == "countTokens":
-                    return self._send_json(200, {"totalTokens": _count_tokens(body)})
+                    return self._send_json(200, {"totalTokens": _count_tokens(body, fake.files)})
                 if match["method"] not in ("generateContent", "streamGenerateContent"):
                     return self._error(404, f"unknown method {match['method']}")
                 reply = fake._next_reply(body)
@@ -327,11 +375,16 @@ class FakeGemini:
             def _usage(self, reply: Reply, body: dict, parts: list) -> dict:
                 if reply.usage is not None:
                     return reply.usage
-                prompt = _count_tokens(body)
+                prompt = _count_tokens(body, fake.files)
+                cached_name = body.get("cachedContent") or body.get("cached_content")
+                cached = fake.caches[cached_name]["tokens"] if cached_name in fake.caches else 0
+                prompt += cached
                 out = sum(len(str(p.get("text", "")).split()) for p in parts if not p.get("thought"))
                 thoughts = sum(len(str(p.get("text", "")).split()) for p in parts if p.get("thought"))
                 usage = {"promptTokenCount": prompt, "candidatesTokenCount": out,
                          "totalTokenCount": prompt + out + thoughts}
+                if cached:
+                    usage["cachedContentTokenCount"] = cached
                 if thoughts:
                     usage["thoughtsTokenCount"] = thoughts
                 return usage
@@ -362,7 +415,7 @@ class FakeGemini:
             def _whole(self, reply: Reply, body: dict) -> dict:
                 if reply.block_reason:
                     return {"promptFeedback": {"blockReason": reply.block_reason},
-                            "usageMetadata": {"promptTokenCount": _count_tokens(body), "totalTokenCount": _count_tokens(body)}}
+                            "usageMetadata": {"promptTokenCount": _count_tokens(body, fake.files), "totalTokenCount": _count_tokens(body, fake.files)}}
                 parts = self._signed(reply.wire_parts())
                 return {"candidates": [self._candidate(reply, parts, True)],
                         "usageMetadata": self._usage(reply, body, parts), "modelVersion": "fake"}
@@ -402,6 +455,17 @@ class FakeGemini:
                             reply.hold.wait(30)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+
+            def do_DELETE(self):
+                path = self.path.split("?", 1)[0]
+                self._record(None)
+                match = re.match(r"^/v1\w*/(cachedContents/[^/]+|files/[^/]+)$", path)
+                if not match:
+                    return self._error(404, "not found")
+                store = fake.caches if match[1].startswith("cached") else fake.files
+                if store.pop(match[1], None) is None:
+                    return self._error(404, f"{match[1]} not found")
+                return self._send_json(200, {})
 
         return Handler
 
