@@ -35,6 +35,7 @@ class Services:
     gemini: "GeminiClient"
     chat: "Chat"
     files: "FileStore"
+    router: "Router"
 
 
 def _settings(config) -> Settings:
@@ -47,6 +48,7 @@ def _settings(config) -> Settings:
 def create_app(config: Settings | dict | None = None) -> Flask:
     from .chat import Chat
     from .files import FileStore
+    from .routing.router import Router
     from .conversations import ConversationManager, ConversationStore
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
@@ -70,8 +72,9 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s)
     files.sweep_incoming()
     manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
+    router = Router(catalog, settings.auto_tiers)
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,
-                                        Chat(manager, catalog, gemini, files, settings), files)
+                                        Chat(manager, catalog, gemini, files, settings, router), files, router)
     app.request_class = UploadRequest
 
     register_extensions(app, settings)

@@ -21,7 +21,7 @@ from .config import Settings
 from .caching import ContextCache
 from .clock import new_id, now_iso
 from .conversations.manager import ConversationManager, Turn, context_path, message_view
-from .conversations.options import check_thinking, check_tools, resolve_model
+from .conversations.options import AUTO, check_thinking, check_tools, resolve_model
 from .conversations.output import check_output
 from .conversations.tree import MessageTree
 from .errors import ApiError
@@ -34,6 +34,7 @@ from .gemini.client import GeminiClient
 from .gemini.convert import generation_config, to_contents
 from .gemini.errors import to_api_error
 from .gemini.replies import ReplyBuilder
+from .routing.router import Router, translate_thinking
 
 # Files up to this size ride inside the request when they are new in this turn;
 # bigger ones, and files already sent in earlier turns, go through the Files API.
@@ -67,17 +68,19 @@ class Choice:
     tools: list[str]
     settings: dict
     system_instruction: str
+    routing: dict | None = None  # how `auto` chose the model, when it did
 
 
 class Chat:
     def __init__(self, manager: ConversationManager, catalog: ModelCatalog, gemini: GeminiClient,
-                 files: FileStore, settings: Settings):
+                 files: FileStore, settings: Settings, router: Router):
         self.manager = manager
         self.catalog = catalog
         self.gemini = gemini
         self.files = files
         self.settings = settings
         self.cache = ContextCache(gemini, settings.cache_min_tokens)
+        self.router = router
 
     # -- starting a turn ----------------------------------------------------------
     def _require_key(self) -> None:
@@ -88,7 +91,6 @@ class Chat:
     def _chooser(self, owner: str, model_override: str | None, tools_override: list[str] | None,
                  settings_override: dict | None = None):
         def choose(header: dict, context: list[dict]) -> Choice:
-            model = resolve_model(self.catalog, model_override or header["model"])
             tools = tools_override if tools_override is not None else header["tools"]
             settings = dict(header["settings"])
             for key, value in (settings_override or {}).items():
@@ -96,14 +98,34 @@ class Chat:
                     settings.pop(key, None)  # null: the model's default, for this turn
                 else:
                     settings[key] = value
+            routing = None
+            if (model_override or header["model"]) == AUTO:
+                routing = self.route_turn(context, tools, header["system_instruction"])
+                model = resolve_model(self.catalog, routing.model or AUTO)
+                tools = [t for t in tools if t in model.tools]
+                settings = translate_thinking(settings, model)
+            else:
+                model = resolve_model(self.catalog, model_override or header["model"])
             check_tools(self.catalog, model, tools)
             check_thinking(model, settings)
             check_output(settings)
             self._check_inputs(model, context)
-            choice = Choice(model, tools, settings, header["system_instruction"])
+            choice = Choice(model, tools, settings, header["system_instruction"],
+                            routing.to_dict() if routing else None)
             self._check_size(owner, choice, context)
             return choice
         return choose
+
+    def route_turn(self, context: list[dict], tools: list[str], system_instruction: str = ""):
+        """The `auto` decision for a turn whose newest message ends `context`."""
+        newest = context[-1] if context else {"parts": []}
+        text = "".join(p.get("text", "") for p in newest["parts"] if p["type"] == "text")
+        file_types = [p["mime_type"] for m in context for p in m["parts"] if p["type"] == "file"]
+        previous = next((m.get("routing", {}).get("tier") for m in reversed(context[:-1])
+                         if m["role"] == "model" and m.get("routing")), None)
+        tokens = self._estimate_tokens(Choice(None, tools, {}, system_instruction), context)
+        return self.router.route(text, file_types=file_types, tools=tools, context_tokens=tokens,
+                                 previous_tier=previous, history_turns=len(context) // 2)
 
     def _check_inputs(self, model: ModelInfo, context: list[dict]) -> None:
         for message in context:
@@ -201,6 +223,23 @@ class Chat:
         except Exception as exc:
             raise to_api_error(exc, self.gemini.secret) from None
         return {"model": model.id, "total_tokens": total, "input_token_limit": model.input_token_limit}
+
+    def preview_route(self, owner: str, body: dict) -> dict:
+        """POST /route: the decision `auto` would make, generating nothing."""
+        parts = [{"type": "text", "text": body["text"]}] + self._file_parts(owner, body.get("files") or [])
+        context: list[dict] = []
+        tools = body.get("tools")
+        system_instruction = ""
+        if body.get("conversation_id"):
+            document = self.manager.load(owner, body["conversation_id"])
+            header = document["conversation"]
+            tree = MessageTree.of(document)
+            last = tree.last()
+            context = context_path(tree, last["id"]) if last else []
+            tools = tools if tools is not None else header["tools"]
+            system_instruction = header["system_instruction"]
+        context = context + [{"id": "preview", "role": "user", "parent_id": None, "parts": parts}]
+        return self.route_turn(context, tools or [], system_instruction).to_dict()
 
     # -- one stateless turn ---------------------------------------------------------------
     def start_stateless(self, owner: str, body: dict) -> Turn:

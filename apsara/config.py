@@ -51,6 +51,8 @@ class Settings:
     max_function_steps: int = 8
     # Smallest prefix worth an explicit context cache; None: Gemini's minimum per model.
     cache_min_tokens: int | None = None
+    # `auto`: tier -> models to try in order (unset tiers keep the built-in defaults).
+    auto_tiers: dict[str, list[str]] = field(default_factory=dict)
     # The model that draws when a text model calls generate_image.
     image_model: str = "gemini-3.1-flash-image"
 
@@ -123,6 +125,9 @@ def from_env(env=None) -> Settings:
     )
     if env.get("APSARA_DEFAULT_MODEL"):
         settings.default_model = env["APSARA_DEFAULT_MODEL"]
+    for tier in ("lite", "flash", "pro", "image"):
+        if env.get(f"APSARA_AUTO_{tier.upper()}"):
+            settings.auto_tiers[tier] = _split(env[f"APSARA_AUTO_{tier.upper()}"])
     if env.get("APSARA_IMAGE_MODEL"):
         settings.image_model = env["APSARA_IMAGE_MODEL"]
     if env.get("APSARA_SECRET_KEY"):

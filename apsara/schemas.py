@@ -169,6 +169,21 @@ class GenerateSchema(TurnOptionsSchema):
             raise ValidationError("Give text, files or both.", "text")
 
 
+class RouteSchema(Schema):
+    text = fields.String(required=True, validate=MaxChars("max_message_chars"))
+    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"))
+    tools = tool_list()
+    conversation_id = _id_field(metadata={"description": "Route as the next turn of this conversation."})
+
+
+class RoutingSchema(Schema):
+    model = fields.String()
+    tier = fields.String(validate=validate.OneOf(["lite", "flash", "pro", "image"]))
+    reason = fields.String()
+    classifier = fields.String()
+    latency_ms = fields.Float()
+
+
 class ListQuerySchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
     cursor = fields.String(validate=validate.Length(1, 500))
@@ -230,6 +245,7 @@ class MessageSchema(Schema):
     usage = fields.Nested(UsageSchema, allow_none=True)
     grounding = fields.Nested(GroundingSchema, allow_none=True)
     error = fields.Nested(ErrorBodySchema, allow_none=True)
+    routing = fields.Dict(allow_none=True, metadata={"description": "How the `auto` model chose (auto turns only)."})
     parsed = fields.Raw(allow_none=True, metadata={"description": "The JSON reply, parsed (JSON output only)."})
     safety_ratings = fields.List(fields.Dict(), allow_none=True)
 

@@ -18,7 +18,9 @@ SETTING_VALUES = {"temperature": 0.5, "top_p": 0.5, "top_k": 3, "max_output_toke
 
 def test_concurrent_patches_through_two_workers_lose_nothing(tmp_path):
     log = tmp_path / "gunicorn.log"
-    with gunicorn({"APSARA_DATA_DIR": str(tmp_path / "data")}, workers=2, log_path=log) as base:
+    # sync workers take one request at a time, so overlapping requests must spread over both processes
+    with gunicorn({"APSARA_DATA_DIR": str(tmp_path / "data")}, workers=2, worker_class="sync",
+                  log_path=log) as base:
         url = f"{base}/api/v1/conversations"
         assert call("POST", url, {"id": "shared"})[0] == 201
         with ThreadPoolExecutor(max_workers=16) as pool:

@@ -23,6 +23,7 @@ def test_live_list_decides_which_models_exist(tmp_path, fake):
     body = client.get(API).json
     assert body["source"] == "live"
     models = {m["id"]: m for m in body["models"]}
+    assert models.pop("auto")["display_name"] == "Automatic"
     assert set(models) == {"gemini-3.8-flash", "gemini-4.0-flash", "gemini-2.5-flash-lite-preview-09",
                            "gemini-4.0-flash-image"}
     # known: bundled facts, live limits

@@ -35,7 +35,7 @@ def require_json_body() -> None:
 
 
 def register_api(app: Flask) -> None:
-    from . import conversations, files, generate, health, messages, models
+    from . import conversations, files, generate, health, messages, models, route
 
     app.config.update(
         API_TITLE="Apsara-2.5",
@@ -55,5 +55,5 @@ def register_api(app: Flask) -> None:
     )
     app.before_request(require_json_body)
     api = ApsaraApi(app)
-    for module in (health, models, conversations, messages, files, generate):
+    for module in (health, models, conversations, messages, files, generate, route):
         api.register_blueprint(module.blp)

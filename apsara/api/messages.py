@@ -33,7 +33,10 @@ def answer(conversation_id: str | None, turn, body: dict, with_user: bool, succe
     events = services.chat.run(owner, conversation_id, turn, stream=wants_stream(body))
     if wants_stream(body):
         first = [("user_message", turn.user_message)] if with_user else []
-        first.append(("reply_start", {"id": turn.reply["id"], "model": turn.reply["model"]}))
+        start = {"id": turn.reply["id"], "model": turn.reply["model"]}
+        if turn.reply.get("routing"):
+            start["routing"] = turn.reply["routing"]
+        first.append(("reply_start", start))
         return sse_response(first, events, services.settings.ping_interval_s)
     name, data = list(events)[-1]
     result = {"user_message": turn.user_message} if with_user else {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import current_app, jsonify
 from flask_smorest import Blueprint
 
+from ..conversations.options import auto_model
 from ..gemini.tools import TOOL_DESCRIPTIONS
 from ..schemas import ModelListSchema, ToolListSchema
 
@@ -16,6 +17,7 @@ def all_models():
     """The models that can be chosen, live from the Gemini API when it can be reached."""
     services = current_app.extensions["apsara"]
     models = [m.to_dict() for m in services.catalog.models()]
+    models.append(auto_model(services.catalog).to_dict())
     return jsonify({"default": services.manager.default_model(),
                     "source": services.catalog.source, "models": models})
 

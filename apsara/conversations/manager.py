@@ -306,6 +306,7 @@ class ConversationManager:
             reply = tree.add({"id": new_id("m"), "role": "model", "parent_id": parent_id,
                               "created_at": stamp, "parts": [], "model": choice.model.id,
                               "status": "streaming",
+                              **({"routing": choice.routing} if getattr(choice, "routing", None) else {}),
                               "_writer": {"pid": os.getpid(), "host": _HOST, "started": time.time()}})
             tree.select(reply["id"])
             link = self.link(owner)

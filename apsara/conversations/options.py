@@ -64,8 +64,28 @@ def check_thinking(model: ModelInfo, settings: dict, field: str = "settings") ->
                           f"model '{model.id}' takes thinking_budget -1 (dynamic), {zero}or {low}..{high}")
 
 
+AUTO = "auto"
+
+
+def auto_model(catalog: ModelCatalog) -> ModelInfo:
+    """`auto` as a model: whatever some available model can do, it can."""
+    models = [m for m in catalog.models()]
+    return ModelInfo(AUTO, "Automatic", "Picks a lite, flash, pro or image model for each turn.",
+                     input_token_limit=max((m.input_token_limit for m in models), default=0),
+                     output_token_limit=max((m.output_token_limit for m in models), default=0),
+                     inputs=sorted({i for m in models for i in m.inputs}),
+                     outputs=sorted({o for m in models for o in m.outputs}),
+                     tools=sorted({t for m in models for t in m.tools}), thinking=None, status="stable")
+
+
 def check_choice(catalog: ModelCatalog, model_id: str, tools: list[str], settings: dict) -> ModelInfo:
     """The whole check for one model + tools + settings combination."""
+    if model_id == AUTO:
+        # Thinking settings are translated per turn to whatever model is picked.
+        model = auto_model(catalog)
+        check_tools(catalog, model, tools)
+        check_output(settings)
+        return model
     model = resolve_model(catalog, model_id)
     check_tools(catalog, model, tools)
     check_thinking(model, settings)

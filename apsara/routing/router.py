@@ -1,0 +1,144 @@
+"""The `auto` model: pick a tier for each turn, then a model that can really serve it.
+
+1. The local classifier reads the turn (and the tier of the turn before) and
+   proposes a tier: lite, flash, pro or image.
+2. Hard constraints come before taste: the model must read every file in the
+   context, hold the context in its input limit, and use every enabled tool; an
+   image request goes to an image model. When the tier's models cannot, the turn
+   moves up (lite -> flash -> pro) or to any model that can.
+3. The conversation's thinking settings are translated to what the chosen model
+   takes (levels <-> budgets).
+Tier -> models comes from configuration (first available wins).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from ..filetypes import input_kind
+from ..gemini.catalog import ModelCatalog, ModelInfo
+from .classifier import Classifier
+from .features import features
+
+DEFAULT_TIER_MODELS = {
+    "lite": ["gemini-3.5-flash-lite", "gemini-3.1-flash-lite", "gemini-2.5-flash-lite"],
+    "flash": ["gemini-3.8-flash", "gemini-3.7-flash", "gemini-3.6-flash"],
+    "pro": ["gemini-3.1-pro-preview", "gemini-2.5-pro"],
+    "image": ["gemini-3.1-flash-image", "gemini-3-pro-image", "gemini-3.1-flash-lite-image"],
+}
+ESCALATION = ["lite", "flash", "pro"]
+LABELS = {"greeting": "small talk", "small_task": "a small, one-fact task", "everyday": "an everyday task",
+          "reasoning": "multi-step reasoning", "system_design": "system design", "debugging": "intricate debugging",
+          "code": "code", "image": "a picture to make", "image_edit": "a change to a picture",
+          "image_edit_with_image": "a change to the picture at hand", "multi_step": "several steps",
+          "math": "mathematics", "math_symbols": "mathematical notation", "short": "a short message",
+          "length": "a long message", "very_long": "a very long message", "code_block": "pasted code",
+          "questions": "questions", "has_image": "an attached image", "follow_lite": "a follow-up to a light turn",
+          "follow_flash": "a follow-up to an everyday turn", "follow_pro": "a follow-up to a hard turn",
+          "follow_image": "a follow-up to a picture", "hedge": "polite padding"}
+
+
+@dataclass
+class Routing:
+    model: str
+    tier: str
+    reason: str
+    classifier: str
+    latency_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Router:
+    def __init__(self, catalog: ModelCatalog, tier_models: dict[str, list[str]] | None = None,
+                 classifier: Classifier | None = None):
+        self.catalog = catalog
+        self.tier_models = {**DEFAULT_TIER_MODELS, **(tier_models or {})}
+        self.classifier = classifier or Classifier.load()
+
+    def _fits(self, model: ModelInfo, kinds: set[str], tools: list[str], tokens: int) -> bool:
+        return (kinds <= set(model.inputs) | {"text"} and all(t in model.tools for t in tools)
+                and tokens <= model.input_token_limit)
+
+    def _pick(self, tier: str, kinds: set[str], tools: list[str], tokens: int) -> tuple[ModelInfo | None, str]:
+        """The first model of the tier (or a higher one) that fits; with why it moved."""
+        available = {m.id: m for m in self.catalog.models()}
+        if tier == "image":
+            images = [available[i] for i in self.tier_models["image"] if i in available]
+            # Tools an image model lacks are left out of a picture turn rather than refusing it.
+            for needed in (tools, [t for t in tools if t == "image_generation"]):
+                for model in images:
+                    if self._fits(model, kinds, needed, tokens):
+                        note = "" if needed == tools else "; tools the image model lacks were left out"
+                        return model, note
+            tier, moved = "flash", "; no image model can take this turn"
+        else:
+            moved = ""
+        start = ESCALATION.index(tier)
+        for step, name in enumerate(ESCALATION[start:]):
+            for model_id in self.tier_models[name]:
+                model = available.get(model_id)
+                if model and self._fits(model, kinds, tools, tokens):
+                    note = moved if step == 0 else f"{moved}; moved up to {name}: the {tier} models cannot " \
+                                                    "read these files, hold this context or use these tools"
+                    return model, note
+        for model in available.values():
+            if not model.makes_images and self._fits(model, kinds, tools, tokens):
+                return model, f"{moved}; no configured model fits, {model.id} does"
+        return None, moved
+
+    def route(self, text: str, *, file_types: list[str] = (), tools: list[str] = (), context_tokens: int = 0,
+              previous_tier: str | None = None, history_turns: int = 0) -> Routing:
+        started = time.perf_counter()
+        has_image = any(t.startswith("image/") for t in file_types)
+        found = features(text, previous_tier=previous_tier, has_image=has_image,
+                         has_other_file=any(not t.startswith("image/") for t in file_types),
+                         history_turns=history_turns)
+        scored = self.classifier.score(found)
+        kinds = {input_kind(t) for t in file_types}
+        model, note = self._pick(scored.tier, kinds, list(tools), context_tokens)
+        if model is None:
+            model_id, note = "", "; no available model can take this turn"
+        else:
+            model_id = model.id
+        tier = "image" if model is not None and model.makes_images else \
+            next((name for name, ids in self.tier_models.items() if model_id in ids), scored.tier)
+        why = ", ".join(LABELS.get(name, name) for name, _ in scored.top_features) or "nothing stands out"
+        reason = f"{scored.tier} ({scored.probabilities[scored.tier]:.0%}): {why}{note}"
+        return Routing(model_id, tier, reason, "local-logistic-v1",
+                       round((time.perf_counter() - started) * 1000, 3))
+
+
+LEVEL_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+
+
+def translate_thinking(settings: dict, model: ModelInfo) -> dict:
+    """Thinking settings made valid for `model`: levels <-> budgets, clamped, or dropped."""
+    out = dict(settings)
+    level, budget = out.pop("thinking_level", None), out.pop("thinking_budget", None)
+    thinking = model.thinking
+    if thinking is None:
+        out.pop("include_thoughts", None)
+        return out
+    if "levels" in thinking:
+        levels = thinking["levels"]
+        if level is None and budget is not None:
+            level = "minimal" if budget == 0 else ("low" if 0 < budget <= 2048 else
+                                                   "medium" if 0 < budget <= 12000 else "high")
+        if level is not None:
+            order = ["minimal", "low", "medium", "high"]
+            if level not in levels:  # the nearest level the model takes
+                level = min(levels, key=lambda lv: abs(order.index(lv) - order.index(level)))
+            out["thinking_level"] = level
+    else:
+        low, high = thinking["budget"]
+        if budget is None and level is not None:
+            budget = 0 if level == "minimal" and thinking.get("can_disable") else LEVEL_BUDGETS[level]
+        if budget is not None:
+            if budget == 0 and not thinking.get("can_disable"):
+                budget = low
+            elif budget not in (-1, 0):
+                budget = max(low, min(high, budget))
+            out["thinking_budget"] = budget
+    return out
