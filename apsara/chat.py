@@ -143,6 +143,7 @@ class Chat:
               text: str | None = None, files: list[str] | None = None, model: str | None = None,
               tools: list[str] | None = None, settings: dict | None = None) -> Turn:
         self._require_key()
+        self.catalog.models()  # refresh the model list now, not while the conversation is locked
         file_parts = self._file_parts(owner, files) if files is not None else None
 
         def user_parts(previous: dict | None) -> list[dict]:

@@ -139,3 +139,26 @@ def test_listing_follows_writes_from_another_process(tmp_path):
     page, after = reader.list_headers(OWNER, 2)
     assert [h["id"] for h in page] == ["c0", "c5"]
     assert [h["id"] for h in reader.list_headers(OWNER, 2, after)[0]] == ["c2"]
+
+
+def test_lock_waits_cooperatively_and_times_out(tmp_path):
+    import threading
+
+    from apsara.conversations.store import LockTimeout
+
+    store = ConversationStore(tmp_path)
+    order = []
+    with store.locked(OWNER, CID):
+        def second():
+            with store.locked(OWNER, CID):
+                order.append("second")
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.1)
+        order.append("first done")
+    thread.join(5)
+    assert order == ["first done", "second"]
+    with store.locked(OWNER, CID):
+        with pytest.raises(LockTimeout):
+            with store.locked(OWNER, CID, timeout_s=0.2):
+                pass

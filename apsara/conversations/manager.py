@@ -20,7 +20,7 @@ from ..clock import new_id, now_iso
 from ..errors import ApiError
 from ..gemini.catalog import ModelCatalog
 from .options import check_choice
-from .store import ConversationStore, InvalidId, check_id
+from .store import ConversationStore, InvalidId, LockTimeout, check_id
 from .tree import MessageTree
 
 HEADER_FIELDS = ("id", "title", "created_at", "updated_at", "model", "system_instruction",
@@ -186,10 +186,19 @@ class ConversationManager:
     def editing(self, owner: str, conversation_id: str):
         """Lock, load, let the caller change the document, save it: all or nothing."""
         self._check_id(conversation_id)
-        with self.store.locked(owner, conversation_id):
+        with self._locked(owner, conversation_id):
             document = self.load(owner, conversation_id)
             yield document
             self.save(owner, document)
+
+    @contextlib.contextmanager
+    def _locked(self, owner: str, conversation_id: str):
+        try:
+            with self.store.locked(owner, conversation_id):
+                yield
+        except LockTimeout:
+            raise ApiError(503, f"conversation '{conversation_id}' is busy; try again",
+                           headers={"Retry-After": "1"}) from None
 
     def _check_id(self, conversation_id: str) -> None:
         try:
@@ -212,7 +221,7 @@ class ConversationManager:
         chosen = conversation_id is not None
         for _attempt in range(5):
             conversation_id = conversation_id or new_id()
-            with self.store.locked(owner, conversation_id):
+            with self._locked(owner, conversation_id):
                 if not self.store.exists(owner, conversation_id):
                     stamp = now_iso()
                     document = {"conversation": {
@@ -249,7 +258,7 @@ class ConversationManager:
     def delete(self, owner: str, conversation_id: str) -> dict | None:
         """Delete; returns the context-cache record the conversation had, for cleaning up."""
         self._check_id(conversation_id)
-        with self.store.locked(owner, conversation_id):
+        with self._locked(owner, conversation_id):
             header = self.store.read_header(owner, conversation_id)
             if header is None or not self.store.delete(owner, conversation_id):
                 raise _not_found(conversation_id)

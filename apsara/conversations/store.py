@@ -38,6 +38,30 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUFFIX = ".json"
 
 
+LOCK_TIMEOUT_S = 30.0
+
+
+class LockTimeout(RuntimeError):
+    """A conversation stayed locked longer than a request should wait."""
+
+
+def _acquire(fd: int, timeout_s: float) -> None:
+    """flock without blocking the process: under gevent a blocking flock would freeze
+    every greenlet of the worker, including the one holding the lock. time.sleep
+    yields to them (gevent patches it) and simply waits under threads."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeout() from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 class InvalidId(ValueError):
     """An id that can never name a stored conversation."""
 
@@ -117,12 +141,12 @@ class ConversationStore:
 
     # -- locking ---------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, owner: str, conversation_id: str):
+    def locked(self, owner: str, conversation_id: str, timeout_s: float = LOCK_TIMEOUT_S):
         folder = self.locks_dir / check_id(owner)
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / (check_id(conversation_id) + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _acquire(fd, timeout_s)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
