@@ -123,3 +123,12 @@ def test_models_and_tools_lists(client):
     assert {t["id"] for t in tools} >= {"google_search", "url_context", "code_execution",
                                         "image_generation", "get_current_time", "calculator"}
     assert all(t["description"] for t in tools)
+
+
+def test_openapi_document_is_valid_openapi(client):
+    from openapi_spec_validator import validate
+
+    spec = client.get("/api/v1/openapi.json").json
+    validate(spec)  # raises on any error, dangling references included
+    not_found = spec["paths"]["/api/v1/conversations/{conversation_id}"]["get"]["responses"]["404"]
+    assert not_found["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}

@@ -12,7 +12,6 @@ from ..schemas import ErrorSchema
 class ApsaraApi(Api):
     # Document errors with the service's own envelope, not flask-smorest's.
     ERROR_SCHEMA = ErrorSchema
-    DEFAULT_ERROR_RESPONSE_NAME = "Error"
 
 
 JSON_BODY_LIMIT = 16 * 1024 * 1024

@@ -5,7 +5,7 @@ from flask import current_app, jsonify
 from flask_smorest import Blueprint
 
 from ..auth import current_user
-from ..schemas import (ConversationCreateSchema, ConversationListSchema, ConversationPatchSchema,
+from ..schemas import (ConversationCreateSchema, ErrorSchema, ConversationListSchema, ConversationPatchSchema,
                        ConversationSchema, ListQuerySchema, TokenCountSchema)
 
 blp = Blueprint("conversations", __name__, url_prefix="/api/v1/conversations",
@@ -25,8 +25,8 @@ def created(body, status=201):
 @blp.route("", methods=["POST"])
 @blp.arguments(ConversationCreateSchema, required=False)
 @blp.response(201, ConversationSchema)
-@blp.alt_response(409, description="The id is taken.")
-@blp.alt_response(422, description="Invalid field, or a model/tool/thinking choice that does not fit.")
+@blp.alt_response(409, schema=ErrorSchema, description="The id is taken.")
+@blp.alt_response(422, schema=ErrorSchema, description="Invalid field, or a model/tool/thinking choice that does not fit.")
 def new(body):
     """Start a conversation: model, system instruction, tools and settings are all optional."""
     return created(manager().create(current_user(), body or {}))
@@ -43,7 +43,7 @@ def all(query):
 
 @blp.route("/<conversation_id>", methods=["GET"])
 @blp.response(200, ConversationSchema)
-@blp.alt_response(404, description="No such conversation.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation.")
 def get(conversation_id):
     """One conversation with the messages of its active path."""
     return jsonify(manager().get(current_user(), conversation_id))
@@ -52,7 +52,7 @@ def get(conversation_id):
 @blp.route("/<conversation_id>", methods=["PATCH"])
 @blp.arguments(ConversationPatchSchema)
 @blp.response(200, ConversationSchema)
-@blp.alt_response(404, description="No such conversation.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation.")
 def put(changes, conversation_id):
     """Change title, model, system instruction, tools or settings (merged key by key)."""
     return jsonify(manager().update(current_user(), conversation_id, changes))
@@ -60,7 +60,7 @@ def put(changes, conversation_id):
 
 @blp.route("/<conversation_id>", methods=["DELETE"])
 @blp.response(204)
-@blp.alt_response(404, description="No such conversation.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation.")
 def delete(conversation_id):
     """Delete a conversation and all its versions (its files stay)."""
     current_app.extensions["apsara"].chat.delete_conversation(current_user(), conversation_id)
@@ -69,8 +69,8 @@ def delete(conversation_id):
 
 @blp.route("/<conversation_id>/tokens", methods=["GET"])
 @blp.response(200, TokenCountSchema)
-@blp.alt_response(404, description="No such conversation.")
-@blp.alt_response(503, description="No Gemini key configured.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation.")
+@blp.alt_response(503, schema=ErrorSchema, description="No Gemini key configured.")
 def tokens(conversation_id):
     """Tokens the next turn would send (Gemini's countTokens), next to the model's input limit."""
     chat = current_app.extensions["apsara"].chat

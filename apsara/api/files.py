@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from ..auth import current_user
 from ..errors import ApiError
 from ..filetypes import ACTIVE_TYPES
-from ..schemas import FileSchema, UploadSchema
+from ..schemas import ErrorSchema, FileSchema, UploadSchema
 
 blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded and generated files.")
 
@@ -28,8 +28,8 @@ def _meta_or_404(file_id: str) -> dict:
 @blp.route("", methods=["POST"])
 @blp.arguments(UploadSchema, location="files")
 @blp.response(201, FileSchema)
-@blp.alt_response(413, description="Larger than APSARA_MAX_UPLOAD_MB.")
-@blp.alt_response(415, description="Not a type the models can read (decided from the bytes).")
+@blp.alt_response(413, schema=ErrorSchema, description="Larger than APSARA_MAX_UPLOAD_MB.")
+@blp.alt_response(415, schema=ErrorSchema, description="Not a type the models can read (decided from the bytes).")
 def upload(form):
     """Upload a file (multipart field `file`); its type is decided from its bytes."""
     incoming = form["file"]
@@ -51,7 +51,7 @@ def upload(form):
 
 @blp.route("/<file_id>", methods=["GET"])
 @blp.response(200, FileSchema)
-@blp.alt_response(404, description="No such file.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such file.")
 def get(file_id):
     """A file's metadata, with a fresh signed URL."""
     return jsonify(_files().public(current_user(), _meta_or_404(file_id)))
@@ -63,8 +63,8 @@ def get(file_id):
     {"in": "query", "name": name, "schema": {"type": "string"}, "required": False,
      "description": "Part of a signed URL (instead of the Bearer key)."}
     for name in ("user", "expires", "signature")])
-@blp.alt_response(401, description="No valid key and no valid signature.")
-@blp.alt_response(404, description="No such file.")
+@blp.alt_response(401, schema=ErrorSchema, description="No valid key and no valid signature.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such file.")
 def content(file_id):
     """The file's bytes, served so that a browser never runs them."""
     meta = _meta_or_404(file_id)

@@ -5,7 +5,7 @@ from flask import current_app
 from flask_smorest import Blueprint
 
 from ..auth import current_user
-from ..schemas import GenerateResultSchema, GenerateSchema
+from ..schemas import ErrorSchema, GenerateResultSchema, GenerateSchema
 from .messages import answer
 
 blp = Blueprint("generate", __name__, url_prefix="/api/v1", description="One-shot generation.")
@@ -17,8 +17,8 @@ blp = Blueprint("generate", __name__, url_prefix="/api/v1", description="One-sho
 @blp.doc(responses={"200": {"description": "JSON, or server-sent events when streaming (reply_start, "
                                            "delta, thought, part, grounding, then done or error).",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
-@blp.alt_response(422, description="A model, tool, file or setting this turn cannot use.")
-@blp.alt_response(503, description="No Gemini key configured, or Gemini unavailable.")
+@blp.alt_response(422, schema=ErrorSchema, description="A model, tool, file or setting this turn cannot use.")
+@blp.alt_response(503, schema=ErrorSchema, description="No Gemini key configured, or Gemini unavailable.")
 def generate(body):
     """One turn with no conversation: same validation, tools, files and streaming; nothing is stored."""
     turn = current_app.extensions["apsara"].chat.start_stateless(current_user(), body)

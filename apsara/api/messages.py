@@ -10,7 +10,7 @@ from flask import current_app, jsonify, request
 from flask_smorest import Blueprint
 
 from ..auth import current_user
-from ..schemas import ConversationSchema, EditSchema, RegenerateSchema, SendSchema, TurnResultSchema
+from ..schemas import ConversationSchema, EditSchema, ErrorSchema, RegenerateSchema, SendSchema, TurnResultSchema
 from ..streaming import sse_response
 
 blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
@@ -59,9 +59,9 @@ def _chat():
 @blp.arguments(SendSchema)
 @blp.response(201, TurnResultSchema)
 @blp.doc(responses=STREAM_DOC)
-@blp.alt_response(404, description="No such conversation or file.")
-@blp.alt_response(409, description="A reply is still being written in this conversation.")
-@blp.alt_response(503, description="No Gemini key configured, or Gemini unavailable.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation or file.")
+@blp.alt_response(409, schema=ErrorSchema, description="A reply is still being written in this conversation.")
+@blp.alt_response(503, schema=ErrorSchema, description="No Gemini key configured, or Gemini unavailable.")
 def send(body, conversation_id):
     """Send a message and get the reply (JSON or a stream)."""
     turn = _chat().start(current_user(), conversation_id, kind="send", text=body.get("text"),
@@ -74,8 +74,8 @@ def send(body, conversation_id):
 @blp.arguments(EditSchema)
 @blp.response(201, TurnResultSchema)
 @blp.doc(responses=STREAM_DOC)
-@blp.alt_response(404, description="No such conversation or message.")
-@blp.alt_response(422, description="Not a user message, or a choice the model cannot take.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
+@blp.alt_response(422, schema=ErrorSchema, description="Not a user message, or a choice the model cannot take.")
 def edit(body, conversation_id, message_id):
     """Edit a user message: a new version becomes active and the conversation continues from it."""
     turn = _chat().start(current_user(), conversation_id, kind="edit", target_id=message_id,
@@ -88,8 +88,8 @@ def edit(body, conversation_id, message_id):
 @blp.arguments(RegenerateSchema, required=False)
 @blp.response(201, TurnResultSchema)
 @blp.doc(responses=STREAM_DOC)
-@blp.alt_response(404, description="No such conversation or message.")
-@blp.alt_response(422, description="Not a model reply.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
+@blp.alt_response(422, schema=ErrorSchema, description="Not a model reply.")
 def regenerate(body, conversation_id, message_id):
     """Write a new version of a model reply, optionally with another model."""
     body = body or {}
@@ -100,7 +100,7 @@ def regenerate(body, conversation_id, message_id):
 
 @blp.route("/<conversation_id>/messages/<message_id>/select", methods=["POST"])
 @blp.response(200, ConversationSchema)
-@blp.alt_response(404, description="No such conversation or message.")
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
 def select(conversation_id, message_id):
     """Make a version active, with its ancestors and the branch last active below it."""
     services = current_app.extensions["apsara"]
