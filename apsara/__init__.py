@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask, Request, current_app
 from flask_cors import CORS
 
 from .config import VERSION, Settings, from_env
+
+if TYPE_CHECKING:
+    from .chat import Chat
+    from .conversations import ConversationManager, ConversationStore
+    from .files import FileStore
+    from .gemini.catalog import ModelCatalog
+    from .gemini.client import GeminiClient
+    from .routing.router import Router
 
 log = logging.getLogger("apsara")
 

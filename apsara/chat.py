@@ -13,12 +13,12 @@ import logging
 from dataclasses import dataclass
 from typing import Iterator
 
+from google.genai import errors as genai_errors
 from google.genai import types
 
-from google.genai import errors as genai_errors
-
-from .config import Settings
+from .attachments import Attachments
 from .caching import ContextCache
+from .config import Settings
 from .clock import new_id, now_iso
 from .conversations.manager import ConversationManager, Turn, context_path, message_view
 from .conversations.options import AUTO, check_thinking, check_tools, resolve_model
@@ -26,20 +26,14 @@ from .conversations.output import check_output
 from .conversations.tree import MessageTree
 from .errors import ApiError
 from .files import FileStore
-from .functions import BUILT_IN_FUNCTIONS, GENERATE_IMAGE, run_function
 from .filetypes import input_kind
-from .gemini import uploads
+from .function_calls import FunctionCalls
 from .gemini.catalog import ModelCatalog, ModelInfo
 from .gemini.client import GeminiClient
 from .gemini.convert import generation_config, to_contents
 from .gemini.errors import to_api_error
 from .gemini.replies import ReplyBuilder
 from .routing.router import Router, translate_thinking
-
-# Files up to this size ride inside the request when they are new in this turn;
-# bigger ones, and files already sent in earlier turns, go through the Files API.
-INLINE_MAX_BYTES = 8 * 1024 * 1024
-INLINE_BUDGET_BYTES = 15 * 1024 * 1024
 
 log = logging.getLogger("apsara.chat")
 
@@ -80,6 +74,8 @@ class Chat:
         self.files = files
         self.settings = settings
         self.cache = ContextCache(gemini, settings.cache_min_tokens)
+        self.attachments = Attachments(files, gemini)
+        self.function_calls = FunctionCalls(self.attachments, catalog, gemini, settings.image_model)
         self.router = router
 
     # -- starting a turn ----------------------------------------------------------
@@ -144,7 +140,7 @@ class Chat:
               tools: list[str] | None = None, settings: dict | None = None) -> Turn:
         self._require_key()
         self.catalog.models()  # refresh the model list now, not while the conversation is locked
-        file_parts = self._file_parts(owner, files) if files is not None else None
+        file_parts = self.attachments.parts_for(owner, files) if files is not None else None
 
         def user_parts(previous: dict | None) -> list[dict]:
             """The new message's parts; an edit keeps what it does not replace."""
@@ -158,15 +154,6 @@ class Chat:
 
         return self.manager.begin_turn(owner, conversation_id, kind=kind, target_id=target_id,
                                        user_parts=user_parts, choose=self._chooser(owner, model, tools, settings))
-
-    def _file_parts(self, owner: str, file_ids: list[str]) -> list[dict]:
-        parts = []
-        for file_id in dict.fromkeys(file_ids):
-            meta = self.files.get(owner, file_id)
-            if meta is None:
-                raise ApiError(404, f"file '{file_id}' not found")
-            parts.append({"type": "file", "file_id": file_id, "mime_type": meta["mime_type"]})
-        return parts
 
     # -- context size ----------------------------------------------------------------------
     @staticmethod
@@ -183,7 +170,7 @@ class Chat:
 
     def count(self, owner: str, choice: Choice, context: list[dict]) -> int:
         """Gemini's own count of what this context would cost."""
-        contents = to_contents(self._resolve_files(owner, context))
+        contents = to_contents(self.attachments.resolve(owner, context))
         if choice.system_instruction:
             contents = [{"role": "user", "parts": [{"text": choice.system_instruction}]}] + contents
         if not contents:
@@ -227,7 +214,7 @@ class Chat:
 
     def preview_route(self, owner: str, body: dict) -> dict:
         """POST /route: the decision `auto` would make, generating nothing."""
-        parts = [{"type": "text", "text": body["text"]}] + self._file_parts(owner, body.get("files") or [])
+        parts = [{"type": "text", "text": body["text"]}] + self.attachments.parts_for(owner, body.get("files") or [])
         context: list[dict] = []
         tools = body.get("tools")
         system_instruction = ""
@@ -247,7 +234,7 @@ class Chat:
         """/generate: the same checks and call as a conversation turn, nothing stored."""
         self._require_key()
         parts = ([{"type": "text", "text": body["text"]}] if body.get("text") else [])
-        parts += self._file_parts(owner, body.get("files") or [])
+        parts += self.attachments.parts_for(owner, body.get("files") or [])
         header = {"model": body.get("model") or self.manager.default_model(), "tools": body.get("tools") or [],
                   "settings": {}, "system_instruction": body.get("system_instruction") or ""}
         stamp = now_iso()
@@ -259,70 +246,12 @@ class Chat:
         turn.persist = False
         return turn
 
-    # -- files in the request ------------------------------------------------------
-    def _resolve_files(self, owner: str, context: list[dict]) -> list[tuple[str, list[dict]]]:
-        """Context messages -> (role, parts) with every file part made sendable."""
-        newest = context[-1]["id"] if context else None
-        inline_left = INLINE_BUDGET_BYTES
-        turns = []
-        for message in context:
-            parts = []
-            for part in message["parts"]:
-                if part["type"] != "file":
-                    parts.append(part)
-                    continue
-                meta = self.files.get(owner, part["file_id"])
-                if meta is None:  # removed by a cleanup: the message keeps its place, minus the file
-                    continue
-                signature = {"thought_signature": part["thought_signature"]} if part.get("thought_signature") else {}
-                size = meta["size_bytes"]
-                if message["id"] == newest and size <= INLINE_MAX_BYTES and size <= inline_left:
-                    inline_left -= size
-                    parts.append({"type": "inline", "mime_type": meta["mime_type"],
-                                  "data": self.files.read_bytes(owner, meta["id"]), **signature})
-                else:
-                    ref = self._uploaded(owner, meta)
-                    parts.append({"type": "uri", "uri": ref["uri"], "mime_type": ref["mime_type"], **signature})
-            turns.append((message["role"], parts))
-        return turns
-
-    def _uploaded(self, owner: str, meta: dict) -> dict:
-        """This file's live Files API upload, made now if it has none or it expired."""
-        ref = meta.get("gemini")
-        if uploads.usable(ref):
-            return ref
-        ref = uploads.upload(self.gemini, self.files.content_path(owner, meta["id"]), meta["mime_type"],
-                             meta.get("filename") or meta["id"])
-        self.files.set_gemini_ref(owner, meta["id"], ref)
-        meta["gemini"] = ref
-        return ref
-
-    def _forget_uploads(self, owner: str, context: list[dict]) -> bool:
-        """After Gemini said a referenced file is gone: drop our references. True if any."""
-        forgot = False
-        for message in context:
-            for part in message["parts"]:
-                if part["type"] == "file" and (self.files.get(owner, part["file_id"]) or {}).get("gemini"):
-                    self.files.set_gemini_ref(owner, part["file_id"], None)
-                    forgot = True
-        return forgot
-
-    def _store_image(self, owner: str):
-        def store(part: dict) -> dict:
-            extension = part["mime_type"].split("/")[-1].split("+")[0]
-            meta = self.files.save_bytes(owner, part["data"], part["mime_type"], f"generated.{extension}")
-            stored = {"type": "file", "file_id": meta["id"], "mime_type": meta["mime_type"]}
-            if part.get("thought_signature"):
-                stored["thought_signature"] = part["thought_signature"]
-            return stored
-        return store
-
     # -- running it ---------------------------------------------------------------
     def request_for(self, owner: str, turn: Turn, conversation_id: str | None = None):
         """(contents, config) for this turn; through the conversation's context cache when it pays."""
         choice: Choice = turn.choice
         config = self._config(choice)
-        turns = self._resolve_files(owner, turn.context)
+        turns = self.attachments.resolve(owner, turn.context)
         if turn.persist and conversation_id:
             def count(contents):
                 return self.gemini.sdk.models.count_tokens(model=choice.model.id, contents=contents).total_tokens or 0
@@ -342,17 +271,9 @@ class Chat:
         record = self.manager.delete(owner, conversation_id)
         self.cache.forget(record)
 
-    def _functions(self, choice: Choice) -> list[dict]:
-        """Declarations of the server functions this turn offers the model."""
-        declared = [BUILT_IN_FUNCTIONS[t].declaration() for t in choice.tools if t in BUILT_IN_FUNCTIONS]
-        if "image_generation" in choice.tools and not choice.model.makes_images:
-            declared.append({**GENERATE_IMAGE, "parameters_json_schema": GENERATE_IMAGE["parameters"],
-                             "parameters": None})
-        return [{k: v for k, v in d.items() if v is not None} for d in declared]
-
     def _config(self, choice: Choice, functions_allowed: bool = True) -> types.GenerateContentConfig:
         tools = [BUILT_IN[t]() for t in choice.tools if t in BUILT_IN]
-        functions = self._functions(choice)
+        functions = self.function_calls.declarations(choice)
         extra = {}
         if functions:
             tools.append(types.Tool(function_declarations=functions))
@@ -394,7 +315,7 @@ class Chat:
                     last_round = step == self.settings.max_function_steps - 1
                     results, pictures = [], []
                     for call in calls:
-                        result, made = self._run_function(owner, turn, call, builder, last_round)
+                        result, made = self.function_calls.run(owner, turn, call, builder, last_round)
                         results.append(result)
                         pictures += made
                     # Stored and shown in this order: the calls, their results, then any pictures.
@@ -418,70 +339,11 @@ class Chat:
                     raise
                 if "cachedcontent" in message and turn.header.get("_cache"):
                     self._save_cache_record(owner, conversation_id, turn, None)
-                elif not ("file" in message and self._forget_uploads(owner, turn.context)):
+                elif not ("file" in message and self.attachments.forget_uploads(owner, turn.context)):
                     raise
 
-    # -- server functions ---------------------------------------------------------------
-    def _run_function(self, owner, turn, call: dict, builder: ReplyBuilder,
-                      last_round: bool) -> tuple[dict, list[dict]]:
-        """(the function_response part, file parts of pictures it made)."""
-        name, args = call["name"], call.get("args") or {}
-        allowed, made = set(turn.choice.tools), []
-        if name in BUILT_IN_FUNCTIONS and name in allowed:
-            response = run_function(BUILT_IN_FUNCTIONS[name], args)
-        elif name == "generate_image" and "image_generation" in allowed:
-            response, made = self._generate_image(owner, turn, builder, args)
-        else:
-            response = {"error": f"there is no function called {name!r} here"}
-        if last_round:
-            response = {**response, "note": "function-call limit reached: answer the user now"}
-        result = {"type": "function_response", "name": name, "response": response}
-        if call.get("call_id"):
-            result["call_id"] = call["call_id"]
-        return result, made
-
-    def _generate_image(self, owner: str, turn: Turn, builder: ReplyBuilder, args: dict) -> tuple[dict, list]:
-        """generate_image on a text model: the configured image model draws, the picture is stored."""
-        prompt = args.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            return {"error": "generate_image needs a prompt"}, []
-        image_model = self.catalog.get(self.settings.image_model)
-        if image_model is None:
-            return {"error": f"the image model {self.settings.image_model} is not available"}, []
-        parts: list[dict] = [{"text": prompt}]
-        if args.get("edit_previous"):
-            previous = self._latest_image(owner, turn, builder)
-            if previous is None:
-                return {"error": "there is no earlier picture in this conversation to change"}, []
-            parts.append({"inline_data": {"mime_type": previous["mime_type"],
-                                          "data": self.files.read_bytes(owner, previous["file_id"])}})
-        try:
-            response = self.gemini.sdk.models.generate_content(
-                model=image_model.id, contents=[{"role": "user", "parts": parts}],
-                config=types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"]))
-        except Exception as exc:  # reported to the model, which can tell the user
-            return {"error": f"the image model failed: {to_api_error(exc, self.gemini.secret).message}"}, []
-        images = ReplyBuilder(on_inline=self._store_image(owner))
-        images.feed(response)
-        # The image model's signatures belong to its own turn, not to this conversation's.
-        made = [{k: v for k, v in p.items() if k != "thought_signature"} for p in images.parts if p["type"] == "file"]
-        if not made:
-            return {"error": "the image model made no picture", "said": "".join(
-                p.get("text", "") for p in images.parts if p["type"] == "text")[:500]}, []
-        return {"result": "the picture is shown to the user", "file_ids": [p["file_id"] for p in made]}, made
-
-    def _latest_image(self, owner: str, turn: Turn, builder: ReplyBuilder) -> dict | None:
-        for part in reversed(builder.parts):
-            if part["type"] == "file" and part["mime_type"].startswith("image/"):
-                return part
-        for message in reversed(turn.context):
-            for part in reversed(message["parts"]):
-                if part["type"] == "file" and part["mime_type"].startswith("image/"):
-                    return part
-        return None
-
     def run(self, owner: str, conversation_id: str, turn: Turn, stream: bool) -> Iterator[tuple[str, dict]]:
-        builder = ReplyBuilder(on_inline=self._store_image(owner))
+        builder = ReplyBuilder(on_inline=self.attachments.image_saver(owner))
         outcome: tuple[dict, ApiError | None] | None = None
         try:
             yield from self._call(owner, conversation_id, turn, builder, stream)

@@ -17,7 +17,7 @@ import time
 from .config import GEMINI_KEY_VARIABLES
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -43,7 +43,7 @@ def main() -> int:
     env.setdefault("GUNICORN_BIND", f"127.0.0.1:{env['PORT']}")
     children = []
     if not any(env.get(name) for name in GEMINI_KEY_VARIABLES):
-        port = _free_port()
+        port = free_port()
         children.append(subprocess.Popen([sys.executable, "-m", "apsara.testing.fake_gemini",
                                           "--port", str(port)]))
         _wait_until_listening(port)

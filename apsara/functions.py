@@ -122,7 +122,7 @@ GENERATE_IMAGE = {
     "name": "generate_image",
     "description": "Make a picture for the user, or change the most recent picture of this conversation. "
                    "The picture is shown to the user; describe it briefly afterwards.",
-    "parameters": {"type": "object", "required": ["prompt"], "properties": {
+    "parameters_json_schema": {"type": "object", "required": ["prompt"], "properties": {
         "prompt": {"type": "string", "description": "What the picture shows, in detail."},
         "edit_previous": {"type": "boolean",
                           "description": "true to change the most recent picture instead of making a new one"}}},

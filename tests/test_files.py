@@ -10,8 +10,7 @@ import zlib
 import pytest
 
 from apsara import create_app
-from apsara.testing.fake_gemini import Reply
-from tests.conftest import UserClient, make_settings
+from tests.conftest import make_settings
 
 FILES = "/api/v1/files"
 API = "/api/v1/conversations"

@@ -1,8 +1,6 @@
 """Structured output, safety settings, token counts, the over-limit refusal, one-shot generate."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from apsara import create_app

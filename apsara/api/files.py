@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import current_app, jsonify, request, send_file
+from flask import current_app, jsonify, send_file
 from flask_smorest import Blueprint
 
 from ..auth import current_user

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import time
-from datetime import datetime
 from typing import Callable
 
 from ..clock import new_id, now_iso
