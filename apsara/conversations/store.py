@@ -133,11 +133,9 @@ class ConversationStore:
         return folder
 
     def path(self, owner: str, conversation_id: str) -> Path:
-        path = self._user_dir(owner) / (check_id(conversation_id) + _SUFFIX)
-        # Belt and braces: the id pattern already rules out separators.
-        if path.resolve().parent != self._user_dir(owner).resolve():
-            raise InvalidId(conversation_id)
-        return path
+        # The id pattern admits no separator, dot-only name or NUL, so the path
+        # cannot leave the user's folder (no resolve(): it walks the disk each call).
+        return self._user_dir(owner) / (check_id(conversation_id) + _SUFFIX)
 
     # -- locking ---------------------------------------------------------------
     @contextlib.contextmanager
