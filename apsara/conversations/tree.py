@@ -43,11 +43,6 @@ class MessageTree:
     def siblings(self, message: dict) -> list[str]:
         return list(self.children.get(message["parent_id"] or ROOT, ()))
 
-    def is_active(self, message_id: str) -> bool:
-        message = self.by_id[message_id]
-        return self.active.get(message["parent_id"] or ROOT) == message_id and (
-            message["parent_id"] is None or self.is_active(message["parent_id"]))
-
     def add(self, message: dict) -> dict:
         """Append a message under its parent and make it the active child there."""
         parent = message["parent_id"] or ROOT

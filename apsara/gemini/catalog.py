@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from .tools import BUILT_IN_TOOLS, SERVER_FUNCTIONS
+from .tools import SERVER_FUNCTIONS
 
 ALL_INPUTS = ["text", "image", "audio", "video", "pdf"]
 TEXT_MODEL_TOOLS = ["google_search", "url_context", "code_execution", "image_generation",
@@ -176,9 +176,5 @@ class ModelCatalog:
     def models_with_tool(self, tool: str) -> list[str]:
         return [m.id for m in self.models() if tool in m.tools]
 
-    def invalidate(self) -> None:
-        with self._lock:
-            self._models = None
 
-
-__all__ = ["ModelCatalog", "ModelInfo", "BUNDLED", "BUILT_IN_TOOLS", "describe", "family_defaults"]
+__all__ = ["ModelCatalog", "ModelInfo", "BUNDLED", "describe", "family_defaults"]
