@@ -40,3 +40,32 @@ def test_concurrent_patches_through_two_workers_lose_nothing(tmp_path):
         json.loads(path.read_bytes())  # every file parses
     pids = set(re.findall(r"pid=<?(\d+)", log.read_text()))
     assert len(pids) >= 2, "requests were served by one worker only"
+
+
+def test_client_gone_mid_stream_under_gunicorn_keeps_the_reply(tmp_path, fake):
+    import socket
+    import time
+
+    from apsara.testing.fake_gemini import Reply
+
+    fake.default = Reply(parts=[f"word{n} " for n in range(8)], chunk_delay_s=0.2)
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "k", "GEMINI_BASE_URL": fake.url}
+    with gunicorn(env, workers=1) as base:
+        host, port = base.removeprefix("http://").split(":")
+        call("POST", f"{base}/api/v1/conversations", {"id": "d"})
+        body = json.dumps({"text": "go", "stream": True}).encode()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /api/v1/conversations/d/messages HTTP/1.1\r\nHost: t\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            received = b""
+            while b"event: delta" not in received:
+                received += sock.recv(4096)
+        # the client is gone after its first delta; the reply is finished and stored anyway
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            reply = call("GET", f"{base}/api/v1/conversations/d")[1]["messages"][1]
+            if reply["status"] != "streaming":
+                break
+            time.sleep(0.1)
+    assert reply["status"] == "complete"
+    assert reply["text"] == "".join(f"word{n} " for n in range(8))
