@@ -54,19 +54,26 @@ def message_text(message: dict) -> str:
 
 
 def public_part(part: dict) -> dict:
-    if not any(k in part for k in PRIVATE_PART_FIELDS):
+    if "thought_signature" not in part and "gemini_file" not in part:
         return part
     return {k: v for k, v in part.items() if k not in PRIVATE_PART_FIELDS}
 
 
+def _public_parts(parts: list[dict], link) -> list[dict]:
+    shown = []
+    for part in parts:
+        part = public_part(part)
+        if link is not None and part.get("type") == "file":
+            part = {**part, "url": link(part["file_id"])}
+        shown.append(part)
+    return shown
+
+
 def message_view(message: dict, tree: MessageTree | None = None, link=None) -> dict:
     """A stored message as the API shows it. `link(file_id)` gives file parts a fresh signed URL."""
-    # "_" fields (who is writing a reply) are bookkeeping, not API.
-    view = {k: v for k, v in message.items() if k != "parts" and not k.startswith("_")}
-    view["parts"] = [public_part(p) for p in message.get("parts", ())]
-    if link is not None:
-        view["parts"] = [{**p, "url": link(p["file_id"])} if p.get("type") == "file" else p
-                         for p in view["parts"]]
+    view = message.copy()
+    view.pop("_writer", None)  # who is writing a reply: bookkeeping, not API
+    view["parts"] = _public_parts(message.get("parts", ()), link)
     view["text"] = message_text(message)
     view["siblings"] = tree.siblings(message) if tree is not None else [message["id"]]
     return view
