@@ -6,8 +6,14 @@ while each waits on Gemini, which gthread can only do with a thread per stream
 worker, after the fork.
 """
 import os
+import secrets
 
 _env = os.environ.get
+
+# File URLs are signed with APSARA_SECRET_KEY. Without one, pick it here, in the
+# master, so every worker signs and checks with the same key (until a restart).
+if not _env("APSARA_SECRET_KEY"):
+    os.environ["APSARA_SECRET_KEY"] = secrets.token_hex(32)
 
 bind = _env("GUNICORN_BIND") or f"0.0.0.0:{_env('PORT', '8000')}"
 workers = int(_env("WEB_CONCURRENCY", "2"))

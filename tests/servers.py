@@ -30,7 +30,8 @@ def wait_for(url: str, timeout: float = 20.0) -> None:
 @contextlib.contextmanager
 def gunicorn(env: dict, workers: int = 2, worker_class: str = "gevent", log_path: Path | None = None):
     port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if k not in ("gemini", "GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("gemini", "GEMINI_API_KEY", "GOOGLE_API_KEY", "APSARA_SECRET_KEY")}
     full_env.update({"GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
                      "GUNICORN_WORKER_CLASS": worker_class, "LOG_LEVEL": "warning"}, **env)
     log = open(log_path or os.devnull, "wb")

@@ -69,3 +69,20 @@ def test_client_gone_mid_stream_under_gunicorn_keeps_the_reply(tmp_path, fake):
             time.sleep(0.1)
     assert reply["status"] == "complete"
     assert reply["text"] == "".join(f"word{n} " for n in range(8))
+
+
+def test_signed_file_urls_work_on_every_worker(tmp_path):
+    """Without APSARA_SECRET_KEY the key is random per start, but shared by all workers."""
+    import urllib.request
+
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data")}
+    with gunicorn(env, workers=2, worker_class="sync") as base:
+        boundary = "b0undary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\n"
+                f"hello\r\n--{boundary}--\r\n").encode()
+        request = urllib.request.Request(f"{base}/api/v1/files", data=body, method="POST",
+                                          headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        url = json.loads(urllib.request.urlopen(request).read())["url"]
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: urllib.request.urlopen(base + url).status, range(40)))
+    assert codes == [200] * 40
