@@ -224,7 +224,7 @@ def test_a_dead_writers_streaming_reply_becomes_interrupted(chat, settings, fake
                                                                  "started": time.time()})
     from apsara.conversations.store import encode
     path.write_bytes(encode(document))
-    assert chat.get(f"{API}/c1").json["messages"][1]["status"] == "streaming"
+    assert chat.get(f"{API}/c1").json["messages"][1]["status"] == "interrupted"  # shown at once
     assert send(chat, "next").status_code == 201  # not refused as "still being written"
     statuses = [m.get("status") for m in chat.get(f"{API}/c1").json["messages"]]
     assert statuses == [None, "interrupted", None, "complete"]

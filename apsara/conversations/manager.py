@@ -72,6 +72,8 @@ def _public_parts(parts: list[dict], link) -> list[dict]:
 def message_view(message: dict, tree: MessageTree | None = None, link=None) -> dict:
     """A stored message as the API shows it. `link(file_id)` gives file parts a fresh signed URL."""
     view = message.copy()
+    if view.get("status") == "streaming" and not _writer_alive(message):
+        view["status"] = "interrupted"  # its writer died; the next turn will record it so
     view.pop("_writer", None)  # who is writing a reply: bookkeeping, not API
     view["parts"] = _public_parts(message.get("parts", ()), link)
     view["text"] = message_text(message)
