@@ -45,7 +45,7 @@ class Classifier:
         return Scored(tier, probabilities, [c for c in contributions if c[1] > 0][:3])
 
 
-def fit(samples: list[tuple[dict[str, float], str]], epochs: int = 400, rate: float = 0.5,
+def fit(samples: list[tuple[dict[str, float], str]], epochs: int = 2500, rate: float = 0.5,
         l2: float = 0.002) -> dict[str, dict[str, float]]:
     """Full-batch gradient descent on cross-entropy with L2; small data, pure Python."""
     names = sorted({name for f, _ in samples for name in f})
