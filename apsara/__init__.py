@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .files import FileStore
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
+    from .gemini.judge import judge_tier
     from .routing.router import Router
 
 log = logging.getLogger("apsara")
@@ -57,6 +58,7 @@ def _settings(config) -> Settings:
 def create_app(config: Settings | dict | None = None) -> Flask:
     from .chat import Chat
     from .files import FileStore
+    from .gemini.judge import judge_tier
     from .routing.router import Router
     from .conversations import ConversationManager, ConversationStore
     from .gemini.catalog import ModelCatalog
@@ -81,7 +83,11 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s)
     files.sweep_incoming()
     manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
-    router = Router(catalog, settings.auto_tiers)
+    judge = None
+    if settings.auto_judge_model and gemini.configured:
+        def judge(text, previous_tier):
+            return judge_tier(gemini, settings.auto_judge_model, text, previous_tier, settings.auto_judge_timeout_s)
+    router = Router(catalog, settings.auto_tiers, judge=judge)
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,
                                         Chat(manager, catalog, gemini, files, settings, router), files, router)
     app.request_class = UploadRequest

@@ -53,6 +53,9 @@ class Settings:
     cache_min_tokens: int | None = None
     # `auto`: tier -> models to try in order (unset tiers keep the built-in defaults).
     auto_tiers: dict[str, list[str]] = field(default_factory=dict)
+    # Optional LLM judge for `auto` (a cheap model) and how long it may take.
+    auto_judge_model: str | None = None
+    auto_judge_timeout_s: float = 1.5
     # The model that draws when a text model calls generate_image.
     image_model: str = "gemini-3.1-flash-image"
 
@@ -128,6 +131,9 @@ def from_env(env=None) -> Settings:
     for tier in ("lite", "flash", "pro", "image"):
         if env.get(f"APSARA_AUTO_{tier.upper()}"):
             settings.auto_tiers[tier] = _split(env[f"APSARA_AUTO_{tier.upper()}"])
+    if env.get("APSARA_AUTO_JUDGE"):
+        settings.auto_judge_model = env["APSARA_AUTO_JUDGE"]
+        settings.auto_judge_timeout_s = _number(env, "APSARA_AUTO_JUDGE_TIMEOUT_S", 1.5)
     if env.get("APSARA_IMAGE_MODEL"):
         settings.image_model = env["APSARA_IMAGE_MODEL"]
     if env.get("APSARA_SECRET_KEY"):

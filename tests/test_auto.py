@@ -156,3 +156,35 @@ def test_route_endpoint(chat, fake):
                                           ({"text": "x", "files": ["fNOPE"]}, 404), ({"text": "x", "extra": 1}, 422)])
 def test_route_validation(chat, body, status):
     assert chat.post("/api/v1/route", json=body).status_code == status
+
+
+# -- the optional LLM judge ----------------------------------------------------------------
+@pytest.fixture
+def judged(tmp_path, fake):
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url,
+                                   auto_judge_model="gemini-3.5-flash-lite", auto_judge_timeout_s=0.3))
+    client = app.test_client()
+    client.post(API, json={"id": "c1", "model": "auto"})
+    return client
+
+
+def test_judge_decides_when_configured(judged, fake):
+    fake.push(Reply(parts=["pro"]), Reply(parts=["Here is a careful answer."]))
+    reply = send(judged, "thanks!")
+    assert reply["routing"]["classifier"] == "llm-judge" and reply["routing"]["tier"] == "pro"
+    assert reply["model"] == "gemini-3.1-pro-preview"
+    judge_call = fake.generate_requests()[0]
+    assert judge_call["model"] == "gemini-3.5-flash-lite"
+    config = judge_call["json"]["generationConfig"]
+    assert config["responseMimeType"] == "text/x.enum"
+    assert config["responseSchema"]["enum"] == ["lite", "flash", "pro", "image"]
+    assert "thanks!" in judge_call["json"]["contents"][0]["parts"][0]["text"]
+
+
+@pytest.mark.parametrize("judge_reply", [
+    Reply(error=(500, "judge down")), Reply(parts=["banana"]), Reply(parts=["pro"], delay_s=1.0)])
+def test_judge_failure_falls_back_to_the_local_classifier(judged, fake, judge_reply):
+    fake.push(judge_reply, Reply(parts=["You're welcome!"]))
+    reply = send(judged, "thanks!")
+    assert reply["routing"]["classifier"] == "local-logistic-v1" and reply["routing"]["tier"] == "lite"
+    assert reply["status"] == "complete"

@@ -52,10 +52,12 @@ class Routing:
 
 class Router:
     def __init__(self, catalog: ModelCatalog, tier_models: dict[str, list[str]] | None = None,
-                 classifier: Classifier | None = None):
+                 classifier: Classifier | None = None, judge=None):
         self.catalog = catalog
         self.tier_models = {**DEFAULT_TIER_MODELS, **(tier_models or {})}
         self.classifier = classifier or Classifier.load()
+        # judge(text, previous_tier) -> tier or None; when set it is asked first.
+        self.judge = judge
 
     def _fits(self, model: ModelInfo, kinds: set[str], tools: list[str], tokens: int) -> bool:
         return (kinds <= set(model.inputs) | {"text"} and all(t in model.tools for t in tools)
@@ -96,18 +98,25 @@ class Router:
                          has_other_file=any(not t.startswith("image/") for t in file_types),
                          history_turns=history_turns)
         scored = self.classifier.score(found)
+        tier, classifier = scored.tier, "local-logistic-v1"
+        judged = self.judge(text, previous_tier) if self.judge is not None else None
+        if judged is not None:
+            tier, classifier = judged, "llm-judge"
         kinds = {input_kind(t) for t in file_types}
-        model, note = self._pick(scored.tier, kinds, list(tools), context_tokens)
+        model, note = self._pick(tier, kinds, list(tools), context_tokens)
         if model is None:
             model_id, note = "", "; no available model can take this turn"
         else:
             model_id = model.id
+        proposed = tier
         tier = "image" if model is not None and model.makes_images else \
-            next((name for name, ids in self.tier_models.items() if model_id in ids), scored.tier)
-        why = ", ".join(LABELS.get(name, name) for name, _ in scored.top_features) or "nothing stands out"
-        reason = f"{scored.tier} ({scored.probabilities[scored.tier]:.0%}): {why}{note}"
-        return Routing(model_id, tier, reason, "local-logistic-v1",
-                       round((time.perf_counter() - started) * 1000, 3))
+            next((name for name, ids in self.tier_models.items() if model_id in ids), proposed)
+        if judged is not None:
+            reason = f"{proposed}: the judge model's choice (local classifier: {scored.tier}){note}"
+        else:
+            why = ", ".join(LABELS.get(name, name) for name, _ in scored.top_features) or "nothing stands out"
+            reason = f"{proposed} ({scored.probabilities[proposed]:.0%}): {why}{note}"
+        return Routing(model_id, tier, reason, classifier, round((time.perf_counter() - started) * 1000, 3))
 
 
 LEVEL_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
