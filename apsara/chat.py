@@ -119,7 +119,7 @@ class Chat:
         file_types = [p["mime_type"] for m in context for p in m["parts"] if p["type"] == "file"]
         previous = next((m.get("routing", {}).get("tier") for m in reversed(context[:-1])
                          if m["role"] == "model" and m.get("routing")), None)
-        tokens = self._estimate_tokens(Choice(None, tools, {}, system_instruction), context)
+        tokens = self._estimate_tokens(system_instruction, context)
         return self.router.route(text, file_types=file_types, tools=tools, context_tokens=tokens,
                                  previous_tier=previous, history_turns=len(context) // 2)
 
@@ -157,9 +157,9 @@ class Chat:
 
     # -- context size ----------------------------------------------------------------------
     @staticmethod
-    def _estimate_tokens(choice: Choice, context: list[dict]) -> int:
+    def _estimate_tokens(system_instruction: str, context: list[dict]) -> int:
         """A generous guess (3 characters a token); only a guess near the limit costs a countTokens call."""
-        chars = len(choice.system_instruction or "")
+        chars = len(system_instruction or "")
         tokens = 0
         for message in context:
             for part in message["parts"]:
@@ -168,26 +168,26 @@ class Chat:
                     tokens += 1000  # a picture is ~258-1,100 tokens; long media are counted exactly below
         return chars // 3 + tokens
 
+    def _count_contents(self, model_id: str, contents: list[dict]) -> int:
+        return self.gemini.sdk.models.count_tokens(model=model_id, contents=contents).total_tokens or 0
+
     def count(self, owner: str, choice: Choice, context: list[dict]) -> int:
-        """Gemini's own count of what this context would cost."""
-        contents = to_contents(self.attachments.resolve(owner, context))
-        if choice.system_instruction:
-            contents = [{"role": "user", "parts": [{"text": choice.system_instruction}]}] + contents
-        if not contents:
-            return 0
-        result = self.gemini.sdk.models.count_tokens(model=choice.model.id, contents=contents)
-        return result.total_tokens or 0
+        """Gemini's own count of what this context would cost; failures as ApiError."""
+        try:
+            contents = to_contents(self.attachments.resolve(owner, context))
+            if choice.system_instruction:
+                contents = [{"role": "user", "parts": [{"text": choice.system_instruction}]}] + contents
+            return self._count_contents(choice.model.id, contents) if contents else 0
+        except Exception as exc:
+            raise to_api_error(exc, self.gemini.secret) from None
 
     def _check_size(self, owner: str, choice: Choice, context: list[dict]) -> None:
         limit = choice.model.input_token_limit
         has_media = any(p["type"] == "file" and not p["mime_type"].startswith(("image/", "text/"))
                         for m in context for p in m["parts"])
-        if not has_media and self._estimate_tokens(choice, context) <= limit // 2:
+        if not has_media and self._estimate_tokens(choice.system_instruction, context) <= limit // 2:
             return
-        try:
-            total = self.count(owner, choice, context)
-        except Exception as exc:
-            raise to_api_error(exc, self.gemini.secret) from None
+        total = self.count(owner, choice, context)
         if total > limit:
             message = (f"the conversation is {total:,} tokens, over the input limit of '{choice.model.id}' "
                        f"({limit:,}) by {total - limit:,}; edit an earlier message, start a new conversation "
@@ -204,12 +204,7 @@ class Chat:
         context = context_path(tree, last["id"]) if last else []
         model = resolve_model(self.catalog, header["model"])
         choice = Choice(model, header["tools"], header["settings"], header["system_instruction"])
-        try:
-            total = self.count(owner, choice, context)
-        except ApiError:
-            raise
-        except Exception as exc:
-            raise to_api_error(exc, self.gemini.secret) from None
+        total = self.count(owner, choice, context)
         return {"model": model.id, "total_tokens": total, "input_token_limit": model.input_token_limit}
 
     def preview_route(self, owner: str, body: dict) -> dict:
@@ -254,7 +249,7 @@ class Chat:
         turns = self.attachments.resolve(owner, turn.context)
         if turn.persist and conversation_id:
             def count(contents):
-                return self.gemini.sdk.models.count_tokens(model=choice.model.id, contents=contents).total_tokens or 0
+                return self._count_contents(choice.model.id, contents)
 
             use, save = self.cache.plan(turn.header.get("_cache"), choice.model.id, config, turns, turn.context, count)
             if save is not None:

@@ -30,8 +30,9 @@ def wants_stream(body: dict) -> bool:
 def answer(conversation_id: str | None, turn, body: dict, with_user: bool, success: int = 201):
     services = current_app.extensions["apsara"]
     owner = current_user()
-    events = services.chat.run(owner, conversation_id, turn, stream=wants_stream(body))
-    if wants_stream(body):
+    stream = wants_stream(body)
+    events = services.chat.run(owner, conversation_id, turn, stream=stream)
+    if stream:
         first = [("user_message", turn.user_message)] if with_user else []
         start = {"id": turn.reply["id"], "model": turn.reply["model"]}
         if turn.reply.get("routing"):
