@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from google import genai  # noqa: E402
 from google.genai import types  # noqa: E402
 
+from apsara.clock import now_iso  # noqa: E402
 from apsara.conversations.store import encode, iso_to_ns  # noqa: E402
 from tests.servers import free_port, gunicorn, wait_for  # noqa: E402
 
@@ -60,7 +61,7 @@ def history(turns: int) -> list[tuple[str, str]]:
 def seed(data: Path, conversation_id: str, turns: int) -> None:
     folder = data / "history" / "local"
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = "2026-06-01T00:00:00.000Z"
+    stamp = now_iso()
     messages, active, parent = [], {}, None
     for n, (role, text) in enumerate(history(turns)):
         message = {"id": f"m{n}", "role": role, "parent_id": parent, "created_at": stamp,

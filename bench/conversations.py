@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from apsara.clock import now_iso  # noqa: E402
 from apsara.conversations.store import encode, iso_to_ns  # noqa: E402
 from tests.servers import gunicorn  # noqa: E402
 
@@ -40,7 +41,7 @@ def seed_many(data_dir: Path, owner: str, count: int) -> None:
 def seed_long(data_dir: Path, owner: str, conversation_id: str, messages: int) -> None:
     folder = data_dir / "history" / owner
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = "2027-01-01T00:00:00.000Z"
+    stamp = now_iso()
     tree, active, parent = [], {}, None
     for n in range(messages):
         role = "user" if n % 2 == 0 else "model"

@@ -6,6 +6,7 @@ import io
 import struct
 import time
 import zlib
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -192,7 +193,7 @@ def test_our_own_expiry_record_triggers_a_new_upload(chat_app, chat, fake):
     chat.post(f"{API}/c1/messages", json={"text": "Again"})
     files = chat_app.extensions["apsara"].files
     ref = files.get("local", image["id"])["gemini"]
-    files.set_gemini_ref("local", image["id"], {**ref, "expires_at": "2020-01-01T00:00:00+00:00"})
+    files.set_gemini_ref("local", image["id"], {**ref, "expires_at": (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()})
     chat.post(f"{API}/c1/messages", json={"text": "Third"})
     assert len(uploads_made(fake)) == 2
     assert len(fake.generate_requests()) == 3  # no refused call: we knew it had expired

@@ -6,17 +6,19 @@ import os
 import random
 import signal
 import time
+from datetime import datetime, timezone
 
 import pytest
 
-from apsara.conversations.store import ConversationStore
+from apsara.clock import now_iso
+from apsara.conversations.store import ConversationStore, iso_to_ns
 
 OWNER, CID = "local", "stress"
 
 
 def _seed(store: ConversationStore) -> None:
     with store.locked(OWNER, CID):
-        store.write(OWNER, CID, {"conversation": {"id": CID, "updated_at": "2026-01-01T00:00:00.000Z",
+        store.write(OWNER, CID, {"conversation": {"id": CID, "updated_at": now_iso(),
                                                   "counter": 0}, "messages": [], "active": {}})
 
 
@@ -114,26 +116,29 @@ def test_header_line_reads_without_parsing_messages(tmp_path):
 def test_mtime_follows_updated_at(tmp_path):
     store = ConversationStore(tmp_path)
     _seed(store)
-    stamp = store.path(OWNER, CID).stat().st_mtime_ns
-    assert stamp == 1767225600000 * 1_000_000  # 2026-01-01T00:00:00.000Z
+    updated_at = store.read_header(OWNER, CID)["updated_at"]
+    assert store.path(OWNER, CID).stat().st_mtime_ns == iso_to_ns(updated_at)
 
 
 def test_listing_follows_writes_from_another_process(tmp_path):
     """Each worker keeps its own recency map; it must see other workers' writes and deletes."""
     reader = ConversationStore(tmp_path)
     writer = ConversationStore(tmp_path)  # stands for another worker process
-    stamp = "2026-01-01T00:00:0{}.000Z"
+    base = time.time() - 60
+
+    def stamp(n: int) -> str:
+        return datetime.fromtimestamp(base + n, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     for n in range(3):
         with writer.locked(OWNER, f"c{n}"):
-            writer.write(OWNER, f"c{n}", {"conversation": {"id": f"c{n}", "updated_at": stamp.format(n)}})
+            writer.write(OWNER, f"c{n}", {"conversation": {"id": f"c{n}", "updated_at": stamp(n)}})
     assert [h["id"] for h in reader.list_headers(OWNER, 10)[0]] == ["c2", "c1", "c0"]
     with writer.locked(OWNER, "c0"):
-        writer.write(OWNER, "c0", {"conversation": {"id": "c0", "updated_at": stamp.format(9)}})
+        writer.write(OWNER, "c0", {"conversation": {"id": "c0", "updated_at": stamp(9)}})
     writer.delete(OWNER, "c1")
     assert [h["id"] for h in reader.list_headers(OWNER, 10)[0]] == ["c0", "c2"]
     writer.recency(OWNER).compact()  # a compacted log is noticed and rescanned
     with writer.locked(OWNER, "c5"):
-        writer.write(OWNER, "c5", {"conversation": {"id": "c5", "updated_at": stamp.format(5)}})
+        writer.write(OWNER, "c5", {"conversation": {"id": "c5", "updated_at": stamp(5)}})
     assert [h["id"] for h in reader.list_headers(OWNER, 10)[0]] == ["c0", "c5", "c2"]
     # pages: the cursor position is (mtime, id) of the last item
     page, after = reader.list_headers(OWNER, 2)

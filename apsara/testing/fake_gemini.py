@@ -21,6 +21,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..gemini.catalog import BUNDLED
@@ -28,6 +30,8 @@ from ..gemini.catalog import BUNDLED
 _CALL = re.compile(r"^/(?P<ver>v1\w*)/models/(?P<model>[^/:]+):(?P<method>\w+)$")
 _MODELS = re.compile(r"^/(?P<ver>v1\w*)/models(?:/(?P<model>[^/:]+))?$")
 BAD_KEY = "rejected-key"
+FILE_LIFETIME_S = 48 * 3600  # Gemini keeps an uploaded file 48 hours
+CACHE_TTL_S = 3600  # and a cache one hour unless asked otherwise
 
 
 @dataclass
@@ -61,6 +65,16 @@ class Reply:
 
 _STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
            500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
+def _rfc3339(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _ttl_s(body: dict) -> float:
+    """A cache's requested lifetime: `ttl` is "300s" on the wire."""
+    ttl = str(body.get("ttl") or "")
+    return float(ttl[:-1]) if ttl.endswith("s") and ttl[:-1].replace(".", "", 1).isdigit() else CACHE_TTL_S
 
 
 def _contents_text(body: dict) -> str:
@@ -127,7 +141,10 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeGemini:
-    def __init__(self, models: list[dict] | None = None, port: int = 0):
+    def __init__(self, models: list[dict] | None = None, port: int = 0,
+                 clock: Callable[[], float] = time.time):
+        # Every time the fake writes is relative to this clock, as Gemini's are to its own.
+        self.clock = clock
         self.requests: list[dict] = []
         self.script: deque[Reply] = deque()
         self.default: Reply | None = None  # None: echo the user
@@ -186,7 +203,8 @@ class FakeGemini:
         return {"name": name, "uri": f"{self.url}/v1beta/{name}", "mimeType": record["mime_type"],
                 "sizeBytes": str(len(record["bytes"])), "state": "ACTIVE",
                 "displayName": record.get("display_name", ""),
-                "createTime": "2026-11-21T00:00:00Z", "expirationTime": "2026-11-23T00:00:00Z"}
+                "createTime": _rfc3339(record["created"]),
+                "expirationTime": _rfc3339(record["created"] + FILE_LIFETIME_S)}
 
     def next_signature(self) -> str:
         with self._lock:
@@ -314,7 +332,7 @@ class FakeGemini:
                     fake.caches[name] = {"model": body.get("model", ""), "tokens": tokens, "expired": False,
                                          "body": body}
                     return self._send_json(200, {"name": name, "model": body.get("model"),
-                                                 "expireTime": "2026-11-21T23:00:00Z",
+                                                 "expireTime": _rfc3339(fake.clock() + _ttl_s(body)),
                                                  "usageMetadata": {"totalTokenCount": tokens}})
                 match = _CALL.match(path)
                 self._record(body, match)
@@ -365,7 +383,7 @@ class FakeGemini:
                 if "finalize" not in command:
                     return self._send_json(200, {}, {"X-Goog-Upload-Status": "active"})
                 name = f"files/{session_id}-{len(fake.files) + 1}"
-                fake.files[name] = {**fake._sessions.pop(session_id), "expired": False}
+                fake.files[name] = {**fake._sessions.pop(session_id), "expired": False, "created": fake.clock()}
                 return self._send_json(200, {"file": fake._file_json(name)}, {"X-Goog-Upload-Status": "final"})
 
             def _missing_file(self, body: dict) -> str | None:
