@@ -8,6 +8,8 @@ worker, after the fork.
 import os
 import secrets
 
+from apsara import server as _server
+
 _env = os.environ.get
 
 # File URLs are signed with APSARA_SECRET_KEY. Without one, pick it here, in the
@@ -24,10 +26,16 @@ threads = int(_env("GUNICORN_THREADS", "100"))  # gthread
 timeout = int(_env("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
-# Behind a reverse proxy: trust its X-Forwarded-* only from the addresses given.
-forwarded_allow_ips = _env("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Behind a reverse proxy: trust its X-Forwarded-* only from the addresses given
+# (addresses or networks, comma separated; `*` trusts any peer). The access log's
+# %(h)s is then the client address the proxy reports.
+forwarded_allow_ips = _env("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 accesslog = _env("GUNICORN_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = _env("LOG_LEVEL", "info")
 # Never log query strings or headers: file URLs carry signatures.
 access_log_format = _env("GUNICORN_ACCESS_FORMAT", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms pid=%(p)s')
+# Access lines with control characters escaped and the forwarded client address.
+logger_class = "apsara.server.AccessLogger"
+# Gunicorn's own answers (414, 431, 400 before the app) in the JSON error envelope.
+_server.answer_errors_in_json()
