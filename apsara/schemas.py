@@ -259,7 +259,9 @@ class ConversationSummarySchema(Schema):
     system_instruction = fields.String()
     tools = fields.List(fields.String())
     settings = fields.Nested(SettingsSchema)
-    message_count = fields.Integer()
+    message_count = fields.Integer(metadata={"description": (
+        "Messages on the active path (what `messages` holds), not every stored version: editing the "
+        "first message of a 6-message conversation makes it 2.")})
 
 
 class ConversationSchema(ConversationSummarySchema):
