@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
 
-from tests.servers import free_port, wait_for
+from tests.servers import free_port
 from tests.tools import need_program
+
+
+def _wait_until_listening(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "nginx exited at start"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nginx did not listen on {port}")
 
 
 @contextlib.contextmanager
@@ -51,7 +64,7 @@ http {{
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(base + "/health/live")
+        _wait_until_listening(port, process)
         yield base
     finally:
         process.terminate()

@@ -9,7 +9,7 @@ import pytest
 
 from apsara.testing.fake_gemini import FakeGemini, Reply
 from tests.nginx import nginx
-from tests.servers import ROOT, call, gunicorn
+from tests.servers import ROOT, call, free_port, gunicorn
 
 pytestmark = pytest.mark.slow
 SITE = ROOT / "deploy" / "nginx-site.conf"
@@ -105,3 +105,11 @@ def test_nginxs_own_refusal_is_the_json_envelope(proxied):
 
 def test_the_readme_shows_the_tested_site():
     assert SITE.read_text().strip() in (ROOT / "README.md").read_text()
+
+
+def test_nginx_answers_json_when_gunicorn_is_down(tmp_path):
+    with nginx(SITE, free_port(), tmp_path / "nginx") as base:
+        status, body = call("GET", f"{base}/api/v1/models")
+    assert status == 502
+    assert body["error"]["status"] == "UPSTREAM_ERROR" and set(body["error"]) == {"code", "status", "message",
+                                                                                   "details"}
