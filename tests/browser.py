@@ -1,10 +1,12 @@
 """A headless Chromium for tests of pages a person opens: the docs page, later the playground.
 
 `browser` is a session-wide Playwright Chromium, the system's `chromium` (Debian's package;
-.ci/run installs it), so nothing is downloaded. `visit(browser, url)` opens a page that
-records every request it makes and lets only those to the page's own server through:
-anything else is refused and listed in `visit.foreign`, so a test can assert that a page
-works with no request leaving the server.
+.ci/run installs it), so nothing is downloaded. The `visit` fixture is a function:
+`visit(url)` opens the page in a fresh browser context that records every request the
+page makes and lets only those to the page's own server through: anything else is
+refused and listed in `.foreign`, so a test can assert that a page works with no
+request leaving the server. Contexts close when the test ends (no connection stays
+open to delay the server's shutdown).
 
 Use it from a test module with `from tests.browser import browser, visit  # noqa: F401`.
 """
@@ -45,9 +47,22 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
-def visit(browser, url: str, timeout_s: float = 20.0) -> Visit:
-    """Open `url` in a fresh context; requests to other origins are recorded and refused."""
-    context = browser.new_context()
+@pytest.fixture
+def visit(browser):
+    contexts = []
+
+    def open_page(url: str, timeout_s: float = 20.0) -> Visit:
+        context = browser.new_context()
+        contexts.append(context)
+        return _open(context, url, timeout_s)
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def _open(context, url: str, timeout_s: float) -> Visit:
+    """Open `url` in `context`; requests to other origins are recorded and refused."""
     context.set_default_timeout(timeout_s * 1000)
     page = context.new_page()
     seen = Visit(page)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import browser, visit  # noqa: F401 (the fixture)
+from tests.browser import browser, visit  # noqa: F401 (fixtures)
 from tests.servers import call, gunicorn
 
 pytestmark = pytest.mark.slow
@@ -22,8 +22,8 @@ def _operations(base) -> list[tuple[str, str]]:
             if method in ("get", "post", "put", "patch", "delete")]
 
 
-def test_docs_page_renders_every_operation_offline(browser, server):
-    seen = visit(browser, f"{server}/api/v1/docs")
+def test_docs_page_renders_every_operation_offline(visit, server):
+    seen = visit(f"{server}/api/v1/docs")
     page = seen.page
     operations = _operations(server)
     page.wait_for_function(f"document.querySelectorAll('.opblock').length >= {len(operations)}")
@@ -40,8 +40,8 @@ def test_docs_page_renders_every_operation_offline(browser, server):
     assert seen.errors == []
 
 
-def test_home_leads_to_the_docs_page(browser, server):
-    seen = visit(browser, f"{server}/")
+def test_home_leads_to_the_docs_page(visit, server):
+    seen = visit(f"{server}/")
     assert seen.page.url == f"{server}/api/v1/docs"
     seen.page.wait_for_selector(".opblock")
     assert seen.foreign == []

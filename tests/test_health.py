@@ -107,3 +107,11 @@ def test_preflight_is_cached_by_the_browser(cors_client):
 def test_without_cors_origins_no_cors_headers(client):
     response = client.get("/health/live", headers={"Origin": APP_ORIGIN})
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_health_answers_are_in_the_openapi_document(client):
+    paths = client.get("/api/v1/openapi.json").json["paths"]
+    health = paths["/health"]["get"]["responses"]
+    assert {"200", "503"} <= set(health)
+    assert health["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
+    assert "200" in paths["/health/live"]["get"]["responses"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
@@ -29,14 +30,22 @@ def proxied(tmp_path_factory):
         fake.stop()
 
 
+def _complete(received: bytes) -> bool:
+    """A whole answer with a Content-Length is in (nginx may keep the socket a while after a refusal)."""
+    head, sep, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return bool(sep and length and len(body) >= int(length[1]))
+
+
 def _exchange(base: str, request: bytes, source: str = "127.0.0.1", on_data=None) -> bytes:
+    """Send bytes as they are; what came back, once the answer is complete or the server closed."""
     host, port = base.removeprefix("http://").split(":")
     with socket.socket() as sock:
         sock.bind((source, 0))
         sock.connect((host, int(port)))
         sock.sendall(request)
         received = b""
-        while chunk := sock.recv(65536):
+        while not _complete(received) and (chunk := sock.recv(65536)):
             received += chunk
             if on_data:
                 on_data(received)
