@@ -34,8 +34,7 @@ def _quoted(words: list[str]) -> str:
     return " (" + ", ".join(f"'{word}'" for word in words) + ")" if words else ""
 
 
-def describe(name: str, text: str, *, previous_tier: str | None, has_image: bool,
-             history_turns: int) -> str | None:
+def describe(name: str, text: str, *, has_image: bool, history_turns: int) -> str | None:
     """One feature of this message in plain words, or None when it is not worth saying or not true."""
     words = word_count(text)
     if name in ASKS:
@@ -63,14 +62,14 @@ def describe(name: str, text: str, *, previous_tier: str | None, has_image: bool
     if name.startswith("follow_"):
         return f"a short follow-up to {EARLIER[name.removeprefix('follow_')]}"
     if name.startswith("after_"):
-        return f"comes after {EARLIER[name.removeprefix('after_')]}"
+        return f"right after {EARLIER[name.removeprefix('after_')]}"
     if name == "in_conversation" and history_turns:
         return f"{history_turns} earlier turn{'s' * (history_turns != 1)} in this conversation"
     return None
 
 
-def explain(ranked: list[tuple[str, float]], text: str, *, previous_tier: str | None = None,
-            has_image: bool = False, history_turns: int = 0, limit: int = 3) -> str:
+def explain(ranked: list[tuple[str, float]], text: str, *, has_image: bool = False, history_turns: int = 0,
+            limit: int = 3) -> str:
     """The strongest true reasons, joined: "a proof or careful reasoning ('Prove'), mathematics ('primes')"."""
     names = [name for name, _ in ranked]
     phrases: list[str] = []
@@ -79,8 +78,7 @@ def explain(ranked: list[tuple[str, float]], text: str, *, previous_tier: str | 
             continue  # the follow-up already says what came before
         if name == "image_edit" and "image_edit_with_image" in names:
             continue  # said with the picture it changes
-        phrase = describe(name, text, previous_tier=previous_tier, has_image=has_image,
-                          history_turns=history_turns)
+        phrase = describe(name, text, has_image=has_image, history_turns=history_turns)
         if phrase and phrase not in phrases:
             phrases.append(phrase)
         if len(phrases) == limit:

@@ -121,8 +121,7 @@ class Router:
         if judged is not None:
             reason = f"{proposed}: the judge model's choice (local classifier: {scored.tier}){note}"
         else:
-            why = explain(scored.top_features, text, previous_tier=previous_tier, has_image=has_image,
-                          history_turns=history_turns)
+            why = explain(scored.top_features, text, has_image=has_image, history_turns=history_turns)
             reason = f"{proposed} ({scored.probabilities[proposed]:.0%}): {why}{note}"
         return Routing(model_id, tier, reason, classifier, round((time.perf_counter() - started) * 1000, 3))
 
