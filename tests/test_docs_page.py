@@ -1,13 +1,12 @@
 """The docs page in a real browser: it renders every operation with no request leaving the server."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.browser import browser, visit  # noqa: F401 (fixtures)
 from tests.servers import call, gunicorn
-
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -22,6 +21,7 @@ def _operations(base) -> list[tuple[str, str]]:
             if method in ("get", "post", "put", "patch", "delete")]
 
 
+@pytest.mark.slow
 def test_docs_page_renders_every_operation_offline(visit, server):
     seen = visit(f"{server}/api/v1/docs")
     page = seen.page
@@ -40,8 +40,21 @@ def test_docs_page_renders_every_operation_offline(visit, server):
     assert seen.errors == []
 
 
+@pytest.mark.slow
 def test_home_leads_to_the_docs_page(visit, server):
     seen = visit(f"{server}/")
     assert seen.page.url == f"{server}/api/v1/docs"
     seen.page.wait_for_selector(".opblock")
     assert seen.foreign == []
+
+
+def test_the_page_names_only_this_servers_assets(client):
+    page = client.get("/api/v1/docs").get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert assets and all(url.startswith("/api/v1/docs/swagger-ui-") for url in assets), assets
+    for url in assets:
+        response = client.get(url)
+        assert response.status_code == 200 and response.cache_control.max_age >= 86400
+    assert client.get(assets[0].rsplit("/", 1)[0] + "/index.html").status_code == 404  # only what the page loads
+    home = client.get("/")
+    assert home.status_code == 302 and home.headers["Location"] == "/api/v1/docs"
