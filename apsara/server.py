@@ -29,6 +29,14 @@ def printable(text: str) -> str:
                             else f"\\u{ord(match[0]):04x}", text)
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _trusted(address: str, allowed: list[str]) -> bool:
     if "*" in allowed:
         return True
@@ -48,12 +56,12 @@ def client_address(peer: str, forwarded_for: str | None, trusted_proxies: list[s
     and a peer that is not a trusted proxy is the client.
     """
     client = peer
-    if not forwarded_for or not _trusted(peer, trusted_proxies):
+    # A peer on a unix socket has no address: Gunicorn trusts it, as the proxy it must be.
+    peer_is_proxy = _trusted(peer, trusted_proxies) or not _is_address(peer)
+    if not forwarded_for or not peer_is_proxy:
         return client
     for hop in reversed([entry.strip() for entry in forwarded_for.split(",")]):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
+        if not _is_address(hop):
             break  # not an address: nothing further left can be believed
         client = hop
         if not _trusted(hop, trusted_proxies):

@@ -20,6 +20,7 @@ TRUSTED = ["127.0.0.1", "::1", "10.0.0.0/8"]
     ("127.0.0.1", None, "127.0.0.1"),
     ("198.51.100.4", "203.0.113.7", "198.51.100.4"),             # an untrusted peer is the client
     ("::1", "2001:db8::5", "2001:db8::5"),
+    ("", "203.0.113.7", "203.0.113.7"),                          # nginx on a unix socket
 ])
 def test_client_address_comes_from_trusted_proxies_only(peer, forwarded, client):
     assert client_address(peer, forwarded, TRUSTED) == client
