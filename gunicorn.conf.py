@@ -1,4 +1,4 @@
-"""Gunicorn settings, all from the environment (read when Gunicorn starts).
+"""Gunicorn settings, all from the environment and `.env` (read when Gunicorn starts).
 
 The worker class is gevent: one worker holds hundreds of open reply streams
 while each waits on Gemini, which gthread can only do with a thread per stream
@@ -7,9 +7,14 @@ worker, after the fork.
 """
 import os
 import secrets
+from pathlib import Path
+
+from dotenv import load_dotenv
 
 from apsara import server as _server
 
+# The same `.env` the app reads (beside this file); real environment variables win.
+load_dotenv(Path(__file__).with_name(".env"), override=False)
 _env = os.environ.get
 
 # File URLs are signed with APSARA_SECRET_KEY. Without one, pick it here, in the
