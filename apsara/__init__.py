@@ -138,9 +138,11 @@ def register_blueprints(app: Flask) -> None:
     from .api import register_api
     from .auth import register_auth
     from .errors import register_error_handlers
+    from .playground import register_playground
 
     register_auth(app)
     register_api(app)
+    register_playground(app)
     # After flask-smorest, so its default handler is replaced by ours.
     register_error_handlers(app)
 
