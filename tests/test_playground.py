@@ -7,6 +7,7 @@ server and the page logged no error.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import threading
 from pathlib import Path
@@ -133,3 +134,181 @@ def test_new_conversation_with_settings_streams_every_kind_of_part(visit, server
     assert page.locator(f"#conversations a[data-id='{stored['id']}']").count() == 1
     assert page.locator("#conversation-title").inner_text() == (stored["title"] or "Untitled")
     clean(seen)
+
+
+def test_edit_a_message_and_move_between_versions(visit, server, fake):
+    seen = open_playground(visit, server)
+    page = seen.page
+    page.fill("#composer-text", "Three days in Kyoto?")
+    page.press("#composer-text", "Shift+Enter")  # a new line, not a send
+    page.keyboard.type("Budget trip.")
+    assert page.input_value("#composer-text") == "Three days in Kyoto?\nBudget trip."
+    page.press("#composer-text", "Enter")
+    wait_idle(page)
+    assert page.locator(".message.model .text").inner_text() == "Echo: Three days in Kyoto?\nBudget trip."
+
+    page.locator(".message.user").get_by_role("button", name="Edit").click()
+    editor = page.get_by_role("textbox", name="Edit message")
+    assert editor.input_value() == "Three days in Kyoto?\nBudget trip."
+    editor.fill("Four days in Osaka?")
+    editor.press("Enter")
+    wait_idle(page)
+    user = page.locator(".message.user")
+    assert user.locator(".body").inner_text() == "Four days in Osaka?"
+    assert user.locator(".version-count").inner_text() == "2/2"
+    assert page.locator(".message.model .text").inner_text() == "Echo: Four days in Osaka?"
+
+    user.get_by_role("button", name="Previous version").click()
+    page.wait_for_selector(".message.user .version-count >> text=1/2")
+    assert page.locator(".message.model .text").inner_text() == "Echo: Three days in Kyoto?\nBudget trip."
+    assert page.locator(".message.user").get_by_role("button", name="Previous version").is_disabled()
+    stored = conversation(server, current_id(page))
+    assert [m["text"] for m in stored["messages"]][0] == "Three days in Kyoto?\nBudget trip."
+    page.locator(".message.user").get_by_role("button", name="Next version").click()
+    page.wait_for_selector(".message.user .version-count >> text=2/2")
+    assert page.locator(".message.model .text").inner_text() == "Echo: Four days in Osaka?"
+    clean(seen)
+
+
+def test_regenerate_with_another_model(visit, server, fake):
+    seen = open_playground(visit, server)
+    page = seen.page
+    send(page, "Name a river.")
+    wait_idle(page)
+    fake.push(Reply(parts=["The Kamo."]))
+    page.locator(".message.model summary", has_text="Regenerate").click()
+    page.locator(".message.model .menu-items").get_by_role("button", name="gemini-3.1-flash-lite", exact=True).click()
+    page.wait_for_selector(".message.model .version-count >> text=2/2")
+    reply = page.locator(".message.model")
+    assert reply.locator(".text").inner_text() == "The Kamo."
+    assert reply.locator(".meta .badge").inner_text() == "gemini-3.1-flash-lite"
+    assert fake.generate_requests()[-1]["model"] == "gemini-3.1-flash-lite"
+    reply.get_by_role("button", name="Previous version").click()
+    page.wait_for_selector(".message.model .version-count >> text=1/2")
+    assert page.locator(".message.model .text").inner_text() == "Echo: Name a river."
+    clean(seen)
+
+
+def test_attach_a_picture(visit, server, fake):
+    picture = png_bytes(4, 4, (10, 200, 30)) + os.urandom(512)  # random bytes after a real PNG header
+    seen = open_playground(visit, server)
+    page = seen.page
+    page.set_input_files("#attach", files=[{"name": "garden.png", "mimeType": "image/png", "buffer": picture}])
+    chip = page.locator("#attachments li")
+    chip.wait_for()
+    assert "garden.png" in chip.inner_text()
+    send(page, "What is in this picture?")
+    wait_idle(page)
+    assert page.locator("#attachments li").count() == 0
+    page.wait_for_function("document.querySelector('.message.user .picture img')?.naturalWidth === 4")
+    sent = [part for content in fake.last_body()["contents"] for part in content["parts"]]
+    inline = [part.get("inlineData") or part.get("inline_data") for part in sent
+              if "inlineData" in part or "inline_data" in part]
+    assert inline and base64.urlsafe_b64decode(inline[0]["data"] + "==") == picture
+    # An upload the models cannot read is refused with the server's message, and nothing is attached.
+    page.set_input_files("#attach", files=[{"name": "tool.exe", "mimeType": "application/octet-stream",
+                                            "buffer": b"MZ" + os.urandom(300)}])
+    page.wait_for_selector("#composer-error:not([hidden])")
+    assert "tool.exe" in page.inner_text("#composer-error")
+    assert page.locator("#attachments li").count() == 0
+    clean(seen, allowed_console=["status of 415"])
+
+
+def test_the_auto_models_decision_is_shown_on_each_reply(visit, server, fake):
+    seen = open_playground(visit, server)
+    page = seen.page
+    page.select_option("#setting-model", "auto")
+    assert page.locator("#thinking-field").is_hidden()
+    send(page, "Hi!")
+    wait_idle(page)
+    stored = conversation(server, current_id(page))["messages"][1]["routing"]
+    routing = page.locator(".message.model .routing").inner_text()
+    assert routing.startswith(f"auto chose {stored['model']} ({stored['tier']})")
+    assert stored["reason"] in routing
+    clean(seen)
+
+
+def test_asks_for_the_key_when_auth_is_on_and_keeps_it_for_the_tab(visit, tmp_path, fake):
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "test-key", "GEMINI_BASE_URL": fake.url,
+           "APSARA_API_KEYS": "alice:key-alice,bob:key-bob"}
+    with gunicorn(env, workers=1) as base:
+        alice = {"Authorization": "Bearer key-alice"}
+        picture = png_bytes(6, 6)
+        meta = _upload(base, picture, alice)
+        assert call("POST", f"{base}{API}", {"id": "alices", "title": "Alice's garden"}, alice)[0] == 201
+        assert call("POST", f"{base}{API}/alices/messages", {"text": "Look", "files": [meta["id"]]}, alice)[0] == 201
+
+        seen = visit(f"{base}/#/c/alices")
+        page = seen.page
+        dialog = page.get_by_role("dialog")
+        dialog.wait_for()
+        page.get_by_label("Bearer key").fill("not-a-key")
+        page.get_by_label("Bearer key").press("Enter")
+        page.wait_for_selector("#key-error:not([hidden])")
+        assert "refused" in page.inner_text("#key-error")
+        page.get_by_label("Bearer key").fill("key-alice")
+        page.get_by_role("button", name="Use this key").click()
+        page.wait_for_selector("body[data-ready=true]")
+        assert page.locator("#conversations a").all_inner_texts()[0].startswith("Alice's garden")
+        # The picture's signed URL loads in an <img>, which cannot send the key.
+        page.wait_for_function("document.querySelector('.message.user .picture img')?.naturalWidth === 6")
+
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]")
+        assert not page.get_by_role("dialog").is_visible()  # the key is kept for the tab
+        assert page.evaluate("sessionStorage.getItem('apsara.key')") == "key-alice"
+        assert page.locator(".message.user .picture img").count() == 1
+        clean(seen, allowed_console=["status of 401"])
+
+
+def _upload(base, data: bytes, headers: dict) -> dict:
+    import urllib.request
+
+    boundary = "playground-test"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{base}/api/v1/files", data=body, method="POST", headers={
+        **headers, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+# Set to a folder (docs) to refresh the README's screenshots.
+SHOTS = os.environ.get("APSARA_SCREENSHOTS_DIR")
+
+
+def test_readable_on_a_phone_and_screenshots(visit, server, fake):
+    fake.push(Reply(parts=[{"text": "Checking the season.", "thought": True},
+                           "Late autumn is lovely: the maples turn red. Try `Tofuku-ji` early.",
+                           {"executableCode": {"language": "PYTHON", "code": "print(sum([3, 4]))"}},
+                           {"codeExecutionResult": {"outcome": "OUTCOME_OK", "output": "7\n"}},
+                           " Seven days fit well.", image_part(png_bytes(96, 64, (200, 80, 40)))],
+                    grounding=GROUNDING))
+    status, created = call("POST", f"{server}{API}", {"title": "Kyoto in November", "model": "auto",
+                                                      "tools": ["google_search", "code_execution"],
+                                                      "settings": {"include_thoughts": True}})
+    assert status == 201, created
+    assert call("POST", f"{server}{API}/{created['id']}/messages", {"text": "When should I visit Kyoto?"})[0] == 201
+
+    desktop = visit(f"{server}/#/c/{created['id']}", viewport={"width": 1280, "height": 800})
+    desktop.page.wait_for_selector(".message.model .picture img")
+    desktop.page.wait_for_function("document.querySelector('.picture img').naturalWidth === 96")
+    if SHOTS:
+        desktop.page.screenshot(path=str(Path(SHOTS) / "playground-desktop.png"))
+
+    seen = visit(f"{server}/#/c/{created['id']}", **PHONE)
+    page = seen.page
+    page.wait_for_selector(".message.model .picture img")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the screen
+    assert not page.locator("#sidebar").is_visible()
+    toggle = page.get_by_role("button", name="Show conversations")
+    toggle.click()
+    assert page.evaluate("document.activeElement.id") == "search"
+    assert page.locator("#sidebar").is_visible() and toggle.get_attribute("aria-expanded") == "true"
+    page.locator("#conversations a", has_text="Kyoto in November").click()
+    page.wait_for_selector("#sidebar", state="hidden")
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / "playground-phone.png"))
+    clean(seen)
+    clean(desktop)

@@ -406,7 +406,13 @@ $("#composer-text").addEventListener("keydown", (event) => {
 });
 $("#stop").addEventListener("click", stop);
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && state.live && !event.defaultPrevented && !$("#key-dialog").open) stop();
+  if (event.key !== "Escape" || event.defaultPrevented || $("#key-dialog").open) return;
+  if (document.body.classList.contains("sidebar-open")) {
+    closeSidebar();
+    $("#toggle-sidebar").focus();
+  } else if (state.live) {
+    stop();
+  }
 });
 $("#new-settings").addEventListener("submit", (event) => event.preventDefault());
 $("#setting-model").addEventListener("change", showModelSettings);
@@ -420,6 +426,8 @@ function closeSidebar() {
   document.body.classList.remove("sidebar-open");
   $("#toggle-sidebar").setAttribute("aria-expanded", "false");
 }
+// Choosing a conversation (even the open one) puts the list away on a phone.
+$("#conversations").addEventListener("click", (event) => { if (event.target.closest("a")) closeSidebar(); });
 $("#toggle-sidebar").addEventListener("click", () => {
   const open = document.body.classList.toggle("sidebar-open");
   $("#toggle-sidebar").setAttribute("aria-expanded", String(open));
