@@ -123,7 +123,7 @@ def test_new_conversation_with_settings_streams_every_kind_of_part(visit, server
     assert reply.locator(".sources a").inner_text() == "Kyoto weather"
     picture = reply.locator(".picture img")
     picture.wait_for()
-    page.wait_for_function("document.querySelector('.picture img').naturalWidth === 8")
+    page.wait_for_function("() => document.querySelector('.picture img').naturalWidth === 8")
     assert page.locator(".message.user .body").inner_text() == "Weather in Kyoto?"
 
     stored = conversation(server, current_id(page))
@@ -200,7 +200,7 @@ def test_attach_a_picture(visit, server, fake):
     send(page, "What is in this picture?")
     wait_idle(page)
     assert page.locator("#attachments li").count() == 0
-    page.wait_for_function("document.querySelector('.message.user .picture img')?.naturalWidth === 4")
+    page.wait_for_function("() => document.querySelector('.message.user .picture img')?.naturalWidth === 4")
     sent = [part for content in fake.last_body()["contents"] for part in content["parts"]]
     inline = [part.get("inlineData") or part.get("inline_data") for part in sent
               if "inlineData" in part or "inline_data" in part]
@@ -251,7 +251,7 @@ def test_asks_for_the_key_when_auth_is_on_and_keeps_it_for_the_tab(visit, tmp_pa
         page.wait_for_selector("body[data-ready=true]")
         assert page.locator("#conversations a").all_inner_texts()[0].startswith("Alice's garden")
         # The picture's signed URL loads in an <img>, which cannot send the key.
-        page.wait_for_function("document.querySelector('.message.user .picture img')?.naturalWidth === 6")
+        page.wait_for_function("() => document.querySelector('.message.user .picture img')?.naturalWidth === 6")
 
         page.reload()
         page.wait_for_selector("body[data-ready=true]")
@@ -293,7 +293,7 @@ def test_readable_on_a_phone_and_screenshots(visit, server, fake):
 
     desktop = visit(f"{server}/#/c/{created['id']}", viewport={"width": 1280, "height": 800})
     desktop.page.wait_for_selector(".message.model .picture img")
-    desktop.page.wait_for_function("document.querySelector('.picture img').naturalWidth === 96")
+    desktop.page.wait_for_function("() => document.querySelector('.picture img').naturalWidth === 96")
     if SHOTS:
         desktop.page.screenshot(path=str(Path(SHOTS) / "playground-desktop.png"))
 
@@ -312,3 +312,23 @@ def test_readable_on_a_phone_and_screenshots(visit, server, fake):
         page.screenshot(path=str(Path(SHOTS) / "playground-phone.png"))
     clean(seen)
     clean(desktop)
+
+
+def test_delete_a_conversation_from_its_menu(visit, server, fake):
+    status, created = call("POST", f"{server}{API}", {"title": "Short-lived"})
+    assert status == 201
+    seen = visit(f"{server}/#/c/{created['id']}")
+    page = seen.page
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.inner_text("#conversation-title") == "Short-lived"
+    page.locator("#conversation-actions > summary").click()
+    page.keyboard.press("Escape")  # menus close with Escape
+    assert not page.get_by_role("button", name="Delete…").is_visible()
+    page.locator("#conversation-actions > summary").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete…").click()
+    page.wait_for_function("() => location.hash === ''")
+    assert page.inner_text("#conversation-title") == "New conversation"
+    assert call("GET", f"{server}{API}/{created['id']}")[0] == 404
+    page.wait_for_selector(f"#conversations a[data-id='{created['id']}']", state="detached")
+    clean(seen)

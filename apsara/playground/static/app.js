@@ -12,7 +12,7 @@ const state = {
   conversation: null,          // the open conversation, null for a new one
   attachments: [],             // uploaded files for the next message
   live: null,                  // {reply, node, controller, conversationId} while a reply is written
-  list: { q: "", cursor: null, generation: 0 },
+  list: { q: "", view: "", cursor: null, generation: 0 },
 };
 
 // -- the key prompt -------------------------------------------------------------------------------
@@ -97,6 +97,7 @@ async function loadList({ more = false } = {}) {
   const generation = more ? state.list.generation : ++state.list.generation;
   const params = new URLSearchParams({ limit: "20" });
   if (state.list.q) params.set("q", state.list.q);
+  if (state.list.view) params.set(state.list.view, "true");  // pinned=true or archived=true
   if (more && state.list.cursor) params.set("cursor", state.list.cursor);
   let page;
   try {
@@ -118,7 +119,8 @@ function listItem(summary) {
   const current = state.conversation?.id === summary.id;
   return el("li", {},
     el("a", { href: `#/c/${encodeURIComponent(summary.id)}`, "aria-current": current ? "page" : null, "data-id": summary.id },
-      el("span", { class: "title" }, summary.title || "Untitled"),
+      el("span", { class: "title" }, summary.pinned ? el("span", { class: "pin", "aria-label": "pinned" }, "● ") : null,
+        summary.title || "Untitled"),
       summary.snippet ? el("span", { class: "snippet" }, summary.snippet) : null,
       el("span", { class: "when" }, new Date(summary.updated_at).toLocaleString())));
 }
@@ -129,13 +131,15 @@ $("#search").addEventListener("input", () => {
   searchTimer = setTimeout(() => { state.list.q = $("#search").value.trim(); loadList(); }, 250);
 });
 $("#more-conversations").addEventListener("click", () => loadList({ more: true }));
+$("#list-view").addEventListener("change", () => { state.list.view = $("#list-view").value; loadList(); });
 
 // -- opening a conversation -----------------------------------------------------------------------------
 function route() {
   const match = /^#\/c\/(.+)$/.exec(location.hash);
   closeSidebar();
-  if (match) openConversation(decodeURIComponent(match[1]));
-  else showNew();
+  if (match) return openConversation(decodeURIComponent(match[1]));
+  showNew();
+  return Promise.resolve();
 }
 
 function showNew() {
@@ -169,6 +173,8 @@ function show(conversation) {
   $("#conversation-model").textContent = conversation.model;
   $("#conversation-model").hidden = false;
   $("#conversation-actions").hidden = false;
+  $("#toggle-pin").textContent = conversation.pinned ? "Unpin" : "Pin";
+  $("#toggle-archive").textContent = conversation.archived ? "Unarchive" : "Archive";
   $("#new-settings").hidden = true;
   renderMessages();
   markCurrent();
@@ -380,8 +386,29 @@ async function exportAs(format) {
   link.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
-$("#export-markdown").addEventListener("click", () => run(() => exportAs("markdown")));
-$("#export-json").addEventListener("click", () => run(() => exportAs("json")));
+// -- the open conversation's menu ------------------------------------------------------------------------
+function fromMenu(action) {
+  return () => {
+    $("#conversation-actions").open = false;
+    return run(action);
+  };
+}
+async function change(fields) {
+  show(await api.request("PATCH", conversationPath(), fields));
+  loadList();
+}
+$("#export-markdown").addEventListener("click", fromMenu(() => exportAs("markdown")));
+$("#export-json").addEventListener("click", fromMenu(() => exportAs("json")));
+$("#toggle-pin").addEventListener("click", fromMenu(() => change({ pinned: !state.conversation.pinned })));
+$("#toggle-archive").addEventListener("click", fromMenu(() => change({ archived: !state.conversation.archived })));
+$("#delete-conversation").addEventListener("click", fromMenu(async () => {
+  const { id, title } = state.conversation;
+  if (!confirm(`Delete "${title || "Untitled"}"? Its messages cannot be brought back.`)) return;
+  if (state.live) state.live.controller.abort();
+  await api.request("DELETE", conversationPath(id));
+  location.hash = "";
+  loadList();
+}));
 
 // -- errors ---------------------------------------------------------------------------------------------
 function showError(message, details = {}) {
@@ -405,9 +432,19 @@ $("#composer-text").addEventListener("keydown", (event) => {
   }
 });
 $("#stop").addEventListener("click", stop);
+// A menu closes when something else is clicked, as menus do.
+document.addEventListener("click", (event) => {
+  for (const menu of document.querySelectorAll("details.menu[open]")) {
+    if (!menu.contains(event.target)) menu.open = false;
+  }
+});
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape" || event.defaultPrevented || $("#key-dialog").open) return;
-  if (document.body.classList.contains("sidebar-open")) {
+  const menu = document.querySelector("details.menu[open]");
+  if (menu) {
+    menu.open = false;
+    menu.querySelector("summary").focus();
+  } else if (document.body.classList.contains("sidebar-open")) {
     closeSidebar();
     $("#toggle-sidebar").focus();
   } else if (state.live) {
@@ -442,8 +479,7 @@ async function start() {
   } catch (error) {
     showError(error.message);
   }
-  await loadList();
-  route();
+  await Promise.all([loadList(), route()]);
   document.body.dataset.ready = "true";  // the page is usable (tests wait for this)
 }
 start();
