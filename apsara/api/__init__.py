@@ -34,7 +34,7 @@ def require_json_body() -> None:
 
 
 def register_api(app: Flask) -> None:
-    from . import conversations, files, generate, health, messages, models, route
+    from . import conversations, files, generate, health, messages, models, route, usage
 
     app.config.update(
         API_TITLE="Apsara-2.5",
@@ -54,5 +54,5 @@ def register_api(app: Flask) -> None:
     )
     app.before_request(require_json_body)
     api = ApsaraApi(app)
-    for module in (health, models, conversations, messages, files, generate, route):
+    for module in (health, models, conversations, messages, files, generate, route, usage):
         api.register_blueprint(module.blp)
