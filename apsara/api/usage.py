@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 from flask import current_app, jsonify
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from ..auth import current_user, is_admin
 from ..errors import ApiError
@@ -14,7 +15,7 @@ blp = Blueprint("usage", __name__, url_prefix="/api/v1", description="Usage and 
 
 
 @blp.route("/usage", methods=["GET"])
-@blp.arguments(UsageQuerySchema, location="query")
+@blp.arguments(UsageQuerySchema, location="query", unknown=RAISE)  # a misspelt parameter is an error
 @blp.response(200, UsageReportSchema)
 @blp.alt_response(422, schema=ErrorSchema, description="A bad date or group, or `user` without an admin key.")
 def usage(query):
@@ -22,7 +23,7 @@ def usage(query):
     today = datetime.now(timezone.utc).date()
     first, last = query.get("from_") or today.replace(day=1), query.get("to") or today
     user = query.get("user")
-    if user is not None and not is_admin():
+    if user not in (None, current_user()) and not is_admin():
         raise ApiError(422, "only an admin key (APSARA_ADMIN_KEYS) may ask for another user's usage",
                        {"user": ["needs an admin key"]})
     if user is None:
