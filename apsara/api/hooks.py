@@ -9,6 +9,7 @@ is finished (for a stream, when it closes, with the turn's model and tokens).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 
@@ -78,7 +79,7 @@ def _closer(status: int):
     """Free the stream slot and write the request's line, once."""
     limits, slot = _services().rate_limits, g.pop("stream_slot", None)
     fields = {"request_id": g.get("request_id"), "user": g.get("user"), "method": request.method,
-              "route": route_of(), "status": status}
+              "route": route_of(), "status": status, "pid": os.getpid()}
     started, bills = g.get("apsara_started"), g.get("bills") or []
     finished = []
 
