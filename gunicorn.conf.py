@@ -68,5 +68,7 @@ if (_env("APSARA_LOG_FORMAT") or "").lower() == "json":
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
                                  "stream": "ext://sys.stderr"}},
         "loggers": {"gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
-                    "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False}},
+                    # Gunicorn writes access lines whenever a log config is given: only if asked for.
+                    "gunicorn.access": {"level": "INFO", "handlers": ["console"] if accesslog else [],
+                                        "propagate": False}},
     }
