@@ -17,6 +17,7 @@ from .errors import ApiError
 
 OPEN_PATHS = ("/api/v1/openapi.json", "/api/v1/docs")
 ADMIN_USER = "admin"
+USAGE_PATH = "/api/v1/usage"
 
 
 def _user_for(token: str, keys: dict[str, str]) -> str | None:
@@ -59,8 +60,8 @@ def authenticate() -> None:
         g.user = LOCAL_USER
         return
     user = _user_for(token, settings.api_keys) if token else None
-    if user is None and g.admin:
-        user = ADMIN_USER  # an admin key that is no user's acts as the user "admin"
+    if user is None and g.admin and request.path == USAGE_PATH:
+        user = ADMIN_USER  # an admin key that is no user's key only reads usage
     if user is None:
         raise ApiError(401, "a valid 'Authorization: Bearer <key>' header is required",
                        headers={"WWW-Authenticate": "Bearer"})

@@ -206,3 +206,4 @@ def test_users_see_their_own_and_admins_anyones(tmp_path, fake):
     by_conversation = usage(root, user="*", group_by="conversation")["groups"]
     assert {(g["user"], g["key"]) for g in by_conversation} == {("alice", "c3"), ("bob", "c9"), ("bob", "c4")}
     assert raw.get("/api/v1/usage").status_code == 401
+    assert root.get(API).status_code == 401  # an admin key that is no user's reads usage only
