@@ -27,8 +27,10 @@ if _own_metrics_dir:
 
 def on_starting(server):
     folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):  # only the samples files: the folder may be the operator's
+        if name.endswith(".db"):
+            os.unlink(os.path.join(folder, name))
 
 
 def on_exit(server):

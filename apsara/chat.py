@@ -104,6 +104,7 @@ class Chat:
                 # Budget hook: reserve for the dearest model `auto` may pick, before its judge is asked.
                 bill.hold(self._auto_candidates(), input_tokens, settings.get("max_output_tokens"))
                 routing = self.route_turn(context, tools, header["system_instruction"], bill)
+                metrics.auto_decision(routing)
                 model = resolve_model(self.catalog, routing.model or AUTO)
                 tools = [t for t in tools if t in model.tools]
                 settings = translate_thinking(settings, model)
@@ -134,10 +135,8 @@ class Chat:
         previous = next((m.get("routing", {}).get("tier") for m in reversed(context[:-1])
                          if m["role"] == "model" and m.get("routing")), None)
         tokens = self._estimate_tokens(system_instruction, context)
-        routing = self.router.route(text, file_types=file_types, tools=tools, context_tokens=tokens,
-                                    previous_tier=previous, history_turns=len(context) // 2, billed_to=bill)
-        metrics.auto_decision(routing)
-        return routing
+        return self.router.route(text, file_types=file_types, tools=tools, context_tokens=tokens,
+                                 previous_tier=previous, history_turns=len(context) // 2, billed_to=bill)
 
     def _check_inputs(self, model: ModelInfo, context: list[dict]) -> None:
         for message in context:
@@ -268,7 +267,11 @@ class Chat:
         stamp = now_iso()
         user = {"id": new_id("m"), "role": "user", "parent_id": None, "created_at": stamp, "parts": parts}
         bill = self.usage.bill(owner)  # usage hook, as in start()
-        choice = self._chooser(owner, None, None, body.get("settings"), bill)(header, [user])
+        try:
+            choice = self._chooser(owner, None, None, body.get("settings"), bill)(header, [user])
+        except BaseException:
+            bill.settle()
+            raise
         reply = {"id": new_id("m"), "role": "model", "parent_id": user["id"], "created_at": stamp, "parts": [],
                  "model": choice.model.id, "status": "streaming"}
         turn = Turn(header, None, reply, [user], choice)

@@ -72,8 +72,6 @@ CREATE INDEX IF NOT EXISTS streams_by_user ON streams (user);
 class SqliteCounters(Storage):
     """A `limits` storage in an SQLite file: counters every worker process of this machine shares."""
 
-    STORAGE_SCHEME = ["apsara-sqlite"]
-
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, database: SqliteDatabase = None,
                  **options):
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)

@@ -122,3 +122,21 @@ def test_twenty_concurrent_turns_across_two_workers_stay_within_one_reservation(
     assert report["totals"]["calls"] == statuses.count(201)
     billed = fake.billed_totals()
     assert report["totals"]["total_tokens"] == billed["total_tokens"] and report["totals"]["calls"] == billed["calls"]
+
+
+def test_a_dead_workers_reservation_is_freed(tmp_path, fake):
+    import subprocess
+    import sys
+
+    app = budget_app(tmp_path, fake, {"default": {"tokens_per_day": 1000}})
+    client = app.test_client()
+    start(client)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ledger = app.extensions["apsara"].usage.ledger
+    reservation = ledger.reserve("local", 5000, 1.0, lambda spending: None)
+    with ledger.db.write() as sql:  # as if that process had reserved and then been killed
+        sql.execute("UPDATE reservations SET pid=? WHERE id=?", (gone.pid, reservation))
+    assert send(client, "hello").status_code == 201
+    with ledger.db.read() as sql:
+        assert sql.execute("SELECT count(*) FROM reservations").fetchone()[0] == 0
