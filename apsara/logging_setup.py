@@ -57,15 +57,15 @@ def formatter(kind: str) -> logging.Formatter:
 
 
 def configure_logging(kind: str = "text") -> None:
-    """Give the `apsara` loggers a handler with the chosen format, unless the host
-    process (a test runner, an embedding app) already logs through the root logger."""
-    log = logging.getLogger("apsara")
-    handler = next((h for h in log.handlers if getattr(h, "_apsara", False)), None)
+    """Log every library's lines through one handler with the chosen format, unless the
+    host process (a test runner, an embedding app) has already set up the root logger."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "_apsara", False)), None)
     if handler is None:
-        if log.handlers or logging.getLogger().handlers:
+        if root.handlers:
             return
         handler = logging.StreamHandler()
         handler._apsara = True
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+        root.addHandler(handler)
+        logging.getLogger("apsara").setLevel(logging.INFO)  # others stay at WARNING
     handler.setFormatter(formatter(kind))
