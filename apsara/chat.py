@@ -16,10 +16,10 @@ from typing import Iterator
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from . import metrics
 from .attachments import Attachments
 from .caching import ContextCache
 from .config import Settings
-from . import metrics
 from .clock import new_id, now_iso
 from .conversations.manager import ConversationManager, Turn, context_path, message_view
 from .conversations.options import AUTO, check_thinking, check_tools, resolve_model

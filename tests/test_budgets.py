@@ -140,3 +140,16 @@ def test_a_dead_workers_reservation_is_freed(tmp_path, fake):
     assert send(client, "hello").status_code == 201
     with ledger.db.read() as sql:
         assert sql.execute("SELECT count(*) FROM reservations").fetchone()[0] == 0
+
+
+def test_an_auto_turn_over_budget_never_asks_the_judge(tmp_path, fake):
+    client = budget_app(tmp_path, fake, {"default": {"tokens_per_day": 3}},
+                        auto_judge_model="gemini-3.5-flash-lite").test_client()
+    start(client, model="auto")
+    fake.push(Reply(parts=["lite"]), Reply(parts=["Hi there friend"]))
+    assert send(client, "hello").status_code == 201  # the judge and the reply: over 3 tokens
+    asked = len(fake.generate_requests())
+    assert send(client, "hello again").status_code == 429
+    assert client.post("/api/v1/route", json={"text": "hi"}).status_code == 429
+    assert len(fake.generate_requests()) == asked
+    assert_ledger_matches_bill(client, fake)

@@ -207,3 +207,17 @@ def test_users_see_their_own_and_admins_anyones(tmp_path, fake):
     assert {(g["user"], g["key"]) for g in by_conversation} == {("alice", "c3"), ("bob", "c9"), ("bob", "c4")}
     assert raw.get("/api/v1/usage").status_code == 401
     assert root.get(API).status_code == 401  # an admin key that is no user's reads usage only
+
+
+def test_every_generate_call_goes_through_the_metered_client():
+    """The ledger sees a call only through GeminiClient.generate/stream: nothing may call the SDK's
+    generate methods another way (countTokens is free and may)."""
+    from pathlib import Path
+
+    import apsara
+
+    root = Path(apsara.__file__).parent
+    offenders = [str(path.relative_to(root)) for path in root.rglob("*.py")
+                 if path.name != "metering.py" and "testing" not in path.parts
+                 and ("generate_content(" in path.read_text() or "generate_content_stream(" in path.read_text())]
+    assert offenders == []

@@ -390,12 +390,12 @@ class FakeGemini:
                 bill = {"model": match["model"], "usage": {}}
                 if match["method"] == "generateContent":
                     whole = self._whole(reply, body)
-                    self._send_json(200, whole)
-                    return self._bill(bill, whole.get("usageMetadata"))
+                    self._bill(bill, whole.get("usageMetadata"))  # billed as generated, before it is read
+                    return self._send_json(200, whole)
                 return self._stream(reply, body, bill)
 
             def _bill(self, bill: dict, usage: dict | None):
-                """Record the usage just sent as what this call is billed (the last one counts)."""
+                """Record the usage about to be sent as what this call is billed (the last one counts)."""
                 if usage is None:
                     return
                 with fake._lock:
@@ -498,14 +498,14 @@ class FakeGemini:
                 try:
                     if reply.block_reason:
                         whole = self._whole(reply, body)
-                        send(whole)
                         self._bill(bill, whole["usageMetadata"])
+                        send(whole)
                         return
                     parts = self._signed(reply.wire_parts())
                     if not parts:
                         usage = self._usage(reply, body, parts)
-                        send({"candidates": [self._candidate(reply, [], True)], "usageMetadata": usage})
                         self._bill(bill, usage)
+                        send({"candidates": [self._candidate(reply, [], True)], "usageMetadata": usage})
                         return
                     for index, part in enumerate(parts):
                         if index and self._client_gone():
@@ -520,8 +520,8 @@ class FakeGemini:
                             None if reply.usage is not None else self._usage(reply, body, parts[:index + 1]))
                         if usage is not None:
                             chunk["usageMetadata"] = usage
-                        send(chunk)
                         self._bill(bill, usage)
+                        send(chunk)
                         if reply.chunk_delay_s and not last:
                             time.sleep(reply.chunk_delay_s)
                         if index == 0 and reply.hold is not None:

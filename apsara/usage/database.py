@@ -6,7 +6,10 @@ so they live in one SQLite file under the data folder. Each process opens its
 own connection (again after a fork); writes are short `BEGIN IMMEDIATE`
 transactions, so concurrent workers queue on SQLite's lock for microseconds.
 `synchronous=NORMAL` in WAL mode survives a process crash; a power cut may lose
-the last transactions, never corrupt the file.
+the last transactions, never corrupt the file. SQLite calls do not yield to
+gevent: a worker waiting for another's write lock waits whole, which is why
+every transaction here is a few statements long. WAL needs a local disk, not a
+network file system.
 """
 from __future__ import annotations
 
