@@ -128,7 +128,7 @@ CORS_MAX_AGE_S = 600
 def register_extensions(app: Flask, settings: Settings) -> None:
     if settings.cors_origins:
         CORS(app, resources={CORS_PATHS: {"origins": settings.cors_origins}}, max_age=CORS_MAX_AGE_S,
-             expose_headers=["Retry-After", "Content-Disposition"])
+             expose_headers=["Retry-After", "Content-Disposition", "X-Request-Id"])
         app.after_request(_vary_on_origin)
 
 

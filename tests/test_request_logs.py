@@ -84,3 +84,12 @@ def test_json_lines_under_gunicorn_hold_no_secrets(tmp_path, fake):
     text = log.read_text()
     for secret in ("SECRET", "PRIVATE-IN", "PRIVATE-OUT"):
         assert secret not in text
+
+
+def test_browsers_may_read_the_request_id(tmp_path):
+    from apsara import create_app
+    from tests.conftest import make_settings
+
+    client = create_app(make_settings(tmp_path, cors_origins=["https://app.example"])).test_client()
+    answer = client.get("/api/v1/conversations", headers={"Origin": "https://app.example"})
+    assert "X-Request-Id" in answer.headers["Access-Control-Expose-Headers"]

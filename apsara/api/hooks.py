@@ -13,7 +13,7 @@ import os
 import re
 import time
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, has_request_context, request
 
 from .. import metrics
 from ..clock import new_id
@@ -26,7 +26,6 @@ TURN_ENDPOINTS = {"messages.send", "messages.edit", "messages.regenerate", "gene
 
 
 def _services():
-    from flask import current_app
     return current_app.extensions["apsara"]
 
 
@@ -58,7 +57,6 @@ def apply_rate_limits() -> None:
 
 def note_bill(bill) -> None:
     """The usage service's new bills, so the request's line can tell model and tokens."""
-    from flask import has_request_context
     if has_request_context() and "bills" in g:
         g.bills.append(bill)
 
