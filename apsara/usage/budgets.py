@@ -61,7 +61,9 @@ def _resets(limit: str, now: datetime) -> datetime:
 
 
 def _amount(limit: str, value: float) -> str:
-    return f"${value:,.2f}" if limit.startswith("usd") else f"{int(value):,} tokens"
+    if not limit.startswith("usd"):
+        return f"{int(value):,} tokens"
+    return f"${value:,.2f}" if value >= 0.01 or value == 0 else f"${value:.2g}"
 
 
 class Budgets:
