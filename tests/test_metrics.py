@@ -116,3 +116,43 @@ def call_text(url: str) -> str:
     request = urllib.request.Request(url, headers=TOKEN)
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.read().decode()
+
+
+@pytest.mark.slow
+def test_a_killed_workers_open_streams_stop_counting(tmp_path, fake):
+    import os
+    import signal
+    import threading
+    import time
+
+    gate = threading.Event()
+    fake.push(Reply(parts=["held", " open"], hold=gate))
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "APSARA_METRICS_TOKEN": "metrics-secret", "gemini": "k",
+           "GEMINI_BASE_URL": fake.url}
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(env, workers=2, log_path=log) as base:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            wait_for_workers(base, log, pool)
+            assert call("POST", f"{base}/api/v1/conversations", {"id": "c1"})[0] == 201
+            pool.submit(call, "POST", f"{base}/api/v1/conversations/c1/messages", {"text": "go", "stream": True},
+                        None, 30)
+
+            def streams() -> float:
+                return value(samples(call_text(f"{base}/metrics")), "apsara_active_streams")
+
+            deadline = time.monotonic() + 10
+            while streams() != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert streams() == 1
+            for pid in set(re.findall(r"pid=(\d+)", log.read_text())):
+                os.kill(int(pid), signal.SIGKILL)  # Gunicorn starts new workers
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    if streams() == 0:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            assert streams() == 0
+            gate.set()
