@@ -3,12 +3,14 @@
 Under Gunicorn each worker writes its samples to files in
 `PROMETHEUS_MULTIPROC_DIR` (gunicorn.conf.py makes and empties it at start and
 tells the client library when a worker exits), and `GET /metrics` reads them all.
-Without that variable (tests, the dev server) the process's own registry is
-served (`GET /metrics` itself is in `api/metrics.py`). The metric objects are module-level because prometheus-client keeps
-them per process; everything else goes through the small functions below.
+Without that variable (one process, as in tests) the process's own registry is
+served. `GET /metrics` itself is in `api/metrics.py`. The metric objects are
+module-level because prometheus-client keeps them per process; the rest of the
+service goes through the small functions below.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -63,14 +65,14 @@ def rate_limited(limit: str) -> None:
     RATE_LIMITED.labels(limit).inc()
 
 
-class timed_store_write:
-    """`with timed_store_write(): ...` around one durable write."""
-
-    def __enter__(self):
-        self._started = time.perf_counter()
-
-    def __exit__(self, *exc):
-        STORE_WRITE_SECONDS.observe(time.perf_counter() - self._started)
+@contextlib.contextmanager
+def timed_store_write():
+    """Around one durable write of the store."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
 
 
 def exposition() -> tuple[bytes, str]:
