@@ -21,6 +21,7 @@ from ..clock import new_id
 from .database import SqliteDatabase
 
 TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "thought_tokens", "cached_tokens", "total_tokens")
+GROUPS = ("day", "model", "conversation", "user")  # also the only column names a report may group on
 # A reservation older than this is a turn that can no longer be running (its writer
 # hung or its machine died): it stops holding budget.
 STALE_RESERVATION_S = 3600.0
@@ -145,6 +146,8 @@ class SqliteLedger:
             totals = _row(sql.execute(f"SELECT {sums} FROM usage WHERE {where}", args).fetchone())
             groups = []
             if group_by:
+                if group_by not in GROUPS:
+                    raise ValueError(f"cannot group usage by {group_by!r}")
                 # Everyone's conversations: ids are per user, so a group is (user, conversation).
                 keys = {"conversation": "conversation" if user is not None else "conversation, user"}
                 key = keys.get(group_by, group_by)
@@ -274,6 +277,8 @@ class SqliteLedger:
             totals = _row(sql.execute(f"SELECT {sums} FROM usage WHERE {where}", args).fetchone())
             groups = []
             if group_by:
+                if group_by not in GROUPS:
+                    raise ValueError(f"cannot group usage by {group_by!r}")
                 # Everyone's conversations: ids are per user, so a group is (user, conversation).
                 keys = {"conversation": "conversation" if user is not None else "conversation, user"}
                 key = keys.get(group_by, group_by)
