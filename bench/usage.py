@@ -86,11 +86,11 @@ class NoLedger:
 
 
 def end_to_end(pairs: int) -> list[float]:
-    logging.getLogger("apsara").setLevel(logging.WARNING)  # no request lines on the terminal
     fake = FakeGemini().start()
     with tempfile.TemporaryDirectory() as folder:
         app = create_app(make_settings(Path(folder), gemini_api_key="k", gemini_base_url=fake.url,
                                        budgets=BUDGET))
+        logging.getLogger("apsara").setLevel(logging.WARNING)  # no request lines on the terminal
         client = app.test_client()
         usage = app.extensions["apsara"].usage
         real = usage.ledger
