@@ -259,6 +259,7 @@ def test_asks_for_the_key_when_auth_is_on_and_keeps_it_for_the_tab(visit, tmp_pa
         assert page.evaluate("sessionStorage.getItem('apsara.key')") == "key-alice"
         assert page.locator(".message.user .picture img").count() == 1
         clean(seen, allowed_console=["status of 401"])
+        page.context.close()  # before this Gunicorn stops: an open keep-alive connection would delay it
 
 
 def _upload(base, data: bytes, headers: dict) -> dict:
@@ -331,4 +332,55 @@ def test_delete_a_conversation_from_its_menu(visit, server, fake):
     assert page.inner_text("#conversation-title") == "New conversation"
     assert call("GET", f"{server}{API}/{created['id']}")[0] == 404
     page.wait_for_selector(f"#conversations a[data-id='{created['id']}']", state="detached")
+    clean(seen)
+
+
+HOSTILE = ('<img src="/x.png" onerror="document.body.dataset.owned=1"> **bold** [click](javascript:alert(1))\n\n'
+           "```html\n<script>document.body.dataset.owned=1</script>\n```\n"
+           "[fine](https://example.com/a?b=1) and `<b>code</b>`")
+
+
+def test_model_text_is_shown_as_text_never_as_html(visit, server, fake):
+    fake.push(Reply(parts=[HOSTILE[:40], HOSTILE[40:]]))
+    seen = open_playground(visit, server)
+    page = seen.page
+    send(page, "Say something odd.")
+    wait_idle(page)
+    text = page.locator(".message.model .text")
+    assert text.locator("img, script, b").count() == 0
+    assert '<img src="/x.png" onerror=' in text.locator("p").first.inner_text()
+    assert text.locator("strong").inner_text() == "bold"
+    links = text.locator("a")
+    assert links.count() == 1 and links.get_attribute("href") == "https://example.com/a?b=1"
+    assert "[click](javascript:alert(1))" in text.inner_text()
+    assert text.locator("pre[data-language=html] code").inner_text() == "<script>document.body.dataset.owned=1</script>"
+    assert text.locator(":not(pre) > code").inner_text() == "<b>code</b>"
+    assert page.evaluate("() => document.body.dataset.owned") is None
+    assert not any(url.endswith("/x.png") for url in seen.requests)
+    clean(seen)
+
+
+def test_the_event_reader_takes_any_split_of_the_stream(visit, server):
+    """Server-sent events arrive in arbitrary pieces; every split gives the same events."""
+    seen = open_playground(visit, server)
+    stream = ('event: reply_start\nid: 1\ndata: {"id": "r1"}\n\n: ping\n\n'
+              'event: delta\r\nid: 2\r\ndata: {"text": "a\\nb"}\r\n\r\n'
+              'event: done\nid: 3\ndata: {"status":\ndata: "complete"}\n\n')
+    splits = seen.page.evaluate("""async (stream) => {
+        const { EventParser } = await import(document.querySelector("script[type=module]").src.replace("app.js", "api.js"));
+        const results = new Set();
+        for (let cut = 0; cut <= stream.length; cut++) {
+            for (const step of [1, 7, stream.length]) {
+                const events = [];
+                const parser = new EventParser((name, data, id) => events.push([name, data, id]));
+                parser.push(stream.slice(0, cut));
+                for (let at = cut; at < stream.length; at += step) parser.push(stream.slice(at, at + step));
+                parser.end();
+                results.add(JSON.stringify(events));
+            }
+        }
+        return [...results];
+    }""", stream)
+    assert [json.loads(result) for result in splits] == [[
+        ["reply_start", {"id": "r1"}, 1], ["delta", {"text": "a\nb"}, 2], ["done", {"status": "complete"}, 3]]]
     clean(seen)
