@@ -384,3 +384,20 @@ def test_the_event_reader_takes_any_split_of_the_stream(visit, server):
     assert [json.loads(result) for result in splits] == [[
         ["reply_start", {"id": "r1"}, 1], ["delta", {"text": "a\nb"}, 2], ["done", {"status": "complete"}, 3]]]
     clean(seen)
+
+
+def test_the_list_pages_on_with_more(visit, tmp_path, fake):
+    with gunicorn({"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "test-key", "GEMINI_BASE_URL": fake.url},
+                  workers=1) as base:
+        for n in range(23):
+            assert call("POST", f"{base}{API}", {"id": f"c{n:02}", "title": f"Topic {n}"})[0] == 201
+        seen = open_playground(visit, base)
+        page = seen.page
+        items = page.locator("#conversations a")
+        assert items.count() == 20 and items.first.inner_text().startswith("Topic 22")  # newest first
+        page.get_by_role("button", name="More").click()
+        page.wait_for_function("() => document.querySelectorAll('#conversations a').length === 23")
+        assert items.last.inner_text().startswith("Topic 0")
+        assert page.locator("#more-conversations").is_hidden()
+        clean(seen)
+        page.context.close()  # before this Gunicorn stops
