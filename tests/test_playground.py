@@ -401,3 +401,23 @@ def test_the_list_pages_on_with_more(visit, tmp_path, fake):
         assert page.locator("#more-conversations").is_hidden()
         clean(seen)
         page.context.close()  # before this Gunicorn stops
+
+
+def test_every_control_has_a_name_and_keyboard_focus_shows(visit, server):
+    seen = open_playground(visit, server)
+    page = seen.page
+    nameless = page.evaluate("""() => [...document.querySelectorAll("button, input, select, textarea, summary, a")]
+        .filter((control) => control.getClientRects().length || control.type === "file")
+        .filter((control) => !(control.labels?.length || control.getAttribute("aria-label")
+                               || control.getAttribute("aria-labelledby") || control.textContent.trim()))
+        .map((control) => control.outerHTML)""")
+    assert nameless == []
+    assert page.evaluate("() => document.activeElement.id") == "composer-text"  # ready to type
+    focused = []
+    for key in ["Tab", "Tab", "Shift+Tab", "Shift+Tab", "Shift+Tab"]:
+        page.keyboard.press(key)
+        focused.append(page.evaluate("() => document.activeElement.id || document.activeElement.textContent"))
+        outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+        assert outline not in ("none", ""), focused[-1]
+    assert focused[:2] == ["attach", "send"]
+    clean(seen)

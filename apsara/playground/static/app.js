@@ -73,7 +73,9 @@ function showModelSettings() {
       ...thinking.levels.map((level) => el("option", { value: level }, level)));
   }
   if (thinking?.budget) {
-    [budget.min, budget.max] = thinking.budget;
+    // Models that can turn thinking off take 0 below their smallest budget.
+    budget.min = thinking.can_disable ? 0 : thinking.budget[0];
+    budget.max = thinking.budget[1];
     budget.value = "";
     budget.placeholder = `Budget ${thinking.budget[0]}–${thinking.budget[1]} tokens (empty: default)`;
   }
@@ -237,6 +239,7 @@ async function write(method, path, body, { keep }) {
           applyEvent(reply, name, data);
           messages.push(reply);
           renderMessages();
+          if (state.live.stopAsked) stop();  // Stop was pressed before the reply had an id
         } else if (name === "title") {
           $("#conversation-title").textContent = data.title;
         } else {
@@ -295,8 +298,13 @@ function redrawLive() {
 
 // After a reply: the stored conversation (versions, statuses) replaces what the stream built.
 async function finish(conversationId) {
+  const { reply } = state.live;
   state.live = null;
   composerBusy(false);
+  // One short announcement for screen readers, instead of every word as it streams.
+  $("#announce").textContent = {
+    complete: "Reply written.", stopped: "Reply stopped.", error: "The reply failed.", blocked: "The reply was blocked.",
+  }[reply.status] || "";
   if (state.conversation?.id === conversationId) {
     try { show(await api.get(conversationPath(conversationId))); } catch (error) { showError(error.message); }
   }
@@ -305,7 +313,11 @@ async function finish(conversationId) {
 
 async function stop() {
   const live = state.live;
-  if (!live || !live.reply.id) return;
+  if (!live) return;
+  if (!live.reply.id) {
+    live.stopAsked = true;
+    return;
+  }
   try {
     await api.post(`${conversationPath(live.conversationId)}/messages/${live.reply.id}/stop`);
   } catch (error) {
