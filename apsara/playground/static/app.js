@@ -144,7 +144,16 @@ function route() {
   return Promise.resolve();
 }
 
+// Leaving a conversation stops following its reply here; the server goes on writing it.
+function leave(id = null) {
+  if (!state.live || state.live.conversationId === id) return;
+  state.live.controller.abort();
+  state.live = null;
+  composerBusy(false);
+}
+
 function showNew() {
+  leave();
   state.conversation = null;
   $("#conversation-title").textContent = "New conversation";
   $("#conversation-model").hidden = true;
@@ -156,7 +165,7 @@ function showNew() {
 }
 
 async function openConversation(id) {
-  if (state.live && state.live.conversationId !== id) state.live.controller.abort();
+  leave(id);
   let conversation;
   try {
     conversation = await api.get(`/conversations/${encodeURIComponent(id)}`);
@@ -166,7 +175,7 @@ async function openConversation(id) {
   }
   show(conversation);
   const writing = conversation.messages.find((message) => message.status === "streaming");
-  if (writing && !state.live) follow(writing);
+  if (writing && state.live?.conversationId !== id) follow(writing);
 }
 
 function show(conversation) {
@@ -223,7 +232,8 @@ async function write(method, path, body, { keep }) {
   const conversationId = state.conversation.id;
   const reply = emptyReply(body.model || state.conversation.model);
   const controller = new AbortController();
-  state.live = { reply, node: messageNode(reply), controller, conversationId, thoughtsOpen: true };
+  const live = { reply, node: messageNode(reply), controller, conversationId, thoughtsOpen: true };
+  state.live = live;
   composerBusy(true);
   const messages = state.conversation.messages.slice(0, keep);
   state.conversation.messages = messages;
@@ -239,7 +249,7 @@ async function write(method, path, body, { keep }) {
           applyEvent(reply, name, data);
           messages.push(reply);
           renderMessages();
-          if (state.live.stopAsked) stop();  // Stop was pressed before the reply had an id
+          if (live.stopAsked) stop();  // Stop was pressed before the reply had an id
         } else if (name === "title") {
           $("#conversation-title").textContent = data.title;
         } else {
@@ -252,7 +262,7 @@ async function write(method, path, body, { keep }) {
   } catch (error) {
     if (error.name !== "AbortError") showError(error.message);
   } finally {
-    await finish(conversationId);
+    await finish(live);
   }
 }
 
@@ -260,8 +270,9 @@ async function write(method, path, body, { keep }) {
 async function follow(message) {
   const conversationId = state.conversation.id;
   const controller = new AbortController();
-  if (!message.last_event_id) { message.parts = []; message.text = ""; }
-  state.live = { reply: message, node: messageNode(message), controller, conversationId, thoughtsOpen: true };
+  if (!message.last_event_id) { message.parts = []; message.text = ""; }  // all its events come again
+  const live = { reply: message, node: messageNode(message), controller, conversationId, thoughtsOpen: true };
+  state.live = live;
   composerBusy(true);
   renderMessages();
   try {
@@ -276,7 +287,7 @@ async function follow(message) {
   } catch (error) {
     if (error.name !== "AbortError") showError(error.message);
   } finally {
-    await finish(conversationId);
+    await finish(live);
   }
 }
 
@@ -297,8 +308,9 @@ function redrawLive() {
 }
 
 // After a reply: the stored conversation (versions, statuses) replaces what the stream built.
-async function finish(conversationId) {
-  const { reply } = state.live;
+async function finish(live) {
+  const { reply, conversationId } = live;
+  if (state.live !== live) return;  // the page has moved on to another conversation
   state.live = null;
   composerBusy(false);
   // One short announcement for screen readers, instead of every word as it streams.
