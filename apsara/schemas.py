@@ -306,6 +306,9 @@ class HealthSchema(Schema):
     version = fields.String()
     gemini = fields.String()
     storage = fields.String()
+    default_model = fields.String(metadata={"description": "The default model in use."})
+    default_model_note = fields.String(metadata={
+        "description": "Present when APSARA_DEFAULT_MODEL is not offered and another model stands in."})
 
 
 class ModelSchema(Schema):
@@ -324,6 +327,8 @@ class ModelSchema(Schema):
 class ModelListSchema(Schema):
     default = fields.String()
     source = fields.String(metadata={"description": "live (from the Gemini API) or bundled"})
+    default_note = fields.String(metadata={
+        "description": "Present when APSARA_DEFAULT_MODEL is not offered and `default` stands in for it."})
     models = fields.List(fields.Nested(ModelSchema))
 
 

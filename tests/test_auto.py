@@ -89,14 +89,14 @@ def test_image_request_with_a_photo_goes_to_the_image_model(chat, fake):
 
 def test_enabled_tools_move_the_turn_to_a_model_that_has_them(tmp_path, fake):
     # lite tier configured with a model that has no tools: a search turn moves up
-    fake.models = fake.models + [{"name": "models/gemini-x-lite-tts", "displayName": "x",
+    fake.models = fake.models + [{"name": "models/gemini-x-lite-audio", "displayName": "x",
                                   "inputTokenLimit": 100000, "outputTokenLimit": 100,
                                   "supportedGenerationMethods": ["generateContent"]}]
     app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url,
-                                   auto_tiers={"lite": ["gemini-x-lite-tts"]}))
+                                   auto_tiers={"lite": ["gemini-x-lite-audio"]}))
     client = app.test_client()
     client.post(API, json={"id": "c1", "model": "auto"})
-    assert send(client, "hi!")["model"] == "gemini-x-lite-tts"
+    assert send(client, "hi!")["model"] == "gemini-x-lite-audio"
     client.patch(f"{API}/c1", json={"tools": ["google_search"]})
     reply = send(client, "hi again!")
     assert reply["model"] == "gemini-3.8-flash" and "moved up" in reply["routing"]["reason"]

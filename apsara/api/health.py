@@ -20,6 +20,11 @@ def health():
     body = {"status": "ok" if writable else "degraded", "version": VERSION,
             "gemini": "configured" if services.gemini.configured else "missing",
             "storage": "ok" if writable else "unwritable"}
+    # From the model list already loaded: /health never waits on Gemini.
+    default, note = services.catalog.default_model(services.settings.default_model, refresh=False)
+    body["default_model"] = default
+    if note:
+        body["default_model_note"] = note
     response = jsonify(body)
     response.status_code = 200 if writable else 503
     return response

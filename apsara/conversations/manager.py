@@ -164,12 +164,8 @@ class ConversationManager:
 
     # -- choices ---------------------------------------------------------------
     def default_model(self) -> str:
-        """The configured default, or the first text Flash model the catalog offers."""
-        ids = self.catalog.ids()
-        if self._default_model in ids or not ids:
-            return self._default_model
-        flash = [m.id for m in self.catalog.models() if "flash" in m.id and not m.makes_images]
-        return (flash or ids)[0]
+        """The configured default when the catalog offers it, else the best Flash it offers."""
+        return self.catalog.default_model(self._default_model)[0]
 
     # -- reading ---------------------------------------------------------------
     def load(self, owner: str, conversation_id: str) -> dict:
