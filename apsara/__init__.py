@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flask import Flask, Request, current_app
+from flask import Flask, Request, current_app, request
 from flask_cors import CORS
 
 from .config import VERSION, Settings, from_env
@@ -28,10 +28,20 @@ log = logging.getLogger("apsara")
 
 
 class UploadRequest(Request):
-    """Uploads stream straight into the data folder instead of memory or /tmp."""
+    """Uploads stream straight into the data folder instead of memory or /tmp.
+
+    Every temp file made for this request is listed, so it is removed when the
+    request ends, whatever part of the body it held.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.incoming_files: list = []
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        return current_app.extensions["apsara"].files.incoming_file()
+        handle = current_app.extensions["apsara"].files.incoming_file()
+        self.incoming_files.append(handle)
+        return handle
 
 
 @dataclass
@@ -80,7 +90,8 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     gemini = GeminiClient(settings)
     catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
                            ttl_s=settings.models_cache_ttl_s)
-    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s)
+    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s,
+                      settings.upload_sweep_every_s)
     files.sweep_incoming()
     manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
     judge = None
@@ -91,6 +102,17 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,
                                         Chat(manager, catalog, gemini, files, settings, router), files, router)
     app.request_class = UploadRequest
+
+    @app.before_request
+    def sweep_upload_leftovers():
+        files.sweep_now_and_then()
+
+    @app.teardown_request
+    def remove_upload_temp_files(_exc=None):
+        handles = getattr(request, "incoming_files", [])
+        for handle in handles:
+            handle.close()
+        files.discard([handle.name for handle in handles])
 
     register_extensions(app, settings)
     register_blueprints(app)

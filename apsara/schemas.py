@@ -7,12 +7,18 @@ Response schemas document the API (the OpenAPI document is built from them).
 """
 from __future__ import annotations
 
+import re
+
+import orjson
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .conversations.output import MIME_TYPES, SAFETY_CATEGORIES, SAFETY_THRESHOLDS
 
 ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"
+# Stored in the conversation's header line, which every listing reads: kept small.
+MAX_RESPONSE_SCHEMA_BYTES = 32 * 1024
+MAX_RESPONSE_SCHEMA_DEPTH = 32
 THINKING_LEVELS = ["minimal", "low", "medium", "high"]
 
 
@@ -62,8 +68,34 @@ class MaxItems(MaxChars):
         return value
 
 
+def _whole_id(value: str) -> None:
+    # fullmatch: `$` alone also matches before a trailing newline ("nl-1\n").
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValidationError("Must be 1 to 64 letters, digits, _ or -.")
+
+
 def _id_field(**kwargs):
-    return fields.String(validate=validate.Regexp(ID_REGEX, error="Must be 1 to 64 letters, digits, _ or -."), **kwargs)
+    metadata = {"pattern": ID_REGEX, **kwargs.pop("metadata", {})}
+    return fields.String(validate=_whole_id, metadata=metadata, **kwargs)
+
+
+def _json_depth(value) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _bounded_schema(value) -> None:
+    if value is None:
+        return
+    if _json_depth(value) > MAX_RESPONSE_SCHEMA_DEPTH:
+        raise ValidationError(f"Nested deeper than {MAX_RESPONSE_SCHEMA_DEPTH} levels.")
+    if len(orjson.dumps(value)) > MAX_RESPONSE_SCHEMA_BYTES:
+        raise ValidationError(f"Larger than {MAX_RESPONSE_SCHEMA_BYTES} bytes as JSON.")
 
 
 # -- requests --------------------------------------------------------------------
@@ -86,8 +118,9 @@ class SettingsSchema(Schema):
     thinking_budget = StrictInteger(allow_none=True, validate=validate.Range(-1, 32768))
     include_thoughts = StrictBoolean(allow_none=True)
     response_mime_type = fields.String(allow_none=True, validate=validate.OneOf(MIME_TYPES))
-    response_schema = fields.Dict(allow_none=True, metadata={
-        "description": "Gemini's schema (OpenAPI subset) for structured output; needs a JSON or enum mime type."})
+    response_schema = fields.Dict(allow_none=True, validate=_bounded_schema, metadata={
+        "description": "Gemini's schema (OpenAPI subset) for structured output; needs a JSON or enum mime type. "
+                       f"At most {MAX_RESPONSE_SCHEMA_DEPTH} levels deep and {MAX_RESPONSE_SCHEMA_BYTES} bytes."})
     safety_settings = fields.List(fields.Nested(SafetySettingSchema), allow_none=True,
                                   validate=validate.Length(max=len(SAFETY_CATEGORIES)))
 

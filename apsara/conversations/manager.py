@@ -302,8 +302,8 @@ class ConversationManager:
                     raise ApiError(404, f"message '{target_id}' not found")
                 wanted = "user" if kind == "edit" else "model"
                 if target["role"] != wanted:
-                    verb = "edit" if kind == "edit" else "regenerate"
-                    raise ApiError(422, f"only {wanted} messages can be {verb}ed; message "
+                    verb = "edited" if kind == "edit" else "regenerated"
+                    raise ApiError(422, f"only {wanted} messages can be {verb}; message "
                                         f"'{target_id}' is a {target['role']} message",
                                    {"message_id": [f"not a {wanted} message"]})
                 parent_id = target["parent_id"]
