@@ -94,7 +94,11 @@ def _bounded_schema(value) -> None:
         return
     if _json_depth(value) > MAX_RESPONSE_SCHEMA_DEPTH:
         raise ValidationError(f"Nested deeper than {MAX_RESPONSE_SCHEMA_DEPTH} levels.")
-    if len(orjson.dumps(value)) > MAX_RESPONSE_SCHEMA_BYTES:
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError as exc:  # an integer beyond 64 bits: it could not be stored either
+        raise ValidationError(f"Cannot be stored: {exc}.") from None
+    if size > MAX_RESPONSE_SCHEMA_BYTES:
         raise ValidationError(f"Larger than {MAX_RESPONSE_SCHEMA_BYTES} bytes as JSON.")
 
 
@@ -184,6 +188,13 @@ class EditSchema(TurnOptionsSchema):
     files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"),
                         metadata={"description": "Omitted keeps the old files; [] drops them."})
 
+    @validates_schema
+    def not_empty(self, data, **kwargs):
+        # The body is required: an edit with nothing in it is a mistake, not a resend.
+        if not data:
+            raise ValidationError("Give at least one field: text, files, model, tools, settings or stream.",
+                                  "_body")
+
 
 class RegenerateSchema(TurnOptionsSchema):
     pass
@@ -224,10 +235,14 @@ class ListQuerySchema(Schema):
 
 # -- responses -------------------------------------------------------------------
 class ErrorBodySchema(Schema):
-    code = fields.Integer()
-    status = fields.String()
-    message = fields.String()
-    details = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    code = fields.Integer(metadata={"description": "The HTTP status."})
+    status = fields.String(metadata={"description": "INVALID_ARGUMENT (400), UNAUTHENTICATED (401), NOT_FOUND "
+                                                    "(404), ..., UNPROCESSABLE (422), RESOURCE_EXHAUSTED (429)..."})
+    message = fields.String(metadata={"description": "What went wrong, in words; never a trace, path or key."})
+    details = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), metadata={
+        "description": "On a 422: each dotted field path (`settings.temperature`, `settings.response_schema."
+                       "properties.age.type`) mapped to its messages. On a 429: `retry_after`, the seconds "
+                       "to wait (as the Retry-After header). Else empty."})
 
 
 class ErrorSchema(Schema):
@@ -372,3 +387,38 @@ class ToolSchema(Schema):
 
 class ToolListSchema(Schema):
     tools = fields.List(fields.Nested(ToolSchema))
+
+
+# -- server-sent events (documented here; OpenAPI 3.0 has no schema for a stream) ---------------
+STREAM_EVENTS = {
+    "user_message": ("Message", "the stored user message (send and edit only)"),
+    "reply_start": (None, '`{"id", "model", "routing"?}`: the reply being written'),
+    "delta": (None, '`{"text"}`: more of the reply\'s text'),
+    "thought": (None, '`{"text"}`: a thought summary (with settings.include_thoughts)'),
+    "part": ("Part", "a non-text part: code, code_result, file, function_call, function_response"),
+    "grounding": ("Grounding", '`{"queries", "sources"}`: what the answer is grounded in'),
+    "done": ("Message", "the stored reply (complete or blocked); the stream ends"),
+    "error": (None, '`{"error": {code, status, message, details}, "reply": the partial reply as stored}` '
+                    "(status error or interrupted); the stream ends"),
+}
+
+
+def stream_content(with_user: bool = True) -> dict:
+    """The `text/event-stream` content of a streamed turn, its events described."""
+    events = {name: doc for name, doc in STREAM_EVENTS.items() if with_user or name != "user_message"}
+    lines = "\n".join(f"- `{name}`: {text}" for name, (_, text) in events.items())
+    description = ("Server-sent events, each `event: <name>`, `id: <1, 2, 3...>` and one line of JSON "
+                   "`data:`; `: ping` comments while nothing else goes out. Events, in order:\n" + lines)
+    return {"text/event-stream": {
+        "schema": {"type": "string", "description": description},
+        "example": 'event: reply_start\nid: 1\ndata: {"id": "m1", "model": "gemini-3.8-flash"}\n\n'
+                   'event: delta\nid: 2\ndata: {"text": "Hello"}\n\n',
+        "x-events": {name: ({"$ref": f"#/components/schemas/{ref}"} if ref else {"type": "object"})
+                     for name, (ref, _) in events.items()},
+    }}
+
+
+def stream_response(with_user: bool = True) -> dict:
+    return {"200": {"description": "The turn as server-sent events (`stream: true`, or "
+                                   "`Accept: text/event-stream` with no `stream`).",
+                    "content": stream_content(with_user)}}

@@ -233,3 +233,20 @@ def test_utf16_text_is_text_not_mpeg_audio(client, data, mime, charset):
         served = client.get(response.json["url"])
         assert served.headers["Content-Type"] == f"text/plain; charset={charset}"
         assert served.data.decode(charset).lstrip("\ufeff").startswith("Hello, UTF-16 world.")
+
+
+def test_an_edit_with_no_body_is_422_and_changes_nothing(chat, chat_app, conversation):
+    before = snapshot(chat_app)
+    envelope(chat.put(f"{API}/c1/messages/{conversation['user']}"), 422)
+    envelope(chat.put(f"{API}/c1/messages/{conversation['user']}", json={}), 422)
+    assert snapshot(chat_app) == before
+
+
+def test_unknown_query_parameters_are_422(client):
+    assert "foo" in envelope(client.get(f"{API}?foo=1"), 422)["details"]
+
+
+def test_a_response_schema_number_beyond_64_bits_is_422(client):
+    body = ('{"settings": {"response_mime_type": "application/json", '
+            '"response_schema": {"type": "integer", "maximum": 1000000000000000000000000000000}}}')
+    assert "settings.response_schema" in envelope(raw_json(client, "POST", API, body), 422)["details"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import current_app, jsonify
+from marshmallow import RAISE
 from flask_smorest import Blueprint
 
 from ..auth import current_user
@@ -33,7 +34,7 @@ def new(body):
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(ListQuerySchema, location="query")
+@blp.arguments(ListQuerySchema, location="query", unknown=RAISE)
 @blp.response(200, ConversationListSchema)
 def all(query):
     """List conversations, newest `updated_at` first, `limit` at a time."""
