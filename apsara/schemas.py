@@ -140,7 +140,10 @@ def _known_tools(value):
 
 
 def tool_list(**kwargs):
-    return fields.List(fields.String(validate=validate.Length(1, 64)), validate=_known_tools, **kwargs)
+    from .gemini.tools import TOOL_DESCRIPTIONS
+
+    return fields.List(fields.String(validate=validate.Length(1, 64), metadata={"enum": list(TOOL_DESCRIPTIONS)}),
+                       validate=_known_tools, **kwargs)
 
 
 class ConversationCreateSchema(Schema):
@@ -174,7 +177,8 @@ class TurnOptionsSchema(Schema):
 
 class SendSchema(TurnOptionsSchema):
     text = fields.String(validate=MaxChars("max_message_chars"))
-    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"))
+    files = fields.List(fields.String(validate=validate.Length(1, 64), metadata={"pattern": ID_REGEX}),
+                        validate=MaxItems("max_files_per_message"))
 
     @validates_schema
     def has_content(self, data, **kwargs):
@@ -185,7 +189,8 @@ class SendSchema(TurnOptionsSchema):
 class EditSchema(TurnOptionsSchema):
     text = fields.String(validate=MaxChars("max_message_chars"),
                          metadata={"description": "The new text; omitted keeps the old text."})
-    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"),
+    files = fields.List(fields.String(validate=validate.Length(1, 64), metadata={"pattern": ID_REGEX}),
+                        validate=MaxItems("max_files_per_message"),
                         metadata={"description": "Omitted keeps the old files; [] drops them."})
 
     @validates_schema
@@ -204,7 +209,8 @@ class GenerateSchema(TurnOptionsSchema):
     """One stateless turn: nothing is stored."""
 
     text = fields.String(validate=MaxChars("max_message_chars"))
-    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"))
+    files = fields.List(fields.String(validate=validate.Length(1, 64), metadata={"pattern": ID_REGEX}),
+                        validate=MaxItems("max_files_per_message"))
     system_instruction = fields.String(validate=MaxChars("max_system_instruction_chars"))
 
     @validates_schema
@@ -215,7 +221,8 @@ class GenerateSchema(TurnOptionsSchema):
 
 class RouteSchema(Schema):
     text = fields.String(required=True, validate=MaxChars("max_message_chars"))
-    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"))
+    files = fields.List(fields.String(validate=validate.Length(1, 64), metadata={"pattern": ID_REGEX}),
+                        validate=MaxItems("max_files_per_message"))
     tools = tool_list()
     conversation_id = _id_field(metadata={"description": "Route as the next turn of this conversation."})
 
@@ -422,3 +429,40 @@ def stream_response(with_user: bool = True) -> dict:
     return {"200": {"description": "The turn as server-sent events (`stream: true`, or "
                                    "`Accept: text/event-stream` with no `stream`).",
                     "content": stream_content(with_user)}}
+
+
+# -- links: which answer feeds which request (for clients, and for stateful testing) ------------
+def _operation(path: str, method: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+_CONVERSATION = "/api/v1/conversations/{conversation_id}"
+_MESSAGE = _CONVERSATION + "/messages/{message_id}"
+
+
+def _links(spec: dict[str, tuple[str, str, dict]]) -> dict:
+    return {name: {"operationRef": _operation(path, method), "parameters": parameters}
+            for name, (path, method, parameters) in spec.items()}
+
+
+CONVERSATION_LINKS = {201: {"links": _links({
+    "GetConversation": (_CONVERSATION, "get", {"conversation_id": "$response.body#/id"}),
+    "ChangeConversation": (_CONVERSATION, "patch", {"conversation_id": "$response.body#/id"}),
+    "DeleteConversation": (_CONVERSATION, "delete", {"conversation_id": "$response.body#/id"}),
+    "CountTokens": (_CONVERSATION + "/tokens", "get", {"conversation_id": "$response.body#/id"}),
+    "SendMessage": (_CONVERSATION + "/messages", "post", {"conversation_id": "$response.body#/id"}),
+})}}
+
+TURN_LINKS = {201: {"links": _links({
+    "EditUserMessage": (_MESSAGE, "put", {"conversation_id": "$request.path.conversation_id",
+                                         "message_id": "$response.body#/user_message/id"}),
+    "RegenerateReply": (_MESSAGE + "/regenerate", "post", {"conversation_id": "$request.path.conversation_id",
+                                                          "message_id": "$response.body#/reply/id"}),
+    "SelectVersion": (_MESSAGE + "/select", "post", {"conversation_id": "$request.path.conversation_id",
+                                                    "message_id": "$response.body#/user_message/id"}),
+})}}
+
+FILE_LINKS = {201: {"links": _links({
+    "GetFile": ("/api/v1/files/{file_id}", "get", {"file_id": "$response.body#/id"}),
+    "GetFileContent": ("/api/v1/files/{file_id}/content", "get", {"file_id": "$response.body#/id"}),
+})}}

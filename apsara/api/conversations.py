@@ -6,7 +6,7 @@ from marshmallow import RAISE
 from flask_smorest import Blueprint
 
 from ..auth import current_user
-from ..schemas import (ConversationCreateSchema, ErrorSchema, ConversationListSchema, ConversationPatchSchema,
+from ..schemas import (CONVERSATION_LINKS, ConversationCreateSchema, ErrorSchema, ConversationListSchema, ConversationPatchSchema,
                        ConversationSchema, ListQuerySchema, TokenCountSchema)
 
 blp = Blueprint("conversations", __name__, url_prefix="/api/v1/conversations",
@@ -26,6 +26,7 @@ def created(body, status=201):
 @blp.route("", methods=["POST"])
 @blp.arguments(ConversationCreateSchema, required=False)
 @blp.response(201, ConversationSchema)
+@blp.doc(responses=CONVERSATION_LINKS)
 @blp.alt_response(409, schema=ErrorSchema, description="The id is taken.")
 @blp.alt_response(422, schema=ErrorSchema, description="Invalid field, or a model/tool/thinking choice that does not fit.")
 def new(body):

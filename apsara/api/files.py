@@ -9,7 +9,7 @@ from flask_smorest import Blueprint
 from ..auth import current_user
 from ..errors import ApiError
 from ..filetypes import ACTIVE_TYPES
-from ..schemas import ErrorSchema, FileSchema, UploadSchema
+from ..schemas import FILE_LINKS, ErrorSchema, FileSchema, UploadSchema
 
 blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded and generated files.")
 
@@ -39,6 +39,7 @@ def _refuse_other_fields() -> None:
 @blp.route("", methods=["POST"])
 @blp.arguments(UploadSchema, location="files")
 @blp.response(201, FileSchema)
+@blp.doc(responses=FILE_LINKS)
 @blp.alt_response(413, schema=ErrorSchema, description="Larger than APSARA_MAX_UPLOAD_MB.")
 @blp.alt_response(415, schema=ErrorSchema, description="Not a type the models can read (decided from the bytes).")
 def upload(form):

@@ -11,13 +11,13 @@ from flask_smorest import Blueprint
 
 from ..auth import current_user
 from ..schemas import (ConversationSchema, EditSchema, ErrorSchema, RegenerateSchema, SendSchema, TurnResultSchema,
-                       stream_response)
+                       TURN_LINKS, stream_response)
 from ..streaming import sse_response
 
 blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
                 description="Messages, replies and their versions.")
 
-STREAM_DOC = stream_response(with_user=True)
+STREAM_DOC = {**stream_response(with_user=True), **TURN_LINKS}
 REGENERATE_STREAM_DOC = stream_response(with_user=False)
 
 
