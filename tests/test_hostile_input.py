@@ -62,6 +62,7 @@ def snapshot(chat_app) -> dict:
     ('{"\\ud800": 1}', "lone surrogate"),
     ('{"text": ', "not valid JSON"),
     ('{"text": NaN}', "not valid JSON"),
+    ("   ", "not valid JSON"),
 ])
 def test_unreadable_json_is_400_on_every_json_endpoint_and_changes_nothing(chat, chat_app, conversation,
                                                                            body, says):
@@ -79,6 +80,12 @@ def test_nesting_up_to_64_levels_is_read(chat):
     response = raw_json(chat, "POST", API, '{"settings": {"response_mime_type": "application/json", '
                                            f'"response_schema": {schema}}}}}')
     assert response.status_code == 201, response.json
+
+
+def test_a_chunked_request_with_no_body_is_not_refused(client):
+    response = client.post(f"{API}/nope/messages/m1/select", input_stream=io.BytesIO(b""),
+                           headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    envelope(response, 404)
 
 
 def test_invalid_utf8_body_is_400(chat):

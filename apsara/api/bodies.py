@@ -71,6 +71,15 @@ def _chunked() -> bool:
     return "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()
 
 
+def _read_body() -> bytes:
+    raw = request.get_data(cache=True)  # 413 here when a Content-Length is over the limit
+    # A chunked body is cut at the limit without a word from werkzeug: one that
+    # reached it did not fit.
+    if request.max_content_length is not None and len(raw) >= request.max_content_length:
+        raise ApiError(413, "request body is too large")
+    return raw
+
+
 def check_body() -> None:
     """before_request: refuse a body we could not read, or would ignore."""
     if request.path != UPLOAD_PATH:
@@ -81,11 +90,10 @@ def check_body() -> None:
     if request.path.startswith(UPLOAD_PATH) or not (request.content_length or _chunked() or request.is_json):
         return
     if not request.is_json:
-        raise ApiError(415, "send the request body as application/json")
-    raw = request.get_data(cache=True)  # 413 here when a Content-Length is over the limit
-    # A chunked body is cut at the limit without a word from werkzeug: one that
-    # reached it did not fit.
-    if request.max_content_length is not None and len(raw) >= request.max_content_length:
-        raise ApiError(413, "request body is too large")
-    if raw.strip():
+        # A chunked request may well carry nothing at all: only a body is refused.
+        if request.content_length or _read_body():
+            raise ApiError(415, "send the request body as application/json")
+        return
+    raw = _read_body()
+    if raw:
         parse_json_body(raw)
