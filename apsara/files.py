@@ -6,8 +6,9 @@ alive). Uploads are written straight to `<data>/files/.incoming/` by the
 multipart parser, never held in memory, then hashed, typed from their bytes and
 moved into place. Every temp file a request made is removed when it ends,
 whatever happened (413 halfway, extra multipart parts, a refused type); what a
-crash leaves there is swept while the server runs, every `sweep_every_s`. File URLs are signed (HMAC-SHA256 with APSARA_SECRET_KEY) and
-expire, so a browser `<img src>` can load them without a Bearer header.
+crash leaves there is swept while the server runs, every `sweep_every_s`.
+File URLs are signed (HMAC-SHA256 with APSARA_SECRET_KEY) and expire, so a
+browser `<img src>` can load them without a Bearer header.
 """
 from __future__ import annotations
 

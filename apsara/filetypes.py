@@ -85,10 +85,6 @@ def text_encoding(sample: bytes) -> str | None:
         return "utf-8" if exc.start >= len(sample) - 3 and exc.reason == "unexpected end of data" else None
 
 
-def is_text(sample: bytes) -> bool:
-    return text_encoding(sample) is not None
-
-
 def sniff(head: bytes, filename: str = "") -> str | None:
     """The mime type of a file from its first bytes (4 KiB or more), or None if unsupported."""
     encoding = text_encoding(head) if head else None

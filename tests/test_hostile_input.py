@@ -262,3 +262,22 @@ def test_a_response_schema_number_beyond_64_bits_is_422(client):
     body = ('{"settings": {"response_mime_type": "application/json", '
             '"response_schema": {"type": "integer", "maximum": 1000000000000000000000000000000}}}')
     assert "settings.response_schema" in envelope(raw_json(client, "POST", API, body), 422)["details"]
+
+
+@pytest.mark.parametrize("head, mime", [
+    (b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "image/gif"),
+    (b"RIFF\0\0\0\0WEBPVP8 ", "image/webp"),
+    (b"fLaC\x00\x00\x00\x22", "audio/flac"),
+    (b"OggS\x00\x02", "audio/ogg"),
+    (b"ID3\x03\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x64", "audio/mpeg"),
+    (b"FORM\0\0\0\x20AIFFCOMM", "audio/aiff"),
+    (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\xf7\x81\x01\x42\xf2\x81\x04\x42\xf3\x81\x08"
+     b"\x42\x82\x84webm", "video/webm"),
+    (b"RIFF\0\0\0\0AVI LIST", "video/x-msvideo"),
+    (b"\0\0\0\x14ftypqt  \0\0\0\0qt  ", "video/quicktime"),
+    (b"FLV\x01\x05\x00\x00\x00\x09", "video/x-flv"),
+])
+def test_binary_formats_are_known_by_their_signatures(client, head, mime):
+    data = head + bytes(300)
+    response = client.post(FILES, data={"file": (io.BytesIO(data), "upload.txt")}, content_type="multipart/form-data")
+    assert response.status_code == 201 and response.json["mime_type"] == mime

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from flask import current_app, jsonify
-from marshmallow import RAISE
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from ..auth import current_user
-from ..schemas import (CONVERSATION_LINKS, ConversationCreateSchema, ErrorSchema, ConversationListSchema, ConversationPatchSchema,
-                       ConversationSchema, ListQuerySchema, TokenCountSchema)
+from ..schemas import (CONVERSATION_LINKS, ConversationCreateSchema, ConversationListSchema,
+                       ConversationPatchSchema, ConversationSchema, ErrorSchema, ListQuerySchema, TokenCountSchema)
 
 blp = Blueprint("conversations", __name__, url_prefix="/api/v1/conversations",
                 description="Conversations (sessions) and their settings.")
