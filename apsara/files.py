@@ -8,7 +8,8 @@ moved into place. Every temp file a request made is removed when it ends,
 whatever happened (413 halfway, extra multipart parts, a refused type); what a
 crash leaves there is swept while the server runs, every `sweep_every_s`.
 File URLs are signed (HMAC-SHA256 with APSARA_SECRET_KEY) and expire, so a
-browser `<img src>` can load them without a Bearer header.
+browser `<img src>` can load them without a Bearer header; behind
+APSARA_PUBLIC_URL they are absolute.
 """
 from __future__ import annotations
 
@@ -38,8 +39,11 @@ class FileStore:
     # (the parser writes to it as bytes arrive, so an upload still coming keeps it fresh).
     LEFTOVER_AGE_S = 3600.0
 
-    def __init__(self, data_dir: Path, secret_key: str, url_ttl_s: int = 3600, sweep_every_s: float = 600.0):
+    def __init__(self, data_dir: Path, secret_key: str, url_ttl_s: int = 3600, public_url: str | None = None,
+                 sweep_every_s: float = 600.0):
         self.root = Path(data_dir) / "files"
+        # With APSARA_PUBLIC_URL set, URLs are absolute, so a frontend on another origin uses them as they are.
+        self._url_prefix = public_url or ""
         self.incoming = self.root / ".incoming"
         self._secret = secret_key.encode()
         self._url_ttl_s = url_ttl_s
@@ -149,7 +153,7 @@ class FileStore:
         expires = (int(time.time() + self._url_ttl_s) // 300 + 1) * 300
         query = urlencode({"user": owner, "expires": expires,
                            "signature": self._signature(owner, file_id, expires)})
-        return f"/api/v1/files/{file_id}/content?{query}"
+        return f"{self._url_prefix}/api/v1/files/{file_id}/content?{query}"
 
     def verify(self, file_id: str, owner: str, expires: str, signature: str) -> bool:
         try:

@@ -314,7 +314,9 @@ class ConversationSummarySchema(Schema):
     system_instruction = fields.String()
     tools = fields.List(fields.String())
     settings = fields.Nested(SettingsSchema)
-    message_count = fields.Integer()
+    message_count = fields.Integer(metadata={"description": (
+        "Messages on the active path (what `messages` holds), not every stored version: editing the "
+        "first message of a 6-message conversation makes it 2.")})
 
 
 class ConversationSchema(ConversationSummarySchema):
@@ -333,7 +335,8 @@ class FileSchema(Schema):
     sha256 = fields.String()
     created_at = fields.String()
     generated = fields.Boolean(metadata={"description": "Made by a model, not uploaded."})
-    url = fields.String(metadata={"description": "Signed, expiring URL of the bytes."})
+    url = fields.String(metadata={"description": "Signed, expiring URL of the bytes: a path on this server, "
+                                                 "or an absolute URL when the server sets APSARA_PUBLIC_URL."})
 
 
 class TokenCountSchema(Schema):
@@ -357,13 +360,20 @@ class ConversationListSchema(Schema):
 
 
 class HealthSchema(Schema):
-    status = fields.String()
+    status = fields.String(validate=validate.OneOf(["ok", "degraded"]),
+                           metadata={"description": "`degraded` (503): this server cannot serve a chat now."})
     version = fields.String()
-    gemini = fields.String()
-    storage = fields.String()
+    gemini = fields.String(validate=validate.OneOf(["gemini", "vertex", "fake", "missing"]), metadata={
+        "description": "Which upstream answers: the Gemini API, Vertex AI, `make run`'s offline fake, "
+                       "or `missing` (no key configured)."})
+    storage = fields.String(validate=validate.OneOf(["ok", "unwritable"]))
     default_model = fields.String(metadata={"description": "The default model in use."})
     default_model_note = fields.String(metadata={
         "description": "Present when APSARA_DEFAULT_MODEL is not offered and another model stands in."})
+
+
+class LivenessSchema(Schema):
+    status = fields.String(validate=validate.OneOf(["ok"]))
 
 
 class ModelSchema(Schema):

@@ -16,6 +16,7 @@ class ApsaraApi(Api):
 
 def register_api(app: Flask) -> None:
     from . import conversations, files, generate, health, messages, models, route
+    from .docs import register_docs
 
     app.config.update(
         API_TITLE="Apsara-2.5",
@@ -23,8 +24,6 @@ def register_api(app: Flask) -> None:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api/v1",
         OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         API_SPEC_OPTIONS={
             "info": {"description": "Chat backend for Google's Gemini models."},
             "components": {"securitySchemes": {
@@ -33,6 +32,7 @@ def register_api(app: Flask) -> None:
             "security": [{"bearer": []}],
         },
     )
+    register_docs(app)
     app.before_request(check_body)
     api = ApsaraApi(app)
     for module in (health, models, conversations, messages, files, generate, route):
