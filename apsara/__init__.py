@@ -98,6 +98,8 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     judge = None
     if settings.auto_judge_model and gemini.configured:
         def judge(text, previous_tier):
+            if catalog.get(settings.auto_judge_model) is None:
+                return None  # never ask a model the API does not offer: the local classifier decides
             return judge_tier(gemini, settings.auto_judge_model, text, previous_tier, settings.auto_judge_timeout_s)
     router = Router(catalog, settings.auto_tiers, judge=judge)
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,

@@ -189,3 +189,13 @@ def test_judge_failure_falls_back_to_the_local_classifier(judged, fake, judge_re
     reply = send(judged, "thanks!")
     assert reply["routing"]["classifier"] == "local-logistic-v1" and reply["routing"]["tier"] == "lite"
     assert reply["status"] == "complete"
+
+
+def test_a_judge_model_the_api_does_not_offer_is_never_asked(tmp_path, fake):
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url,
+                                   auto_judge_model="gemini-0-gone", auto_judge_timeout_s=0.3))
+    client = app.test_client()
+    client.post(API, json={"id": "c1", "model": "auto"})
+    reply = send(client, "thanks!")
+    assert reply["routing"]["classifier"] == "local-logistic-v1"
+    assert [r["model"] for r in fake.generate_requests()] == [reply["model"]]
