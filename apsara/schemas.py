@@ -406,6 +406,44 @@ class ToolListSchema(Schema):
     tools = fields.List(fields.Nested(ToolSchema))
 
 
+# -- usage -----------------------------------------------------------------------
+class UsageQuerySchema(Schema):
+    from_ = fields.Date(data_key="from", format="%Y-%m-%d")
+    to = fields.Date(format="%Y-%m-%d")
+    group_by = fields.String(validate=validate.OneOf(["day", "model", "conversation", "user"]))
+    user = fields.String(validate=validate.Regexp(r"^(\*|[A-Za-z0-9_-]{1,64})$"),
+                         metadata={"description": "Admin keys only: a user's name, or * for everyone."})
+
+    @validates_schema
+    def _ordered(self, data, **kwargs):
+        if data.get("from_") and data.get("to") and data["from_"] > data["to"]:
+            raise ValidationError("'from' is after 'to'.", "from")
+
+
+class UsageTotalsSchema(Schema):
+    calls = fields.Integer()
+    prompt_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    thought_tokens = fields.Integer()
+    cached_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+    cost_usd = fields.Float(metadata={"description": "Estimated from the price table (APSARA_PRICES)."})
+
+
+class UsageGroupSchema(UsageTotalsSchema):
+    key = fields.String(allow_none=True, metadata={
+        "description": "The day, model, conversation id (null: calls outside a conversation) or user."})
+    user = fields.String(metadata={"description": "With user=* and group_by=conversation: whose conversation."})
+
+
+class UsageReportSchema(Schema):
+    from_ = fields.String(data_key="from")
+    to = fields.String()
+    user = fields.String()
+    totals = fields.Nested(UsageTotalsSchema)
+    groups = fields.List(fields.Nested(UsageGroupSchema))
+
+
 # -- server-sent events (documented here; OpenAPI 3.0 has no schema for a stream) ---------------
 STREAM_EVENTS = {
     "user_message": ("Message", "the stored user message (send and edit only)"),

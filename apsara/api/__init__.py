@@ -15,7 +15,7 @@ class ApsaraApi(Api):
 
 
 def register_api(app: Flask) -> None:
-    from . import conversations, files, generate, health, messages, models, route
+    from . import conversations, files, generate, health, messages, models, route, usage
     from .docs import register_docs
 
     app.config.update(
@@ -35,5 +35,5 @@ def register_api(app: Flask) -> None:
     register_docs(app)
     app.before_request(check_body)
     api = ApsaraApi(app)
-    for module in (health, models, conversations, messages, files, generate, route):
+    for module in (health, models, conversations, messages, files, generate, route, usage):
         api.register_blueprint(module.blp)

@@ -15,6 +15,7 @@ from google import genai
 from google.genai import types
 
 from ..config import Settings
+from . import metering
 
 # Statuses worth another try before the first byte: the SDK never retries mid-stream.
 RETRY_STATUSES = [408, 429, 500, 502, 503, 504]
@@ -28,6 +29,8 @@ class GeminiClient:
         self._lock = threading.Lock()
         self._client: genai.Client | None = None
         self._pid: int | None = None
+        # Told about every generate call when it ends (the usage ledger and metrics).
+        self.on_call = None
 
     @property
     def configured(self) -> bool:
@@ -64,6 +67,16 @@ class GeminiClient:
                                                 http_options=self.http_options())
                     self._pid = pid
         return self._client
+
+    def generate(self, model: str, contents, config=None, *, billed_to=None, purpose: str = "reply"):
+        """One generate call, reported to `on_call` when it ends."""
+        return metering.generate(self.sdk, self.on_call, model, contents, config,
+                                 billed_to=billed_to, purpose=purpose)
+
+    def stream(self, model: str, contents, config=None, *, billed_to=None, purpose: str = "reply"):
+        """A streamed generate call, reported to `on_call` when it ends, stopped or not."""
+        return metering.stream(self.sdk, self.on_call, model, contents, config,
+                               billed_to=billed_to, purpose=purpose)
 
     def list_models(self) -> list[dict]:
         """The live model list as plain dicts for the catalog, every page of it.

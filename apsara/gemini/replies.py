@@ -19,6 +19,7 @@ from google.genai import types
 
 from ..errors import ApiError
 from .convert import from_sdk_part, merge_part
+from .metering import usage_of
 
 BLOCKING_FINISH = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                    "LANGUAGE", "IMAGE_PROHIBITED_CONTENT"}
@@ -26,16 +27,6 @@ BLOCKING_FINISH = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "S
 
 def _value(enum_or_str):
     return getattr(enum_or_str, "value", enum_or_str)
-
-
-def usage_of(meta: types.GenerateContentResponseUsageMetadata) -> dict:
-    usage = {"prompt_tokens": meta.prompt_token_count or 0,
-             "output_tokens": meta.candidates_token_count or 0,
-             "thought_tokens": meta.thoughts_token_count or 0,
-             "total_tokens": meta.total_token_count or 0}
-    if meta.cached_content_token_count:
-        usage["cached_tokens"] = meta.cached_content_token_count
-    return usage
 
 
 def grounding_of(meta: types.GroundingMetadata) -> dict | None:
