@@ -31,10 +31,20 @@ log = logging.getLogger("apsara")
 
 
 class UploadRequest(Request):
-    """Uploads stream straight into the data folder instead of memory or /tmp."""
+    """Uploads stream straight into the data folder instead of memory or /tmp.
+
+    Every temp file made for this request is listed, so it is removed when the
+    request ends, whatever part of the body it held.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.incoming_files: list = []
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        return current_app.extensions["apsara"].files.incoming_file()
+        handle = current_app.extensions["apsara"].files.incoming_file()
+        self.incoming_files.append(handle)
+        return handle
 
 
 @dataclass
@@ -89,7 +99,8 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     gemini = GeminiClient(settings)
     catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
                            ttl_s=settings.models_cache_ttl_s)
-    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s, settings.public_url)
+    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s, settings.public_url,
+                      settings.upload_sweep_every_s)
     files.sweep_incoming()
     manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
     # Every Gemini call is reported to the usage service: ledger, budgets, metrics.
@@ -100,6 +111,8 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     judge = None
     if settings.auto_judge_model and gemini.configured:
         def judge(text, previous_tier, billed_to=None):
+            if catalog.get(settings.auto_judge_model) is None:
+                return None  # never ask a model the API does not offer: the local classifier decides
             return judge_tier(gemini, settings.auto_judge_model, text, previous_tier,
                               settings.auto_judge_timeout_s, billed_to)
     router = Router(catalog, settings.auto_tiers, judge=judge)
@@ -108,6 +121,17 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini, chat, files, router,
                                         usage, rate_limits)
     app.request_class = UploadRequest
+
+    @app.before_request
+    def sweep_upload_leftovers():
+        files.sweep_now_and_then()
+
+    @app.teardown_request
+    def remove_upload_temp_files(_exc=None):
+        handles = getattr(request, "incoming_files", [])
+        for handle in handles:
+            handle.close()
+        files.discard([handle.name for handle in handles])
 
     register_extensions(app, settings)
     register_blueprints(app)

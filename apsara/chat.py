@@ -320,15 +320,27 @@ class Chat:
         return generation_config(choice.model, choice.settings, choice.system_instruction, tools, **extra)
 
     def _stream_step(self, bill, model_id, contents, config, builder, stream, link):
-        """One request to Gemini, billed to the turn; yields the client events of what it answers."""
-        if not stream:
-            builder.feed(self.gemini.generate(model_id, contents, config, billed_to=bill))
-            return
-        for response in self.gemini.stream(model_id, contents, config, billed_to=bill):
-            for name, data in builder.feed(response):
-                if data.get("type") == "file" and link:
-                    data = {**data, "url": link(data["file_id"])}
-                yield name, data
+        """One request to Gemini, billed to the turn; yields the client events of what it answers.
+
+        A stream cut before it sent the client anything is asked for once more.
+        """
+        for attempt in (1, 2):
+            builder.begin_request()
+            if not stream:
+                builder.feed(self.gemini.generate(model_id, contents, config, billed_to=bill))
+                return
+            first_part, sent = len(builder.parts), False
+            for response in self.gemini.stream(model_id, contents, config, billed_to=bill):
+                for name, data in builder.feed(response):
+                    if data.get("type") == "file" and link:
+                        data = {**data, "url": link(data["file_id"])}
+                    sent = True
+                    yield name, data
+            builder.end_stream()
+            if not builder.cut or sent or attempt == 2:
+                return
+            log.warning("Gemini's stream ended before any output and without a finish reason; asking again")
+            del builder.parts[first_part:]
 
     def _call(self, owner: str, conversation_id: str | None, turn: Turn, builder: ReplyBuilder, stream: bool):
         """Call Gemini, run the functions it asks for (a bounded number of rounds),
@@ -343,7 +355,7 @@ class Chat:
                     yield from self._stream_step(turn.bill, choice.model.id, contents, config, builder, stream, link)
                     step_parts = builder.parts[first_new:]
                     calls = [p for p in step_parts if p["type"] == "function_call"]
-                    if not calls:
+                    if not calls or builder.cut:
                         return
                     last_round = step == self.settings.max_function_steps - 1
                     results, pictures = [], []

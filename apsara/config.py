@@ -42,6 +42,8 @@ class Settings:
     max_upload_mb: int = 100
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
     file_url_ttl_s: int = 3600
+    # How often a worker sweeps crash leftovers out of the upload folder.
+    upload_sweep_every_s: float = 600.0
     models_cache_ttl_s: float = 300.0
     # Seconds of silence on a stream before a `: ping` comment goes out.
     ping_interval_s: float = 15.0

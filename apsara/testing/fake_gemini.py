@@ -61,6 +61,7 @@ class Reply:
     safety_ratings: list | None = None
     extra_candidate: dict | None = None
     hold: threading.Event | None = None  # a stream waits here after its first chunk
+    sign: bool = True  # False: send the parts' own thoughtSignature fields, adding none
 
     def wire_parts(self) -> list[dict]:
         return [{"text": p} if isinstance(p, str) else p for p in self.parts]
@@ -459,9 +460,11 @@ class FakeGemini:
                     usage["thoughtsTokenCount"] = thoughts
                 return usage
 
-            def _signed(self, parts: list) -> list:
+            def _signed(self, parts: list, reply: Reply) -> list:
                 # Gemini 3 signs the first part of a turn (and every function call).
                 signed = [dict(p) for p in parts]
+                if not reply.sign:
+                    return signed
                 for index, part in enumerate(signed):
                     if index == 0 or "functionCall" in part:
                         part["thoughtSignature"] = fake.next_signature()
@@ -486,7 +489,7 @@ class FakeGemini:
                 if reply.block_reason:
                     return {"promptFeedback": {"blockReason": reply.block_reason},
                             "usageMetadata": {"promptTokenCount": _count_tokens(body, fake.files), "totalTokenCount": _count_tokens(body, fake.files)}}
-                parts = self._signed(reply.wire_parts())
+                parts = self._signed(reply.wire_parts(), reply)
                 return {"candidates": [self._candidate(reply, parts, True)],
                         "usageMetadata": self._usage(reply, body, parts), "modelVersion": "fake"}
 
@@ -507,7 +510,7 @@ class FakeGemini:
                         self._bill(bill, whole["usageMetadata"])
                         send(whole)
                         return
-                    parts = self._signed(reply.wire_parts())
+                    parts = self._signed(reply.wire_parts(), reply)
                     if not parts:
                         usage = self._usage(reply, body, parts)
                         self._bill(bill, usage)
