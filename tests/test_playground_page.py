@@ -66,3 +66,13 @@ def test_only_the_pages_own_assets_are_served(client):
     # A page of another release still gets the asset, but no browser keeps it.
     stale = client.get("/playground/000000000000/app.js")
     assert stale.status_code == 200 and stale.cache_control.no_store
+
+
+def test_pictures_may_come_from_the_public_url(tmp_path):
+    from apsara import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings(tmp_path, public_url="https://api.example.com/chat"))
+    policy = app.test_client().get("/").headers["Content-Security-Policy"]
+    assert "img-src 'self' blob: https://api.example.com;" in policy
+    assert "connect-src 'self';" in policy
