@@ -31,6 +31,8 @@ api.onKeyNeeded((note) => {
   });
   return keyPrompt;
 });
+// Escape dismisses the prompt without using what was typed.
+$("#key-dialog").addEventListener("cancel", () => { $("#key-input").value = ""; });
 $("#key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   $("#key-dialog").close();
