@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -43,6 +44,29 @@ def fresh_fake(fake):
     fake.default = None
     fake.requests.clear()
     yield
+
+
+@pytest.fixture(scope="module")
+def offered(server):
+    """The operations the server's OpenAPI document lists, as (METHOD, path with `{}` for each id)."""
+    spec = call("GET", f"{server}/api/v1/openapi.json")[1]
+    operations = {(method.upper(), re.sub(r"\{[^}]+\}", "{}", path)) for path, item in spec["paths"].items()
+                  for method in item if method != "parameters"}
+    listing = spec["paths"]["/api/v1/conversations"]["get"].get("parameters", [])
+    return operations | {("QUERY", parameter["name"]) for parameter in listing}
+
+
+def need(offered, *operations):
+    """Skip until the server offers these parts of the documented API (they are built alongside the page)."""
+    missing = [operation for operation in operations if operation not in offered]
+    if missing:
+        pytest.skip(f"this server does not offer {missing} yet")
+
+
+STOP = ("POST", "/api/v1/conversations/{}/messages/{}/stop")
+EVENTS = ("GET", "/api/v1/conversations/{}/messages/{}/events")
+EXPORT = ("GET", "/api/v1/conversations/{}/export")
+SEARCH, PINNED, ARCHIVED = ("QUERY", "q"), ("QUERY", "pinned"), ("QUERY", "archived")
 
 
 def open_playground(visit, base, **options):
@@ -422,4 +446,178 @@ def test_every_control_has_a_name_and_keyboard_focus_shows(visit, server):
         outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
         assert outline not in ("none", ""), focused[-1]
     assert focused[:2] == ["attach", "send"]
+    clean(seen)
+
+
+def slow_reply(words: int, delay_s: float = 0.05) -> Reply:
+    return Reply(parts=[f"word{n} " for n in range(words)], chunk_delay_s=delay_s)
+
+
+def live_text(page) -> str:
+    return page.locator(".message.model[data-status=streaming] .text").inner_text()
+
+
+@pytest.mark.parametrize("how", ["button", "escape"])
+def test_stop_a_reply(visit, server, fake, offered, how):
+    need(offered, STOP)
+    fake.push(slow_reply(400))
+    seen = open_playground(visit, server)
+    page = seen.page
+    send(page, "Count slowly.")
+    page.wait_for_selector(".message.model[data-status=streaming] .text >> text=word3")
+    if how == "button":
+        page.get_by_role("button", name="Stop").click()
+    else:
+        page.keyboard.press("Escape")
+    wait_idle(page)
+    reply = page.locator(".message.model")
+    assert reply.get_attribute("data-status") == "stopped"
+    assert reply.locator(".status").inner_text() == "stopped"
+    stored = conversation(server, current_id(page))["messages"][1]
+    assert stored["status"] == "stopped" and stored["text"].startswith("word0 word1 word2 word3")
+    assert "word399" not in stored["text"]
+    assert reply.locator(".text").inner_text() == stored["text"].strip()
+    assert any(url.endswith(f"/messages/{stored['id']}/stop") for url in seen.requests)
+    # The conversation takes the next message at once.
+    send(page, "Thanks.")
+    page.wait_for_selector(".message.model >> nth=1")
+    wait_idle(page)
+    assert page.locator(".message.model").nth(1).locator(".text").inner_text() == "Echo: Thanks."
+    clean(seen)
+
+
+def test_a_reload_mid_answer_follows_the_rest(visit, server, fake, offered):
+    need(offered, EVENTS)
+    fake.push(slow_reply(60))
+    seen = open_playground(visit, server)
+    page = seen.page
+    send(page, "Count for me.")
+    page.wait_for_selector(".message.model[data-status=streaming] .text >> text=word5")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    # What was stored shows at once, and the rest follows from where it ended.
+    assert page.locator(".message.model").get_attribute("data-status") == "streaming"
+    assert live_text(page).startswith("word0 word1")
+    assert page.locator("#stop").is_visible()
+    wait_idle(page)
+    stored = conversation(server, current_id(page))["messages"][1]
+    assert stored["status"] == "complete" and stored["text"] == "".join(f"word{n} " for n in range(60))
+    assert page.locator(".message.model .text").inner_text() == stored["text"].strip()
+    follows = [url for url in seen.requests if url.endswith(f"/messages/{stored['id']}/events")]
+    assert len(follows) == 1
+    clean(seen)
+
+
+def test_a_reload_mid_answer_shows_every_word_once(visit, server, fake, offered):
+    """What the page shows while it follows is the stored text plus the events after it: no gap, no repeat."""
+    need(offered, EVENTS)
+    fake.push(slow_reply(40, 0.08))
+    seen = open_playground(visit, server)
+    page = seen.page
+    send(page, "Count again.")
+    page.wait_for_selector(".message.model[data-status=streaming] .text >> text=word4")
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.wait_for_selector(".message.model[data-status=streaming] .text >> text=word20")
+    shown = live_text(page).split()
+    assert shown == [f"word{n}" for n in range(len(shown))]
+    wait_idle(page)
+    clean(seen)
+
+
+def test_switching_conversations_while_a_reply_is_written(visit, server, fake, offered):
+    need(offered, EVENTS)
+    other = call("POST", f"{server}{API}", {"title": "Somewhere else"})[1]["id"]
+    fake.push(Reply(parts=[f"word{n} " for n in range(30)], chunk_delay_s=0.05))
+    seen = open_playground(visit, server)
+    page = seen.page
+    send(page, "Count.")
+    page.wait_for_selector(".message.model[data-status=streaming] .text >> text=word2")
+    first = current_id(page)
+    page.locator(f"#conversations a[data-id='{other}']").click()
+    page.wait_for_selector("#conversation-title >> text=Somewhere else")
+    assert page.locator(".message").count() == 0 and page.locator("#send").is_visible()
+    page.wait_for_timeout(300)  # the first reply's stream has closed by now: nothing of it comes here
+    assert page.inner_text("#conversation-title") == "Somewhere else" and page.locator(".message").count() == 0
+    page.go_back()
+    page.wait_for_function(f"() => location.hash === '#/c/{first}'")
+    page.wait_for_selector(".message.model .text >> text=word29", timeout=15000)
+    clean(seen)
+
+
+def _conversation_with(base, title, text):
+    status, created = call("POST", f"{base}{API}", {"title": title})
+    assert status == 201
+    assert call("POST", f"{base}{API}/{created['id']}/messages", {"text": text})[0] == 201
+    return created["id"]
+
+
+def test_search_the_conversations(visit, server, fake, offered):
+    need(offered, SEARCH)
+    kyoto = _conversation_with(server, "Trip one", "Which temples in Kyoto open early?")
+    osaka = _conversation_with(server, "Trip two", "Where to eat okonomiyaki in Osaka?")
+    seen = open_playground(visit, server)
+    page = seen.page
+    page.get_by_label("Search conversations").fill("KYOTO temples")
+    page.wait_for_function("() => document.querySelectorAll('#conversations a').length === 1")
+    hit = page.locator("#conversations a")
+    assert hit.get_attribute("data-id") == kyoto
+    assert "temples in Kyoto" in hit.locator(".snippet").inner_text()
+    page.get_by_label("Search conversations").fill("okonomiyaki")
+    page.wait_for_selector(f"#conversations a[data-id='{osaka}']")
+    assert page.locator("#conversations a").count() == 1
+    page.get_by_label("Search conversations").fill("no such words anywhere")
+    page.wait_for_selector("#list-status >> text=Nothing found.")
+    page.get_by_label("Search conversations").fill("")
+    page.wait_for_selector(f"#conversations a[data-id='{kyoto}']")
+    assert page.locator(f"#conversations a[data-id='{osaka}']").count() == 1
+    assert any("q=KYOTO+temples" in url for url in seen.requests)
+    clean(seen)
+
+
+def test_export_as_markdown_and_json(visit, server, fake, offered):
+    need(offered, EXPORT)
+    conversation_id = _conversation_with(server, "Exported", "Pack for Hokkaido in winter?")
+    seen = visit(f"{server}/#/c/{conversation_id}")
+    page = seen.page
+    page.wait_for_selector("body[data-ready=true]")
+    page.locator("#conversation-actions > summary").click()
+    with page.expect_download() as markdown:
+        page.get_by_role("button", name="Export Markdown").click()
+    text = Path(markdown.value.path()).read_text()
+    assert markdown.value.suggested_filename.endswith(".md")
+    assert "Pack for Hokkaido in winter?" in text and "Echo: Pack for Hokkaido in winter?" in text
+    page.locator("#conversation-actions > summary").click()
+    with page.expect_download() as exported:
+        page.get_by_role("button", name="Export JSON").click()
+    assert exported.value.suggested_filename.endswith(".json")
+    document = json.loads(Path(exported.value.path()).read_text())
+    assert "Echo: Pack for Hokkaido in winter?" in json.dumps(document)
+    clean(seen)
+
+
+def test_pin_and_archive(visit, server, fake, offered):
+    need(offered, PINNED, ARCHIVED)
+    conversation_id = _conversation_with(server, "Keep handy", "Remember my seat: 14C.")
+    seen = visit(f"{server}/#/c/{conversation_id}")
+    page = seen.page
+    page.wait_for_selector("body[data-ready=true]")
+    item = page.locator(f"#conversations a[data-id='{conversation_id}']")
+    page.locator("#conversation-actions > summary").click()
+    page.get_by_role("button", name="Pin", exact=True).click()
+    item.locator(".pin").wait_for()
+    assert conversation(server, conversation_id)["pinned"] is True
+    page.get_by_label("Which conversations").select_option("pinned")
+    page.wait_for_function("() => document.querySelectorAll('#conversations a').length === 1")
+    assert item.count() == 1
+
+    page.locator("#conversation-actions > summary").click()
+    page.get_by_role("button", name="Archive", exact=True).click()
+    page.get_by_label("Which conversations").select_option("")
+    item.wait_for(state="detached")
+    assert conversation(server, conversation_id)["archived"] is True
+    page.get_by_label("Which conversations").select_option("archived")
+    item.wait_for()
+    page.locator("#conversation-actions > summary").click()
+    assert page.get_by_role("button", name="Unarchive").is_visible()
     clean(seen)
