@@ -172,6 +172,7 @@ class Turn:
     error: ApiError | None = None      # the ApiError a failed reply ended with
     persist: bool = True               # False for /generate: nothing is stored
     request: tuple | None = field(default=None, repr=False)  # (contents, config) ready to send
+    position: tuple | None = None      # (inode, offset) of the file just after the turn's records
 
 
 class ConversationManager:
@@ -411,7 +412,8 @@ class ConversationManager:
                 records.append(record(0, "message", stamp, message=turn.stored_user))
             reply = {**turn.stored_reply, "_writer": new_writer()}
             records.append(record(0, "message", stamp, message=reply))
-            self._append(owner, conversation_id, document, records, on_written=on_written)
+            mark = self._append(owner, conversation_id, document, records, on_written=on_written)
+            turn.position = (mark["inode"], mark["size"])
             tree = MessageTree.of(document)
             link = self.link(owner)
             turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None
@@ -465,6 +467,8 @@ class ConversationManager:
             if reply.get("status") == "streaming":
                 self._append(owner, conversation_id, document,
                              [record(0, "reply", now_iso(), id=reply_id, fields={"status": "stopped"})])
+                tree = MessageTree.of(document)
+                reply = tree.get(reply_id)
             return message_view(reply, tree, self.link(owner))
 
     @staticmethod

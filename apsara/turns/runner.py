@@ -66,6 +66,7 @@ class ReplyRunner:
             if thread.is_alive() or thread.ident is not None:
                 job.stop()  # written but not made durable: nothing to show for it
             raise
+        job.position = turn.position  # the watcher reads on from here, not the whole file
         self.jobs.add(job)
         return job
 
