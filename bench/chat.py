@@ -241,7 +241,7 @@ def concurrency_section(worker_class: str, streams: int, seconds: float) -> None
             # Warm both workers (their Gemini client, the model list) as a bare client needs no warming.
             for n in range(8):
                 conn = http.client.HTTPConnection(host, int(port))
-                conn.request("GET", "/api/v1/conversations/warm/tokens")
+                conn.request("GET", "/api/v1/models")
                 conn.getresponse().read()
                 conn.close()
             ok, errors, firsts, totals = [], [], [], []
