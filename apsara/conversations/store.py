@@ -46,6 +46,7 @@ from pathlib import Path
 import orjson
 
 from ..durable import TEMP_PREFIX, fsync, fsync_dir, write_atomically
+from ..metrics import timed_store_write
 from .journal import TOUCHING, replay
 from .recency import RecencyIndex
 
@@ -465,7 +466,8 @@ class ConversationStore:
             if on_written is not None:
                 on_written()
             if sync:
-                fsync(fd)
+                with timed_store_write():
+                    fsync(fd)
         finally:
             if fd >= 0:
                 os.close(fd)
