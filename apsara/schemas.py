@@ -464,7 +464,7 @@ STREAM_EVENTS = {
     "thought": (None, '`{"text"}`: a thought summary (with settings.include_thoughts)'),
     "part": ("Part", "a non-text part: code, code_result, file, function_call, function_response"),
     "grounding": ("Grounding", '`{"queries", "sources"}`: what the answer is grounded in'),
-    "done": ("Message", "the stored reply (complete or blocked); the stream ends"),
+    "done": ("Message", "the stored reply (complete, stopped or blocked); the stream ends"),
     "error": (None, '`{"error": {code, status, message, details}, "reply": the partial reply as stored}` '
                     "(status error or interrupted); the stream ends"),
 }

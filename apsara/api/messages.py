@@ -13,7 +13,8 @@ from flask_smorest import Blueprint
 from ..auth import current_user
 from ..errors import ApiError
 from ..schemas import (ConversationSchema, EditSchema, ErrorSchema, EventsQuerySchema, RegenerateSchema,
-                       ReplyResultSchema, SendSchema, TURN_LINKS, TurnResultSchema, stream_response)
+                       ReplyResultSchema, SendSchema, TURN_LINKS, TurnResultSchema, stream_content,
+                       stream_response)
 from ..streaming import sse_response
 from ..turns.follow import from_job
 
@@ -111,9 +112,9 @@ def select(conversation_id, message_id):
     return jsonify(services.manager.select(current_user(), conversation_id, message_id))
 
 
-EVENTS_DOC = {"200": {"description": "Server-sent events of the reply from reply_start on (after the given id), "
-                                     "live until it ends with done or error.",
-                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+EVENTS_DOC = {"200": {"description": "The reply's events from reply_start on (those after the given id), with the "
+                                     "ids its stream gave them, then live until it ends with done or error.",
+                      "content": stream_content(with_user=False)}}
 
 
 @blp.route("/<conversation_id>/messages/<reply_id>/events", methods=["GET"])

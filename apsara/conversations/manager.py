@@ -24,7 +24,7 @@ from ..errors import ApiError
 from ..gemini.catalog import ModelCatalog
 from .journal import Replay, record
 from .options import check_choice
-from .parts import PRIVATE_PART_FIELDS, public_part  # noqa: F401 (part of this module's interface)
+from .parts import public_part
 from .store import ConversationStore, InvalidId, LockTimeout, Missing
 from .tree import MessageTree
 
