@@ -63,8 +63,6 @@ def need(offered, *operations):
         pytest.skip(f"this server does not offer {missing} yet")
 
 
-STOP = ("POST", "/api/v1/conversations/{}/messages/{}/stop")
-EVENTS = ("GET", "/api/v1/conversations/{}/messages/{}/events")
 EXPORT = ("GET", "/api/v1/conversations/{}/export")
 SEARCH, PINNED, ARCHIVED = ("QUERY", "q"), ("QUERY", "pinned"), ("QUERY", "archived")
 
@@ -458,8 +456,7 @@ def live_text(page) -> str:
 
 
 @pytest.mark.parametrize("how", ["button", "escape"])
-def test_stop_a_reply(visit, server, fake, offered, how):
-    need(offered, STOP)
+def test_stop_a_reply(visit, server, fake, how):
     fake.push(slow_reply(400))
     seen = open_playground(visit, server)
     page = seen.page
@@ -486,8 +483,7 @@ def test_stop_a_reply(visit, server, fake, offered, how):
     clean(seen)
 
 
-def test_a_reload_mid_answer_follows_the_rest(visit, server, fake, offered):
-    need(offered, EVENTS)
+def test_a_reload_mid_answer_follows_the_rest(visit, server, fake):
     fake.push(slow_reply(60))
     seen = open_playground(visit, server)
     page = seen.page
@@ -508,9 +504,8 @@ def test_a_reload_mid_answer_follows_the_rest(visit, server, fake, offered):
     clean(seen)
 
 
-def test_a_reload_mid_answer_shows_every_word_once(visit, server, fake, offered):
+def test_a_reload_mid_answer_shows_every_word_once(visit, server, fake):
     """What the page shows while it follows is the stored text plus the events after it: no gap, no repeat."""
-    need(offered, EVENTS)
     fake.push(slow_reply(40, 0.08))
     seen = open_playground(visit, server)
     page = seen.page
@@ -525,8 +520,7 @@ def test_a_reload_mid_answer_shows_every_word_once(visit, server, fake, offered)
     clean(seen)
 
 
-def test_switching_conversations_while_a_reply_is_written(visit, server, fake, offered):
-    need(offered, EVENTS)
+def test_switching_conversations_while_a_reply_is_written(visit, server, fake):
     other = call("POST", f"{server}{API}", {"title": "Somewhere else"})[1]["id"]
     fake.push(Reply(parts=[f"word{n} " for n in range(30)], chunk_delay_s=0.05))
     seen = open_playground(visit, server)
