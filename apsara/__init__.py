@@ -113,7 +113,8 @@ def _configure_logging() -> None:
 
 def register_extensions(app: Flask, settings: Settings) -> None:
     if settings.cors_origins:
-        CORS(app, resources={r"/api/*": {"origins": settings.cors_origins}},
+        CORS(app, resources={r"/api/*": {"origins": settings.cors_origins},
+                             r"/v1/*": {"origins": settings.cors_origins}},
              expose_headers=["Retry-After", "Content-Disposition"])
 
 

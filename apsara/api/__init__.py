@@ -34,7 +34,7 @@ def require_json_body() -> None:
 
 
 def register_api(app: Flask) -> None:
-    from . import conversations, files, generate, health, messages, models, route
+    from . import conversations, files, generate, health, messages, models, openai, route
 
     app.config.update(
         API_TITLE="Apsara-2.5",
@@ -56,3 +56,5 @@ def register_api(app: Flask) -> None:
     api = ApsaraApi(app)
     for module in (health, models, conversations, messages, files, generate, route):
         api.register_blueprint(module.blp)
+    # OpenAI's API: a plain blueprint, kept out of this OpenAPI document (its contract is OpenAI's).
+    app.register_blueprint(openai.blp)

@@ -1,0 +1,282 @@
+"""One stateless Chat Completions turn: choose the model, call Gemini, answer in OpenAI's shapes.
+
+The model is the one asked for, or for `auto` the one the router picks, as for
+every other turn of the service. Streams wait for Gemini's first chunk before
+answering, so a refusal (bad request, rate limit, Gemini down) is still an HTTP
+status the client can act on; after that, failures arrive as an error chunk.
+"""
+from __future__ import annotations
+
+import base64
+import itertools
+import logging
+import queue
+import secrets
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ..conversations.options import AUTO
+from ..errors import ApiError
+from ..filetypes import input_kind
+from ..gemini.catalog import ModelCatalog, ModelInfo
+from ..gemini.client import GeminiClient
+from ..gemini.convert import generation_config, to_contents
+from ..gemini.errors import to_api_error
+from ..gemini.replies import ReplyBuilder
+from ..gemini.tools import SERVER_FUNCTIONS
+from ..routing.router import Router, translate_thinking
+from . import answers
+from .answers import OpenAIRequestError
+from .request import CompletionRequest
+from .tool_ids import tool_call_id
+
+log = logging.getLogger("apsara.openai")
+PING = b": ping\n\n"
+
+
+def can_call_functions(model: ModelInfo) -> bool:
+    # Our server functions are Gemini function calls: a model offered them can call the client's too.
+    return any(name in model.tools for name in SERVER_FUNCTIONS)
+
+
+def picture_as_markdown(part: dict) -> dict:
+    """A picture an image model made -> Markdown text, which OpenAI chat apps show inline."""
+    data = base64.b64encode(part["data"]).decode()
+    return {"type": "text", "text": f"\n\n![image](data:{part['mime_type']};base64,{data})\n\n"}
+
+
+@dataclass
+class Turn:
+    """A request ready for Gemini: the model chosen, the contents and config built."""
+
+    request: CompletionRequest
+    model: ModelInfo
+    contents: list[dict]
+    config: object
+    routing: dict | None = None
+    id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class TurnRecord:
+    usage: dict | None = None
+    status: str = "error"
+
+
+class Completions:
+    def __init__(self, catalog: ModelCatalog, gemini: GeminiClient, router: Router, ping_interval_s: float):
+        self.catalog = catalog
+        self.gemini = gemini
+        self.router = router
+        self.ping_interval_s = ping_interval_s
+
+    # -- choosing the model and building the request ---------------------------------
+    def prepare(self, request: CompletionRequest) -> Turn:
+        if not self.gemini.configured:
+            raise ApiError(503, "no Gemini API key is configured: set the environment variable "
+                                "'gemini' (or GEMINI_API_KEY) and restart")
+        routing = None
+        if request.model == AUTO:
+            routing = self._route(request)
+            model = self.catalog.get(routing["model"])
+        else:
+            model = self.catalog.get(request.model)
+            if model is None:
+                raise OpenAIRequestError(f"The model '{request.model}' does not exist; GET /v1/models lists "
+                                         "the models", "model", "model_not_found", status=404)
+        self._check_model(model, request)
+        # reasoning_effort becomes whatever thinking setting this model takes (or none).
+        settings = translate_thinking(request.settings, model)
+        extra = {}
+        if request.functions:
+            extra["tool_config"] = {"function_calling_config": {
+                "mode": request.function_mode, "allowed_function_names": request.allowed_functions}}
+        if request.json_schema is not None:
+            extra["response_json_schema"] = request.json_schema
+        if model.makes_images:
+            extra["response_modalities"] = ["TEXT", "IMAGE"]
+        tools = [{"function_declarations": request.functions}] if request.functions else None
+        try:
+            config = generation_config(model, settings, request.system_instruction, tools, **extra)
+        except ValueError as exc:  # the SDK's own validation of what the client sent
+            raise OpenAIRequestError(f"Gemini cannot take this request: {str(exc).splitlines()[0]}") from None
+        return Turn(request, model, to_contents(request.turns), config, routing)
+
+    def _route(self, request: CompletionRequest) -> dict:
+        chars = len(request.system_instruction) + sum(
+            len(p.get("text", "")) + len(str(p.get("args") or p.get("response") or ""))
+            for _, parts in request.turns for p in parts)
+        file_types = request.file_types()
+        routing = self.router.route(
+            request.last_user_text(), file_types=file_types,
+            # A model that can run server functions can call the client's functions too.
+            tools=[next(iter(SERVER_FUNCTIONS))] if request.functions else [],
+            context_tokens=chars // 3 + 1000 * len(file_types),
+            history_turns=sum(1 for role, _ in request.turns if role == "user") - 1).to_dict()
+        if not routing["model"]:
+            raise ApiError(503, f"no available model can take this request ({routing['reason']})")
+        return routing
+
+    def _check_model(self, model: ModelInfo, request: CompletionRequest) -> None:
+        if request.functions and not can_call_functions(model):
+            able = ", ".join(m.id for m in self.catalog.models() if can_call_functions(m))
+            raise OpenAIRequestError(f"model '{model.id}' cannot call functions; models that can: {able}", "tools")
+        for mime in request.file_types():
+            kind = input_kind(mime)
+            if kind != "text" and kind not in model.inputs:
+                able = ", ".join(m.id for m in self.catalog.models() if kind in m.inputs)
+                raise OpenAIRequestError(f"model '{model.id}' cannot read {kind}; models that can: {able}",
+                                         "messages")
+
+    # -- running it ---------------------------------------------------------------------
+    @contextmanager
+    def _reported(self, owner: str, turn: Turn):
+        """The one place a turn of this surface starts and ends.
+
+        Budgets and rate limits refuse here, before Gemini is called; usage is
+        settled when the block ends, whether the turn finished, failed or its
+        client went away.
+        """
+        record = TurnRecord()
+        started = time.monotonic()
+        try:
+            yield record
+        finally:
+            usage = answers.usage(record.usage)
+            log.info("openai-compatible turn user=%s model=%s status=%s prompt_tokens=%d completion_tokens=%d "
+                     "duration_ms=%d", owner, turn.model.id, record.status, usage["prompt_tokens"],
+                     usage["completion_tokens"], (time.monotonic() - started) * 1000)
+
+    def _answer_of(self, turn: Turn, builder: ReplyBuilder) -> tuple[str | None, list[dict], str]:
+        """(text, tool calls, finish reason) of a finished reply; raises if Gemini gave nothing usable."""
+        fields, error = builder.outcome()
+        if error is not None and builder.finish_reason != "MAX_TOKENS":
+            raise error
+        text = "".join(p["text"] for p in fields["parts"] if p["type"] == "text")
+        calls = [self._tool_call(p) for p in fields["parts"] if p["type"] == "function_call"]
+        reason = answers.finish_reason(fields["finish_reason"], bool(calls))
+        return (text or (None if calls or fields["status"] == "blocked" else "")), calls, reason
+
+    @staticmethod
+    def _tool_call(part: dict) -> dict:
+        return answers.tool_call(tool_call_id(part.get("thought_signature"), part.get("call_id")),
+                                 part["name"], part["args"])
+
+    def complete(self, owner: str, turn: Turn) -> dict:
+        """A non-streamed turn -> the chat.completion object."""
+        with self._reported(owner, turn) as record:
+            builder = ReplyBuilder(on_inline=picture_as_markdown)
+            try:
+                builder.feed(self.gemini.sdk.models.generate_content(
+                    model=turn.model.id, contents=turn.contents, config=turn.config))
+            except Exception as exc:
+                raise to_api_error(exc, self.gemini.secret) from None
+            record.usage = builder.usage
+            text, calls, reason = self._answer_of(turn, builder)
+            record.status = "complete"
+            return answers.completion(turn.id, turn.created, turn.model.id, text, calls, reason, builder.usage,
+                                      turn.routing)
+
+    def stream(self, owner: str, turn: Turn) -> Iterator[bytes]:
+        """A streamed turn -> SSE bytes. Gemini's refusal raises here, before any byte is sent."""
+        events = self._stream(owner, turn)
+        first = next(events)
+
+        def all_events():
+            yield first
+            yield from events  # closing this (client gone) closes the turn, and with it the Gemini stream
+
+        return all_events()
+
+    def _chunk(self, turn: Turn, delta: dict | None, reason: str | None = None) -> bytes:
+        return answers.sse(answers.chunk(turn.id, turn.created, turn.model.id, delta, reason,
+                                         with_usage_field=turn.request.include_usage))
+
+    def _stream(self, owner: str, turn: Turn) -> Iterator[bytes]:
+        with self._reported(owner, turn) as record:
+            responses = self._gemini_stream(turn)
+            try:
+                yield from self._relay(turn, responses, record)
+            finally:
+                responses.close()
+
+    def _relay(self, turn: Turn, responses: Iterator, record: TurnRecord) -> Iterator[bytes]:
+        # No byte goes out before Gemini's first chunk, so no ping either.
+        first = next((item for item in responses if item is not None), None)
+        if isinstance(first, BaseException):  # nothing was sent yet: an HTTP error
+            raise to_api_error(first, self.gemini.secret)
+        opening = answers.chunk(turn.id, turn.created, turn.model.id, {"role": "assistant", "content": ""},
+                                with_usage_field=turn.request.include_usage)
+        if turn.routing:
+            opening["routing"] = turn.routing  # how `auto` chose; clients ignore fields they do not know
+        yield answers.sse(opening)
+        builder = ReplyBuilder(on_inline=picture_as_markdown)
+        calls = 0
+        try:
+            for response in itertools.chain([first] if first is not None else [], responses):
+                if response is None:
+                    yield PING
+                    continue
+                if isinstance(response, BaseException):
+                    raise to_api_error(response, self.gemini.secret)
+                seen = len(builder.parts)
+                for name, data in builder.feed(response):
+                    if name == "delta":
+                        yield self._chunk(turn, {"content": data["text"]})
+                record.usage = builder.usage
+                # Calls are never merged into earlier parts: the new ones are at the end.
+                for part in builder.parts[seen:]:
+                    if part["type"] == "function_call":
+                        yield self._chunk(turn, {"tool_calls": [{"index": calls, **self._tool_call(part)}]})
+                        calls += 1
+            _, _, reason = self._answer_of(turn, builder)
+        except ApiError as error:  # after the first byte, a failure can only be told in the stream
+            yield answers.sse(answers.error_body(error))
+            return
+        yield self._chunk(turn, {}, reason)
+        if turn.request.include_usage:
+            yield answers.sse({**answers.chunk(turn.id, turn.created, turn.model.id, None),
+                               "usage": answers.usage(builder.usage)})
+        yield answers.DONE
+        record.status = "complete"
+
+    def _gemini_stream(self, turn: Turn) -> Iterator:
+        """Gemini's stream read by a thread of its own: yields responses, None when it is time for
+        a ping, and the exception that ended it, if one did. Closing it closes the Gemini request."""
+        channel: queue.Queue = queue.Queue()
+        leave = threading.Event()
+        end = object()
+
+        def read():
+            chunks = None
+            try:
+                chunks = self.gemini.sdk.models.generate_content_stream(
+                    model=turn.model.id, contents=turn.contents, config=turn.config)
+                for response in chunks:
+                    channel.put(response)
+                    if leave.is_set():
+                        break
+            except Exception as exc:  # handed to the reader, which tells the client
+                channel.put(exc)
+            finally:
+                if chunks is not None:
+                    chunks.close()
+                channel.put(end)
+
+        threading.Thread(target=read, name="apsara-openai-stream", daemon=True).start()
+        try:
+            while True:
+                try:
+                    item = channel.get(timeout=self.ping_interval_s)
+                except queue.Empty:
+                    yield None
+                    continue
+                if item is end:
+                    return
+                yield item
+        finally:
+            leave.set()
