@@ -119,6 +119,15 @@ class Completions:
             history_turns=sum(1 for role, _ in request.turns if role == "user") - 1).to_dict()
         if not routing["model"]:
             raise ApiError(503, f"no available model can take this request ({routing['reason']})")
+        chosen = self.catalog.get(routing["model"])
+        if request.functions and chosen is not None and not can_call_functions(chosen):
+            # A picture request that also offers functions: image models cannot call them, and
+            # the client's functions cannot be left out as the service's own tools are.
+            fallback = next((m for m in map(self.catalog.get, self.router.tier_models["flash"])
+                             if m is not None and can_call_functions(m)), None)
+            if fallback is not None:
+                routing.update(model=fallback.id, tier="flash",
+                               reason=routing["reason"] + "; image models cannot call the request's functions")
         return routing
 
     def _check_model(self, model: ModelInfo, request: CompletionRequest) -> None:

@@ -5,7 +5,9 @@ nested objects the SDK sends), and real SSE framing (`data: <json>` + blank
 line, no terminator), so the real google-genai SDK talks to it unchanged.
 Tests script it (`fake.push(Reply(...))`) and read what it received
 (`fake.requests`); with nothing scripted it answers by echoing the user, which
-is what `make run` uses when there is no key.
+is what `make run` uses when there is no key. Like Gemini, it signs the parts it
+sends (`thoughtSignature`) and, for Gemini 3 models, refuses a function-call turn
+whose signature was dropped or altered.
 
 Run alone: `python -m apsara.testing.fake_gemini --port 8765`.
 """
@@ -161,6 +163,7 @@ class FakeGemini:
         # Explicit caches: name -> {"model", "tokens", "expired", "body"}
         self.caches: dict[str, dict] = {}
         self.signature_counter = 0
+        self.issued_signatures: set[str] = set()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -209,7 +212,27 @@ class FakeGemini:
     def next_signature(self) -> str:
         with self._lock:
             self.signature_counter += 1
-            return base64.b64encode(f"sig-{self.signature_counter}".encode()).decode()
+            signature = base64.b64encode(f"sig-{self.signature_counter}".encode()).decode()
+            self.issued_signatures.add(signature)
+            return signature
+
+    def unsigned_call(self, model: str, body: dict) -> str | None:
+        """What Gemini 3 refuses: a function call of the current turn sent back without the signature
+        it came with. The current turn is everything after the last user message with text; the first
+        call of each model step there must carry a signature this fake issued, unchanged."""
+        if not model.startswith("gemini-3"):
+            return None
+        contents = body.get("contents") or []
+        user_texts = [n for n, c in enumerate(contents)
+                      if c.get("role", "user") == "user" and any("text" in p for p in c.get("parts", []))]
+        for content in contents[(user_texts[-1] + 1) if user_texts else 0:]:
+            calls = [p for p in content.get("parts", []) if "functionCall" in p or "function_call" in p]
+            if content.get("role") == "model" and calls:
+                signature = calls[0].get("thoughtSignature") or calls[0].get("thought_signature")
+                if signature not in self.issued_signatures:
+                    name = (calls[0].get("functionCall") or calls[0].get("function_call") or {}).get("name")
+                    return f"function call `{name}`"
+        return None
 
     def _next_reply(self, body: dict) -> Reply:
         with self._lock:
@@ -353,6 +376,10 @@ class FakeGemini:
                     if body.get("systemInstruction") or body.get("tools") or body.get("toolConfig"):
                         return self._error(400, "CachedContent can not be used with GenerateContent request "
                                                 "setting system_instruction, tools or tool_config.")
+                unsigned = fake.unsigned_call(match["model"], body)
+                if unsigned:
+                    return self._error(400, "Function call is missing a thought_signature in functionCall "
+                                            f"parts. This is required for tools to work correctly: {unsigned}.")
                 missing = self._missing_file(body)
                 if missing:
                     return self._error(403, f"You do not have permission to access the File {missing} "

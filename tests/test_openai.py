@@ -1,0 +1,434 @@
+"""The OpenAI-compatible surface, driven by the official `openai` client over real HTTP.
+
+The app is served on loopback by a werkzeug server thread (real Gunicorn in the
+slow test at the end), and talks to the wire-level Gemini fake, which signs its
+function calls and, for Gemini 3 models, refuses a call sent back without its
+signature, as Gemini does.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import urllib.request
+
+import openai
+import pytest
+from werkzeug.serving import make_server
+
+from apsara import create_app
+from apsara.testing.fake_gemini import Reply
+
+from conftest import make_settings
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 40
+GEMINI_3 = "gemini-3.1-pro-preview"
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                   "additionalProperties": False}}}
+
+
+@pytest.fixture
+def server(tmp_path, fake):
+    app = create_app(make_settings(tmp_path, gemini_api_key="test-key-123", gemini_base_url=fake.url,
+                                   api_keys={"alice": "key-a"}, ping_interval_s=0.2))
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.port}/v1"
+    http.shutdown()
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server, api_key="key-a", max_retries=0, timeout=20)
+
+
+def raw(server: str, path: str, body=None, key: str | None = "key-a", method: str | None = None):
+    """(status, headers, text) of one plain HTTP request."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(server + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read().decode()
+
+
+def assert_openai_error(text: str) -> dict:
+    error = json.loads(text)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] and isinstance(error["type"], str)
+    return error
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+# -- text, settings, usage ------------------------------------------------------------------
+def test_plain_completion_maps_messages_and_settings(client, fake):
+    fake.push(Reply(parts=["Bonjour", " Alice."]))
+    answer = client.chat.completions.create(
+        model="gemini-3.8-flash",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "developer", "content": "Speak French."},
+                  {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Salut."},
+                  {"role": "user", "content": [{"type": "text", "text": "Greet Alice"}]}],
+        temperature=0.3, top_p=0.9, max_tokens=50, stop=["END"], seed=7)
+    assert answer.object == "chat.completion" and answer.id.startswith("chatcmpl-")
+    assert answer.model == "gemini-3.8-flash"
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == "Bonjour Alice."
+    assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+    body = fake.last_body()
+    assert body["systemInstruction"]["parts"][0]["text"] == "Be brief.\n\nSpeak French."
+    assert [(c["role"], c["parts"][0]["text"]) for c in body["contents"]] == [
+        ("user", "Hello"), ("model", "Salut."), ("user", "Greet Alice")]
+    config = body["generationConfig"]
+    assert config["temperature"] == 0.3 and config["topP"] == 0.9 and config["maxOutputTokens"] == 50
+    assert config["stopSequences"] == ["END"] and config["seed"] == 7
+
+
+def test_max_completion_tokens_and_reasoning_effort(client, fake):
+    client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"), max_completion_tokens=12,
+                                   reasoning_effort="low")
+    config = fake.last_body()["generationConfig"]
+    assert config["maxOutputTokens"] == 12
+    assert config["thinkingConfig"]["thinking_level"] == "LOW"
+
+
+def test_usage_counts_thought_tokens_as_completion_tokens(client, fake):
+    fake.push(Reply(parts=[{"text": "Let me think.", "thought": True}, "Four."],
+                    usage={"promptTokenCount": 11, "candidatesTokenCount": 2, "thoughtsTokenCount": 30,
+                           "totalTokenCount": 43}))
+    answer = client.chat.completions.create(model="gemini-3.8-flash", messages=user("2+2?"))
+    assert answer.choices[0].message.content == "Four."  # thought summaries are not the answer
+    usage = answer.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (11, 32, 43)
+    assert usage.completion_tokens_details.reasoning_tokens == 30
+
+
+def test_max_tokens_reached_is_finish_reason_length(client, fake):
+    fake.push(Reply(parts=["Once upon"], finish_reason="MAX_TOKENS"))
+    answer = client.chat.completions.create(model="gemini-3.8-flash", messages=user("story"), max_tokens=2)
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.choices[0].message.content == "Once upon"
+
+
+# -- streaming --------------------------------------------------------------------------------
+def test_stream_sends_chunks_then_usage_then_done(client, fake, server):
+    fake.push(Reply(parts=["One", " two", " three."],
+                    usage={"promptTokenCount": 5, "candidatesTokenCount": 3, "thoughtsTokenCount": 4,
+                           "totalTokenCount": 12}))
+    chunks = list(client.chat.completions.create(model="gemini-3.8-flash", messages=user("count"), stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "One two three."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.completion_tokens == 7
+    assert last.usage.completion_tokens_details.reasoning_tokens == 4 and last.usage.total_tokens == 12
+    assert all(c.usage is None for c in chunks[:-1])
+    assert len({c.id for c in chunks}) == 1 and all(c.object == "chat.completion.chunk" for c in chunks)
+
+    # on the wire: OpenAI's framing, ending with [DONE]
+    status, headers, text = raw(server, "/chat/completions", {"model": "gemini-3.8-flash", "messages": user("x"),
+                                                             "stream": True})
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    events = [block for block in text.split("\n\n") if block.strip()]
+    assert all(block.startswith("data: ") for block in events)
+    assert events[-1] == "data: [DONE]"
+    assert all("usage" not in json.loads(block[6:]) for block in events[:-1])  # not asked for
+
+
+def test_stream_without_usage_has_no_usage_chunk(client, fake):
+    chunks = list(client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"), stream=True))
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+
+
+def test_failure_before_the_first_chunk_is_an_http_status(client, fake):
+    fake.push(Reply(error=(429, "Resource has been exhausted"), retry_after="7"))
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"), stream=True)
+    assert caught.value.status_code == 429
+    assert caught.value.response.headers["Retry-After"] == "7"
+    assert_openai_error(caught.value.response.text)
+
+
+def test_failure_mid_stream_arrives_as_an_error_event(client, fake):
+    fake.push(Reply(parts=["Half", " an", " answer"], fail_after=1))
+    stream = client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"), stream=True)
+    seen = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            seen.append(chunk)
+    assert "".join(c.choices[0].delta.content or "" for c in seen) == "Half"
+    assert "stream broke" in caught.value.message
+
+
+# -- structured output and pictures --------------------------------------------------------------
+def test_json_schema_response_format(client, fake):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+              "additionalProperties": False}
+    fake.push(Reply(parts=['{"city": "Paris"}']))
+    answer = client.chat.completions.create(
+        model="gemini-3.8-flash", messages=user("Capital of France?"),
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}})
+    assert json.loads(answer.choices[0].message.content) == {"city": "Paris"}
+    config = fake.last_body()["generationConfig"]
+    assert config["responseMimeType"] == "application/json"
+    assert config["responseJsonSchema"] == schema
+
+    client.chat.completions.create(model="gemini-3.8-flash", messages=user("json"),
+                                   response_format={"type": "json_object"})
+    config = fake.last_body()["generationConfig"]
+    assert config["responseMimeType"] == "application/json" and "responseJsonSchema" not in config
+
+
+def test_image_data_url_becomes_inline_data(client, fake):
+    url = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    client.chat.completions.create(model="gemini-3.8-flash", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]}])
+    parts = fake.last_body()["contents"][0]["parts"]
+    assert parts[0] == {"text": "What is this?"}
+    inline = parts[1].get("inlineData") or parts[1]["inline_data"]
+    assert (inline.get("mimeType") or inline["mime_type"]) == "image/png"
+    assert base64.b64decode(inline["data"]) == PNG
+
+
+def test_pictures_must_be_data_urls_of_real_images(client, fake):
+    for url, param in [("https://example.com/cat.png", "messages[0].content[0].image_url.url"),
+                       ("data:image/png;base64," + base64.b64encode(b"not a picture").decode(),
+                        "messages[0].content[0].image_url.url"),
+                       ("data:image/png;base64,%%%", "messages[0].content[0].image_url.url")]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="gemini-3.8-flash", messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}]}])
+        assert assert_openai_error(caught.value.response.text)["param"] == param
+    assert fake.generate_requests() == []
+
+
+# -- errors ----------------------------------------------------------------------------------------
+def test_unknown_model_is_404_model_not_found(client, fake):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=user("hi"))
+    error = assert_openai_error(caught.value.response.text)
+    assert (error["code"], error["param"], error["type"]) == ("model_not_found", "model", "invalid_request_error")
+    assert fake.generate_requests() == []
+
+
+def test_bad_or_missing_key_is_401_in_openai_shape(server, fake):
+    bad = openai.OpenAI(base_url=server, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        bad.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"))
+    assert assert_openai_error(caught.value.response.text)["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    status, headers, text = raw(server, "/models", key=None)
+    assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+    assert_openai_error(text)
+    assert fake.generate_requests() == []
+
+
+@pytest.mark.parametrize("change, param", [
+    ({"temperature": "hot"}, "temperature"),
+    ({"temperature": 3}, "temperature"),
+    ({"n": 2}, "n"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+    ({"messages": [{"role": "tool", "tool_call_id": "call_1", "content": "{}"}]}, "messages[0].tool_call_id"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function",
+                                                                                "function": {"name": "g"}}},
+     "tool_choice"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"logprobs": True}, "logprobs"),
+    ({"frobnicate": 1}, "frobnicate"),
+    ({"model": None}, "model"),
+])
+def test_bad_body_is_400_naming_the_parameter(server, fake, change, param):
+    body = {"model": "gemini-3.8-flash", "messages": user("hi"), **change}
+    status, _, text = raw(server, "/chat/completions", body)
+    assert status == 400
+    error = assert_openai_error(text)
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert fake.generate_requests() == []
+
+
+def test_unreadable_body_and_unknown_path_answer_in_openai_shape(server, fake):
+    status, _, text = raw(server, "/chat/completions", b"{not json")
+    assert status == 400 and "parse the JSON body" in assert_openai_error(text)["message"]
+    status, _, text = raw(server, "/chat/completions", method="GET")
+    assert status == 404 and assert_openai_error(text)["message"] == "Invalid URL (GET /v1/chat/completions)"
+    status, _, text = raw(server, "/embeddings", {"model": "x", "input": "y"})
+    assert status == 404 and assert_openai_error(text)
+
+
+def test_ignored_openai_fields_are_accepted(client, fake):
+    answer = client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"), user="u-1",
+                                            presence_penalty=0, frequency_penalty=0, n=1, store=False,
+                                            parallel_tool_calls=True, metadata={"app": "test"})
+    assert answer.choices[0].message.content == "Echo: hi"
+
+
+def test_nothing_is_stored(client, fake, tmp_path):
+    client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"))
+    history = tmp_path / "data" / "history"
+    assert not history.exists() or not any(history.rglob("*.json"))
+
+
+# -- models and auto ----------------------------------------------------------------------------------
+def test_models_lists_chat_models_and_auto(client):
+    ids = [m.id for m in client.models.list()]
+    assert "gemini-3.8-flash" in ids and ids[-1] == "auto"
+    assert client.models.retrieve("auto").owned_by == "apsara"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_auto_routes_like_the_rest_of_the_service(client, fake):
+    answer = client.chat.completions.create(model="auto", messages=user("thanks!"))
+    assert answer.model == "gemini-3.5-flash-lite"  # small talk goes to the lite tier
+    assert fake.generate_requests()[-1]["model"] == answer.model
+    assert answer.model_extra["routing"]["tier"] == "lite"
+
+    proof = "Prove that there are infinitely many primes, step by step, with a rigorous argument."
+    chunks = list(client.chat.completions.create(model="auto", messages=user(proof), stream=True))
+    assert chunks[0].model == "gemini-3.1-pro-preview" and chunks[0].model_extra["routing"]["tier"] == "pro"
+
+
+def test_auto_with_functions_picks_a_model_that_can_call_them(client, fake):
+    answer = client.chat.completions.create(model="auto", messages=user("draw me a cat"), tools=[WEATHER])
+    assert "image" not in answer.model
+
+
+# -- function tools and thought signatures -------------------------------------------------------------
+def echo_only(tool_calls) -> list[dict]:
+    """What a minimal client keeps of each tool call: its id, name and arguments, nothing else."""
+    return [{"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": c.function.arguments}}
+            for c in tool_calls]
+
+
+def test_two_round_tool_call_keeps_signatures(client, fake):
+    fake.push(Reply(parts=[{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]),
+              Reply(parts=["Sunny in Paris."]))
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    first = client.chat.completions.create(model=GEMINI_3, messages=messages, tools=[WEATHER])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    sent_signature = base64.b64encode(f"sig-{fake.signature_counter}".encode()).decode()
+
+    messages += [{"role": "assistant", "content": None, "tool_calls": echo_only(choice.message.tool_calls)},
+                 {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear", "celsius": 21}'}]
+    second = client.chat.completions.create(model=GEMINI_3, messages=messages, tools=[WEATHER])
+    assert second.choices[0].message.content == "Sunny in Paris."
+
+    contents = fake.last_body()["contents"]
+    model_part = contents[1]["parts"][0]
+    assert contents[1]["role"] == "model"
+    assert model_part["functionCall"]["name"] == "get_weather"
+    assert model_part["functionCall"]["args"] == {"city": "Paris"}
+    assert model_part["thoughtSignature"] == sent_signature  # back to Gemini unchanged
+    response = contents[2]["parts"][0]["functionResponse"]
+    assert contents[2]["role"] == "user"
+    assert response == {"name": "get_weather", "response": {"sky": "clear", "celsius": 21}}
+    declaration = fake.last_body()["tools"][0]["functionDeclarations"][0]
+    assert declaration["name"] == "get_weather"
+    assert declaration["parameters_json_schema"] == WEATHER["function"]["parameters"]
+
+
+def test_streamed_two_round_parallel_tool_calls_keep_signatures(client, fake):
+    fake.push(Reply(parts=["Checking both.", {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+                           {"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}}]),
+              Reply(parts=["Cold in Oslo, warm in Rome."]))
+    messages = [{"role": "user", "content": "Oslo and Rome?"}]
+    chunks = list(client.chat.completions.create(model=GEMINI_3, messages=messages, tools=[WEATHER], stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    calls = [t for d in deltas for t in d.tool_calls or []]
+    assert [t.index for t in calls] == [0, 1]
+    assert [json.loads(t.function.arguments)["city"] for t in calls] == ["Oslo", "Rome"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    text = "".join(d.content or "" for d in deltas)
+
+    messages += [{"role": "assistant", "content": text, "tool_calls": echo_only(calls)}]
+    messages += [{"role": "tool", "tool_call_id": t.id, "content": f"{t.function.name} ok"} for t in calls]
+    answer = client.chat.completions.create(model=GEMINI_3, messages=messages, tools=[WEATHER], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices) == "Cold in Oslo, warm in Rome."
+
+    contents = fake.last_body()["contents"]
+    model_parts = contents[1]["parts"]
+    assert model_parts[0] == {"text": "Checking both."}
+    # the fake signed the text (sig-1) and each call (sig-2, sig-3); each call gets its own back
+    assert [p["thoughtSignature"] for p in model_parts[1:]] == [
+        base64.b64encode(f"sig-{n}".encode()).decode() for n in (2, 3)]
+    results = [p["functionResponse"] for p in contents[2]["parts"]]
+    assert results == [{"name": "get_weather", "response": {"result": "get_weather ok"}}] * 2
+
+
+def test_a_dropped_signature_is_what_gemini_3_refuses(server, fake):
+    """The fake enforces the rule, so the tests above would fail if the signature were lost."""
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "tool_calls": [{"id": "call_from_elsewhere", "type": "function",
+                                                      "function": {"name": "get_weather",
+                                                                   "arguments": '{"city": "Paris"}'}}]},
+                {"role": "tool", "tool_call_id": "call_from_elsewhere", "content": "sunny"}]
+    status, _, text = raw(server, "/chat/completions", {"model": GEMINI_3, "messages": messages, "tools": [WEATHER]})
+    assert status == 400 and "thought_signature" in assert_openai_error(text)["message"]
+    # a model that does not sign its calls takes the same history
+    status, _, _ = raw(server, "/chat/completions", {"model": "gemini-2.5-flash-lite", "messages": messages,
+                                                     "tools": [WEATHER]})
+    assert status == 200
+
+
+@pytest.mark.parametrize("choice, mode, allowed", [
+    ("auto", "AUTO", None),
+    ("none", "NONE", None),
+    ("required", "ANY", None),
+    ({"type": "function", "function": {"name": "get_weather"}}, "ANY", ["get_weather"]),
+])
+def test_tool_choice_maps_to_function_calling_mode(client, fake, choice, mode, allowed):
+    client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"), tools=[WEATHER], tool_choice=choice)
+    config = fake.last_body()["toolConfig"]["functionCallingConfig"]
+    assert config["mode"] == mode
+    assert config.get("allowedFunctionNames") == allowed
+
+
+def test_image_models_cannot_take_functions(client, fake):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gemini-3.1-flash-image", messages=user("hi"), tools=[WEATHER])
+    assert assert_openai_error(caught.value.response.text)["param"] == "tools"
+
+
+# -- real Gunicorn ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_streamed_tool_round_trip_under_gunicorn(tmp_path, fake):
+    from servers import gunicorn
+
+    fake.push(Reply(parts=[{"functionCall": {"name": "get_weather", "args": {"city": "Lima"}}}]),
+              Reply(parts=["Mild in Lima."]))
+    env = {"gemini": "test-key-123", "GEMINI_BASE_URL": fake.url, "APSARA_DATA_DIR": str(tmp_path / "data"),
+           "APSARA_API_KEYS": "alice:key-a"}
+    with gunicorn(env, workers=2) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="key-a", max_retries=0, timeout=20)
+        messages = [{"role": "user", "content": "Lima?"}]
+        chunks = list(client.chat.completions.create(model=GEMINI_3, messages=messages, tools=[WEATHER],
+                                                     stream=True, stream_options={"include_usage": True}))
+        calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+        assert chunks[-1].usage is not None and len(calls) == 1
+        messages += [{"role": "assistant", "tool_calls": echo_only(calls)},
+                     {"role": "tool", "tool_call_id": calls[0].id, "content": "mild"}]
+        # two workers: the next request may land on the other one, which never saw the first
+        for _ in range(2):
+            fake.push(Reply(parts=["Mild in Lima."]))
+            answer = client.chat.completions.create(model=GEMINI_3, messages=messages, tools=[WEATHER])
+            assert answer.choices[0].message.content == "Mild in Lima."
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base + "/v1", api_key="nope", max_retries=0).models.list()
