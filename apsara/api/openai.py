@@ -7,17 +7,20 @@ is OpenAI's.
 """
 from __future__ import annotations
 
+import logging
+
 import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..auth import current_user
 from ..conversations.options import AUTO
-from ..errors import ApiError, log
+from ..errors import ApiError
 from ..openai_compat import answers
 from ..openai_compat.completions import Completions
 from ..openai_compat.request import read_request
 
+log = logging.getLogger("apsara.openai")
 blp = Blueprint("openai", __name__, url_prefix="/v1")
 
 

@@ -154,6 +154,9 @@ class Completions:
         started = time.monotonic()
         try:
             yield record
+        except GeneratorExit:  # the client left mid-stream
+            record.status = "client gone"
+            raise
         finally:
             usage = answers.usage(record.usage)
             log.info("openai-compatible turn user=%s model=%s status=%s prompt_tokens=%d completion_tokens=%d "

@@ -168,8 +168,9 @@ def _assistant_parts(message: dict, param: str, calls_by_id: dict[str, str]) -> 
         if not isinstance(function, dict) or not isinstance(call.get("id"), str) or \
                 not isinstance(function.get("name"), str):
             raise _refuse("each tool call needs an id and a function with a name and arguments", where)
+        arguments = function.get("arguments") or "{}"
         try:
-            args = orjson.loads(function.get("arguments") or "{}")
+            args = orjson.loads(arguments) if isinstance(arguments, str) else None
         except orjson.JSONDecodeError:
             args = None
         if not isinstance(args, dict):
@@ -304,7 +305,8 @@ def _refuse_unsupported(body: dict) -> None:
         raise _refuse("only n=1 is supported: Gemini writes one choice per request", "n")
     if body.get("logprobs") or body.get("top_logprobs"):
         raise _refuse("logprobs are not available from this server", "logprobs")
-    if body.get("audio") is not None or any(m != "text" for m in body.get("modalities") or []):
+    modalities = body.get("modalities") or []
+    if body.get("audio") is not None or not isinstance(modalities, list) or any(m != "text" for m in modalities):
         raise _refuse("only text output is supported", "modalities")
     if body.get("functions") is not None or body.get("function_call") is not None:
         raise _refuse("'functions' is the old function-calling format; use 'tools'", "functions")
@@ -333,7 +335,7 @@ def read_request(body) -> CompletionRequest:
         settings["stop_sequences"] = stop
     effort = body.get("reasoning_effort")
     if effort is not None:
-        if effort not in EFFORT_LEVELS:
+        if not isinstance(effort, str) or effort not in EFFORT_LEVELS:
             raise _refuse(f"reasoning_effort must be one of {', '.join(EFFORT_LEVELS)}", "reasoning_effort")
         settings["thinking_level"] = EFFORT_LEVELS[effort]
     settings["response_mime_type"], json_schema = _response_format(body)
