@@ -200,6 +200,25 @@ def test_image_data_url_becomes_inline_data(client, fake):
     assert base64.b64decode(inline["data"]) == PNG
 
 
+def test_pictures_made_come_back_as_markdown_and_go_back_as_pictures(client, fake):
+    picture = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(PNG).decode()}}
+    fake.push(Reply(parts=["Here it is:", picture]))
+    first = client.chat.completions.create(model="gemini-3.1-flash-image", messages=user("Draw a red square"))
+    assert fake.last_body()["generationConfig"]["responseModalities"] == ["TEXT", "IMAGE"]
+    content = first.choices[0].message.content
+    assert content.startswith("Here it is:") and "![image](data:image/png;signature=" in content
+    assert base64.b64encode(PNG).decode() in content
+
+    client.chat.completions.create(model="gemini-3.1-flash-image", messages=user("Draw a red square") + [
+        {"role": "assistant", "content": content}, {"role": "user", "content": "Make it blue"}])
+    model_parts = fake.last_body()["contents"][1]["parts"]
+    assert model_parts[0]["text"].strip() == "Here it is:"
+    inline = model_parts[1].get("inlineData") or model_parts[1]["inline_data"]
+    assert base64.b64decode(inline["data"]) == PNG  # a picture again, not base64 text
+    # the fake signed the text part (sig-1) and the picture (sig-2); the picture's comes back
+    assert model_parts[1]["thoughtSignature"] == base64.b64encode(b"sig-2").decode()
+
+
 def test_pictures_must_be_data_urls_of_real_images(client, fake):
     for url, param in [("https://example.com/cat.png", "messages[0].content[0].image_url.url"),
                        ("data:image/png;base64," + base64.b64encode(b"not a picture").decode(),

@@ -31,7 +31,7 @@ from ..routing.router import Router, translate_thinking
 from . import answers
 from .answers import OpenAIRequestError
 from .request import CompletionRequest
-from .tool_ids import tool_call_id
+from .signatures import to_param, tool_call_id
 
 log = logging.getLogger("apsara.openai")
 PING = b": ping\n\n"
@@ -43,9 +43,14 @@ def can_call_functions(model: ModelInfo) -> bool:
 
 
 def picture_as_markdown(part: dict) -> dict:
-    """A picture an image model made -> Markdown text, which OpenAI chat apps show inline."""
+    """A picture an image model made -> a Markdown image, which OpenAI chat apps show inline.
+
+    Its thought signature rides in the data URL (`;signature=`, which browsers ignore), and
+    `request` turns the picture back into inline data when the client sends the reply back.
+    """
     data = base64.b64encode(part["data"]).decode()
-    return {"type": "text", "text": f"\n\n![image](data:{part['mime_type']};base64,{data})\n\n"}
+    signature = f";signature={to_param(part['thought_signature'])}" if part.get("thought_signature") else ""
+    return {"type": "text", "text": f"\n\n![image](data:{part['mime_type']}{signature};base64,{data})\n\n"}
 
 
 @dataclass

@@ -18,7 +18,7 @@ import orjson
 
 from ..filetypes import sniff
 from .answers import OpenAIRequestError
-from .tool_ids import read_tool_call_id
+from .signatures import from_param, read_tool_call_id
 
 # Accepted and deliberately ignored: they change nothing Gemini could honour.
 IGNORED = {"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
@@ -32,7 +32,10 @@ HANDLED = {"model", "messages", "stream", "stream_options", "temperature", "top_
 EFFORT_LEVELS = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
                  "xhigh": "high"}
 MAX_STOP = 4
-DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[\w.+-]+)*;base64,(?P<data>.*)$", re.S)
+DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,"
+                      r"(?P<data>.*)$", re.S)
+# A picture this server sent as a Markdown image (see completions.picture_as_markdown).
+MARKDOWN_PICTURE = re.compile(r"!\[[^\]]*\]\((data:image/[^)\s]+)\)")
 AUDIO_FORMATS = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 
 
@@ -152,13 +155,44 @@ def _user_parts(content, param: str) -> list[dict]:
     return parts
 
 
+def _picture(url: str) -> dict | None:
+    """A Markdown picture's data URL -> an inline part with its signature; None if it is not a picture."""
+    match = DATA_URL.match(url)
+    if match is None:
+        return None
+    try:
+        data = base64.b64decode(match["data"], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    mime = sniff(data[:4096])
+    if mime is None or not mime.startswith("image/"):
+        return None
+    part = {"type": "inline", "mime_type": mime, "data": data}
+    params = dict(p.split("=", 1) for p in match["params"].split(";") if p)
+    signature = from_param(params.get("signature", ""))
+    if signature:
+        part["thought_signature"] = signature
+    return part
+
+
+def _text_and_pictures(text: str) -> list[dict]:
+    """A reply's text as sent back: pictures go to Gemini as pictures, not as megabytes of base64 text."""
+    parts, start = [], 0
+    for match in MARKDOWN_PICTURE.finditer(text):
+        picture = _picture(match[1])
+        if picture is None:
+            continue
+        parts += [{"type": "text", "text": text[start:match.start()]}, picture]
+        start = match.end()
+    parts.append({"type": "text", "text": text[start:]})
+    return [p for p in parts if p["type"] != "text" or p["text"].strip()]
+
+
 def _assistant_parts(message: dict, param: str, calls_by_id: dict[str, str]) -> list[dict]:
     parts = []
     content = message.get("content")
     if content is not None:
-        text = _text_of(content, f"{param}.content", allowed=("text", "refusal"))
-        if text:
-            parts.append({"type": "text", "text": text})
+        parts += _text_and_pictures(_text_of(content, f"{param}.content", allowed=("text", "refusal")))
     tool_calls = message.get("tool_calls") or []
     if not isinstance(tool_calls, list):
         raise _refuse("tool_calls must be a list", f"{param}.tool_calls")

@@ -442,10 +442,10 @@ class FakeGemini:
                 return usage
 
             def _signed(self, parts: list) -> list:
-                # Gemini 3 signs the first part of a turn (and every function call).
+                # Gemini 3 signs the first part of a turn, every function call and every picture.
                 signed = [dict(p) for p in parts]
                 for index, part in enumerate(signed):
-                    if index == 0 or "functionCall" in part:
+                    if index == 0 or "functionCall" in part or "inlineData" in part:
                         part["thoughtSignature"] = fake.next_signature()
                 return signed
 
