@@ -4,8 +4,9 @@ Messages become the service's own parts (`text`, `inline`, `function_call`,
 `function_response`) so `gemini.convert` builds the Gemini request as it does
 for every other turn. System and developer messages make the system
 instruction; pictures, audio and PDFs come as data URLs and are checked by their
-bytes; tool calls get their thought signatures back from their ids. Anything
-OpenAI would refuse, or that Gemini cannot do, is a 400 naming the parameter.
+bytes; tool calls get their thought signatures back from their ids, and pictures
+this server sent as Markdown come back as pictures. Anything OpenAI would
+refuse, or that Gemini cannot do, is a 400 naming the parameter.
 """
 from __future__ import annotations
 
@@ -20,14 +21,11 @@ from ..filetypes import sniff
 from .answers import OpenAIRequestError
 from .signatures import from_param, read_tool_call_id
 
-# Accepted and deliberately ignored: they change nothing Gemini could honour.
-IGNORED = {"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
-           "prompt_cache_retention", "prompt_cache_options", "verbosity", "frequency_penalty",
-           "presence_penalty", "logit_bias", "parallel_tool_calls", "prediction", "moderation"}
-HANDLED = {"model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens",
-           "max_completion_tokens", "stop", "seed", "n", "response_format", "tools", "tool_choice",
-           "reasoning_effort", "logprobs", "top_logprobs", "modalities", "audio", "functions", "function_call",
-           "web_search_options"}
+# Fields this module does not read are ignored, as OpenAI-compatible servers do: chat apps add
+# their own (Open WebUI's min_p...), and OpenAI's `user`, `metadata`, `store`, penalties and the
+# like change nothing Gemini could honour. Those that would change the answer and cannot be
+# honoured (n > 1, logprobs, audio) are refused.
+
 # OpenAI's reasoning efforts -> the service's thinking levels (made valid per model later).
 EFFORT_LEVELS = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
                  "xhigh": "high"}
@@ -332,9 +330,6 @@ def _response_format(body: dict) -> tuple[str | None, dict | None]:
 
 
 def _refuse_unsupported(body: dict) -> None:
-    unknown = sorted(set(body) - HANDLED - IGNORED)
-    if unknown:
-        raise _refuse(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
     if body.get("n") not in (None, 1):
         raise _refuse("only n=1 is supported: Gemini writes one choice per request", "n")
     if body.get("logprobs") or body.get("top_logprobs"):
@@ -358,7 +353,7 @@ def read_request(body) -> CompletionRequest:
         raise _refuse("'model' is required: a model id from GET /v1/models", "model")
     system, turns = read_messages(body.get("messages"))
     settings = {"temperature": _number(body, "temperature", 0, 2), "top_p": _number(body, "top_p", 0, 1),
-                "seed": _integer(body, "seed", -(2**31), 2**31 - 1)}
+                "top_k": _integer(body, "top_k", 1, 1000), "seed": _integer(body, "seed", -(2**31), 2**31 - 1)}
     max_tokens = _integer(body, "max_completion_tokens", 1, 1_000_000)
     settings["max_output_tokens"] = max_tokens or _integer(body, "max_tokens", 1, 1_000_000)
     stop = body.get("stop")
