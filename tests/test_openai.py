@@ -453,3 +453,32 @@ def test_streamed_tool_round_trip_under_gunicorn(tmp_path, fake):
             assert answer.choices[0].message.content == "Mild in Lima."
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=base + "/v1", api_key="nope", max_retries=0).models.list()
+
+
+# -- keep-alive, limits, browsers ------------------------------------------------------------------
+def test_silence_mid_stream_is_filled_with_pings_the_client_ignores(client, fake, server):
+    fake.push(Reply(parts=["slow", " answer"], chunk_delay_s=0.5),
+              Reply(parts=["slow", " answer"], chunk_delay_s=0.5))
+    _, _, text = raw(server, "/chat/completions", {"model": "gemini-3.8-flash", "messages": user("x"), "stream": True})
+    assert ": ping" in text and text.endswith("data: [DONE]\n\n")
+    chunks = client.chat.completions.create(model="gemini-3.8-flash", messages=user("x"), stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "slow answer"
+
+
+def test_oversized_body_is_413_in_openai_shape(tmp_path, fake):
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url))
+    response = app.test_client().post("/v1/chat/completions", data=b"x" * (17 * 1024 * 1024),
+                                      content_type="application/json")
+    assert response.status_code == 413
+    assert_openai_error(response.get_data(as_text=True))
+    assert fake.generate_requests() == []
+
+
+def test_browsers_of_allowed_origins_may_call_v1(tmp_path, fake):
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url,
+                                   api_keys={"alice": "key-a"}, cors_origins=["https://chat.example"]))
+    response = app.test_client().options("/v1/chat/completions", headers={
+        "Origin": "https://chat.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "https://chat.example"
