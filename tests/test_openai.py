@@ -119,6 +119,14 @@ def test_max_tokens_reached_is_finish_reason_length(client, fake):
     assert answer.choices[0].message.content == "Once upon"
 
 
+def test_blocked_prompt_is_finish_reason_content_filter(client, fake):
+    fake.push(Reply(block_reason="SAFETY"), Reply(block_reason="SAFETY"))
+    choice = client.chat.completions.create(model="gemini-3.8-flash", messages=user("bad")).choices[0]
+    assert (choice.finish_reason, choice.message.content) == ("content_filter", None)
+    chunks = list(client.chat.completions.create(model="gemini-3.8-flash", messages=user("bad"), stream=True))
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+
+
 # -- streaming --------------------------------------------------------------------------------
 def test_stream_sends_chunks_then_usage_then_done(client, fake, server):
     fake.push(Reply(parts=["One", " two", " three."],
@@ -187,6 +195,20 @@ def test_json_schema_response_format(client, fake):
                                    response_format={"type": "json_object"})
     config = fake.last_body()["generationConfig"]
     assert config["responseMimeType"] == "application/json" and "responseJsonSchema" not in config
+
+
+def test_parse_with_a_pydantic_model(client, fake):
+    from pydantic import BaseModel
+
+    class Trip(BaseModel):
+        city: str
+        days: int
+
+    fake.push(Reply(parts=['{"city": "Kyoto", "days": 3}']))
+    answer = client.chat.completions.parse(model="gemini-3.8-flash", messages=user("Plan a trip"), response_format=Trip)
+    assert answer.choices[0].message.parsed == Trip(city="Kyoto", days=3)
+    schema = fake.last_body()["generationConfig"]["responseJsonSchema"]
+    assert schema["required"] == ["city", "days"] and schema["additionalProperties"] is False
 
 
 def test_image_data_url_becomes_inline_data(client, fake):
@@ -296,6 +318,11 @@ def test_fields_gemini_has_no_use_for_are_ignored(client, fake):
                                             extra_body={"min_p": 0.1, "top_k": 20})  # what chat apps add
     assert answer.choices[0].message.content == "Echo: hi"
     assert fake.last_body()["generationConfig"] == {"topK": 20}
+
+
+def test_v1_stays_out_of_the_api_openapi_document(server):
+    _, _, text = raw(server.removesuffix("/v1"), "/api/v1/openapi.json")
+    assert not [path for path in json.loads(text)["paths"] if path.startswith("/v1")]
 
 
 def test_nothing_is_stored(client, fake, tmp_path):

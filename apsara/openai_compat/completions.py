@@ -151,9 +151,10 @@ class Completions:
     def _reported(self, owner: str, turn: Turn):
         """The one place a turn of this surface starts and ends.
 
-        Budgets and rate limits refuse here, before Gemini is called; usage is
-        settled when the block ends, whether the turn finished, failed or its
-        client went away.
+        Budgets and rate limits belong here: a refusal raised before the `yield`
+        stops the turn before Gemini is called, and what the turn cost is known
+        when the block ends, whether it finished, failed or its client went away
+        (for now it is logged, without any text of the conversation).
         """
         record = TurnRecord()
         started = time.monotonic()
