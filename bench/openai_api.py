@@ -5,7 +5,9 @@ process), with a 10-turn history sent by the official `openai` client to
 `/v1/chat/completions` under Gunicorn, against the same contents sent straight
 to the fake with google-genai:
   1. a whole completion: added p50 (median of paired differences);
-  2. a stream: time to the first content chunk, added p50.
+  2. a stream: time to the first content chunk, added p50;
+  3. the view alone: the app in-process (Flask's test client, no HTTP, no
+     `openai` client) against the direct call.
 Run: `.venv/bin/python bench/openai_api.py [--samples 200]`.
 """
 from __future__ import annotations
@@ -48,6 +50,26 @@ def paired(label: str, direct: list[float], through: list[float]) -> None:
     print(f"{label}: direct p50 {d50:6.2f} ms | via /v1 p50 {a50:6.2f} ms | added: median paired {added:6.2f} ms")
 
 
+def in_process(fake_url: str, sdk, samples: int) -> None:
+    from apsara import create_app
+    from apsara.config import Settings
+
+    with tempfile.TemporaryDirectory() as data:
+        app = create_app(Settings(data_dir=Path(data), gemini_api_key="bench-key", gemini_base_url=fake_url))
+        client = app.test_client()
+        body, sent = {"model": MODEL, "messages": messages(10)}, contents(10)
+        direct, through = [], []
+        for n in range(samples + samples // 10):
+            started = time.perf_counter()
+            sdk.models.generate_content(model=MODEL, contents=sent)
+            direct.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+            through.append((time.perf_counter() - started) * 1000)
+        warm = samples // 10
+        paired("the view in-process", direct[warm:], through[warm:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200)
@@ -84,6 +106,7 @@ def main() -> None:
                 chunks.close()
             paired(f"10-turn completion ({args.samples} pairs)", direct, through)
             paired("time to first content", direct_first, through_first)
+            in_process(fake_url, sdk, args.samples)
     finally:
         fake.terminate()
         fake.wait()
