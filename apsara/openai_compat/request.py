@@ -103,18 +103,28 @@ def _text_of(content, param: str, allowed=("text",)) -> str:
     return "".join(texts)
 
 
-def _data_url_part(url, param: str, kind: str, accept: tuple[str, ...]) -> dict:
-    """A base64 data URL -> an inline part whose type is read from the bytes."""
+def _read_data_url(url) -> tuple[bytes, str | None, dict[str, str]] | None:
+    """(bytes, their type read from the bytes, the URL's parameters) of a base64 data URL; None otherwise."""
     match = DATA_URL.match(url) if isinstance(url, str) else None
     if match is None:
-        raise _refuse(f"send the {kind} as a base64 data URL (data:<type>;base64,...); "
-                      "this server does not fetch URLs", param)
+        return None
     try:
         data = base64.b64decode(match["data"], validate=True)
     except (binascii.Error, ValueError):
-        raise _refuse(f"the {kind}'s data URL is not valid base64", param) from None
-    mime = sniff(data[:4096])
-    if mime is None or not mime.startswith(accept):
+        return None
+    params = dict(p.split("=", 1) for p in match["params"].split(";") if p)
+    return data, sniff(data[:4096]), params
+
+
+def _data_url_part(url, param: str, kind: str, accept: tuple[str, ...]) -> dict:
+    """A base64 data URL -> an inline part whose type is read from the bytes."""
+    found = _read_data_url(url)
+    if found is None:
+        raise _refuse(f"send the {kind} as a base64 data URL (data:<type>;base64,...); "
+                      "this server does not fetch URLs", param)
+    data, mime, _ = found
+    # An SVG is text that names itself an image: Gemini reads it as text, not as a picture.
+    if mime is None or not mime.startswith(accept) or (kind == "image" and mime == "image/svg+xml"):
         raise _refuse(f"the {kind}'s bytes are not a supported {kind} type", param)
     return {"type": "inline", "mime_type": mime, "data": data}
 
@@ -129,7 +139,9 @@ def _user_parts(content, param: str) -> list[dict]:
         where = f"{param}[{n}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": _text_of([part], param)})
+            if not isinstance(part.get("text"), str):
+                raise _refuse("a text part needs a string 'text'", f"{where}.text")
+            parts.append({"type": "text", "text": part["text"]})
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
@@ -155,18 +167,11 @@ def _user_parts(content, param: str) -> list[dict]:
 
 def _picture(url: str) -> dict | None:
     """A Markdown picture's data URL -> an inline part with its signature; None if it is not a picture."""
-    match = DATA_URL.match(url)
-    if match is None:
+    found = _read_data_url(url)
+    if found is None or not (found[1] or "").startswith("image/"):
         return None
-    try:
-        data = base64.b64decode(match["data"], validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    mime = sniff(data[:4096])
-    if mime is None or not mime.startswith("image/"):
-        return None
+    data, mime, params = found
     part = {"type": "inline", "mime_type": mime, "data": data}
-    params = dict(p.split("=", 1) for p in match["params"].split(";") if p)
     signature = from_param(params.get("signature", ""))
     if signature:
         part["thought_signature"] = signature
