@@ -307,8 +307,9 @@ def test_unreadable_body_and_unknown_path_answer_in_openai_shape(server, fake):
     assert status == 400 and "parse the JSON body" in assert_openai_error(text)["message"]
     status, _, text = raw(server, "/chat/completions", method="GET")
     assert status == 404 and assert_openai_error(text)["message"] == "Invalid URL (GET /v1/chat/completions)"
-    status, _, text = raw(server, "/embeddings", {"model": "x", "input": "y"})
-    assert status == 404 and assert_openai_error(text)
+    for path in ("/embeddings", "", "/"):
+        status, _, text = raw(server, path, {"model": "x", "input": "y"})
+        assert status == 404 and assert_openai_error(text)
 
 
 def test_fields_gemini_has_no_use_for_are_ignored(client, fake):
@@ -419,6 +420,18 @@ def test_streamed_two_round_parallel_tool_calls_keep_signatures(client, fake):
         base64.b64encode(f"sig-{n}".encode()).decode() for n in (2, 3)]
     results = [p["functionResponse"] for p in contents[2]["parts"]]
     assert results == [{"name": "get_weather", "response": {"result": "get_weather ok"}}] * 2
+
+
+def test_geminis_own_call_ids_go_back_on_the_call_and_its_result(client, fake):
+    fake.push(Reply(parts=[{"functionCall": {"id": "fc-7", "name": "get_weather", "args": {"city": "Bern"}}}]))
+    (call,) = client.chat.completions.create(model=GEMINI_3, messages=user("Bern?"), tools=[WEATHER]
+                                             ).choices[0].message.tool_calls
+    client.chat.completions.create(model=GEMINI_3, tools=[WEATHER], messages=user("Bern?") + [
+        {"role": "assistant", "tool_calls": echo_only([call])},
+        {"role": "tool", "tool_call_id": call.id, "content": "snow"}])
+    contents = fake.last_body()["contents"]
+    assert contents[1]["parts"][0]["functionCall"]["id"] == "fc-7"
+    assert contents[2]["parts"][0]["functionResponse"]["id"] == "fc-7"
 
 
 def test_a_dropped_signature_is_what_gemini_3_refuses(server, fake):

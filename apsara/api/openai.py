@@ -68,7 +68,7 @@ def model(model_id):
     return jsonify(_model(model_id))
 
 
-@blp.route("/", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@blp.route("/", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], strict_slashes=False)
 @blp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def unknown(rest):
     # Any other /v1 path answers as OpenAI does, in its shape, not the /api envelope.
