@@ -1,7 +1,7 @@
 """Bearer-key authentication and who the current user is.
 
-With `APSARA_API_KEYS` set, every `/api/` and `/v1/` (OpenAI-compatible) request
-but the OpenAPI document and the docs page needs `Authorization: Bearer <key>`, and the key names the user.
+With `APSARA_API_KEYS` set, every `/api/` request but the OpenAPI document and
+the docs page needs `Authorization: Bearer <key>`, and the key names the user.
 Without it, everyone is the one local user. Keys are compared in constant time
 and never logged.
 """
@@ -44,6 +44,7 @@ def _signed_url_user() -> str | None:
 
 def authenticate() -> None:
     settings = current_app.extensions["apsara"].settings
+    # /v1/ is the OpenAI-compatible API: the same keys, the same users.
     if not request.path.startswith(("/api/", "/v1/")) or request.path.startswith(OPEN_PATHS):
         return
     if request.method == "OPTIONS":  # CORS preflight carries no credentials
