@@ -307,6 +307,15 @@ def test_unreadable_body_and_unknown_path_answer_in_openai_shape(server, fake):
     assert status == 400 and "parse the JSON body" in assert_openai_error(text)["message"]
     status, _, text = raw(server, "/chat/completions", method="GET")
     assert status == 404 and assert_openai_error(text)["message"] == "Invalid URL (GET /v1/chat/completions)"
+    schema = nested = {"type": "object"}
+    for _ in range(40):
+        nested["properties"] = {"a": {"type": "object"}}
+        nested = nested["properties"]["a"]
+    status, _, text = raw(server, "/chat/completions", {"model": "gemini-3.8-flash", "messages": user("hi"),
+                                                       "response_format": {"type": "json_schema",
+                                                                           "json_schema": {"schema": schema}}})
+    assert status == 400 and assert_openai_error(text)["param"] == "response_format.json_schema.schema"
+    assert fake.generate_requests() == []
     for path in ("/embeddings", "", "/"):
         status, _, text = raw(server, path, {"model": "x", "input": "y"})
         assert status == 404 and assert_openai_error(text)

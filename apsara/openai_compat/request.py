@@ -30,6 +30,9 @@ from .signatures import from_param, read_tool_call_id
 EFFORT_LEVELS = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
                  "xhigh": "high"}
 MAX_STOP = 4
+# Free-form JSON that goes on to Gemini (schemas, arguments, tool results) nests at most this deep,
+# as every JSON body of the service: deeper is no real request.
+MAX_DEPTH = 64
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,"
                       r"(?P<data>.*)$", re.S)
 # A picture this server sent as a Markdown image (see completions.picture_as_markdown).
@@ -80,6 +83,23 @@ def _integer(body: dict, name: str, low: int, high: int) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _refuse(f"'{name}' must be an integer from {low} to {high}", name)
+    return value
+
+
+def _depth(value) -> int:
+    """How deeply a JSON value nests, without recursion (a hostile body must not exhaust the stack)."""
+    deepest, pending = 0, [(value, 1)] if isinstance(value, (dict, list)) else []
+    while pending:
+        item, level = pending.pop()
+        deepest = max(deepest, level)
+        pending += [(child, level + 1) for child in (item.values() if isinstance(item, dict) else item)
+                    if isinstance(child, (dict, list))]
+    return deepest
+
+
+def _bounded(value, param: str):
+    if _depth(value) > MAX_DEPTH:
+        raise _refuse(f"nested deeper than {MAX_DEPTH} levels", param)
     return value
 
 
@@ -212,6 +232,7 @@ def _assistant_parts(message: dict, param: str, calls_by_id: dict[str, str]) -> 
             args = None
         if not isinstance(args, dict):
             raise _refuse("function arguments must be a JSON object, as a string", f"{where}.function.arguments")
+        _bounded(args, f"{where}.function.arguments")
         signature, gemini_id = read_tool_call_id(call["id"])
         part = {"type": "function_call", "name": function["name"], "args": args}
         if gemini_id:
@@ -233,6 +254,7 @@ def _tool_result(message: dict, param: str, calls_by_id: dict[str, str]) -> dict
         result = orjson.loads(text)
     except orjson.JSONDecodeError:
         result = text
+    _bounded(result, f"{param}.content")
     # Gemini takes an object; a tool that answered an object keeps its shape.
     part = {"type": "function_response", "name": calls_by_id[call_id],
             "response": result if isinstance(result, dict) else {"result": result}}
@@ -288,7 +310,8 @@ def _functions(body: dict) -> list[dict]:
         if function.get("parameters") is not None:
             if not isinstance(function["parameters"], dict):
                 raise _refuse("parameters must be a JSON schema object", f"tools[{n}].function.parameters")
-            declaration["parameters_json_schema"] = function["parameters"]
+            declaration["parameters_json_schema"] = _bounded(function["parameters"],
+                                                             f"tools[{n}].function.parameters")
         declared.append(declaration)
     return declared
 
@@ -330,7 +353,7 @@ def _response_format(body: dict) -> tuple[str | None, dict | None]:
         spec = wanted.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
             raise _refuse("json_schema needs a 'schema' object", "response_format.json_schema")
-        return "application/json", spec.get("schema")
+        return "application/json", _bounded(spec.get("schema"), "response_format.json_schema.schema")
     raise _refuse("response_format.type must be text, json_object or json_schema", "response_format.type")
 
 
