@@ -112,6 +112,24 @@ def test_usage_counts_thought_tokens_as_completion_tokens(client, fake):
     assert usage.completion_tokens_details.reasoning_tokens == 30
 
 
+def test_reasoning_effort_brings_thought_summaries_as_reasoning_content(client, fake):
+    fake.push(Reply(parts=[{"text": "Weighing options.", "thought": True}, "Go by train."]),
+              Reply(parts=[{"text": "Weighing", "thought": True}, {"text": " options.", "thought": True}, "Train."]))
+    answer = client.chat.completions.create(model="gemini-3.8-flash", messages=user("Train or plane?"),
+                                            reasoning_effort="medium")
+    message = answer.choices[0].message
+    assert message.content == "Go by train." and message.model_extra["reasoning_content"] == "Weighing options."
+    assert fake.last_body()["generationConfig"]["thinkingConfig"]["include_thoughts"] is True
+    chunks = list(client.chat.completions.create(model="gemini-3.8-flash", messages=user("Train or plane?"),
+                                                 reasoning_effort="medium", stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.model_extra.get("reasoning_content") or "" for d in deltas) == "Weighing options."
+    assert "".join(d.content or "" for d in deltas) == "Train."
+
+    client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"))
+    assert "thinkingConfig" not in fake.last_body()["generationConfig"]  # not asked, not sent
+
+
 def test_max_tokens_reached_is_finish_reason_length(client, fake):
     fake.push(Reply(parts=["Once upon"], finish_reason="MAX_TOKENS"))
     answer = client.chat.completions.create(model="gemini-3.8-flash", messages=user("story"), max_tokens=2)

@@ -40,8 +40,11 @@ def tool_call(call_id: str, name: str, args: dict) -> dict:
 
 
 def completion(completion_id: str, created: int, model: str, text: str | None, tool_calls: list[dict],
-               reason: str, gemini_usage: dict | None, routing: dict | None = None) -> dict:
+               reason: str, gemini_usage: dict | None, routing: dict | None = None, thoughts: str = "") -> dict:
     message = {"role": "assistant", "content": text, "refusal": None}
+    if thoughts:
+        # Gemini's thought summaries, in the field chat apps (Open WebUI, LibreChat) show as reasoning.
+        message["reasoning_content"] = thoughts
     if tool_calls:
         message["tool_calls"] = tool_calls
     answer = {"id": completion_id, "object": "chat.completion", "created": created, "model": model,

@@ -196,8 +196,9 @@ class Completions:
             record.usage = builder.usage
             text, calls, reason = self._answer_of(turn, builder)
             record.status = "complete"
+            thoughts = "".join(p["text"] for p in builder.parts if p["type"] == "thought")
             return answers.completion(turn.id, turn.created, turn.model.id, text, calls, reason, builder.usage,
-                                      turn.routing)
+                                      turn.routing, thoughts)
 
     def stream(self, owner: str, turn: Turn) -> Iterator[bytes]:
         """A streamed turn -> SSE bytes. Gemini's refusal raises here, before any byte is sent."""
@@ -245,6 +246,8 @@ class Completions:
                 for name, data in builder.feed(response):
                     if name == "delta":
                         yield self._chunk(turn, {"content": data["text"]})
+                    elif name == "thought":
+                        yield self._chunk(turn, {"reasoning_content": data["text"]})
                 record.usage = builder.usage
                 # Calls are never merged into earlier parts: the new ones are at the end.
                 for part in builder.parts[seen:]:

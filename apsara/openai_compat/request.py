@@ -395,6 +395,8 @@ def read_request(body) -> CompletionRequest:
         if not isinstance(effort, str) or effort not in EFFORT_LEVELS:
             raise _refuse(f"reasoning_effort must be one of {', '.join(EFFORT_LEVELS)}", "reasoning_effort")
         settings["thinking_level"] = EFFORT_LEVELS[effort]
+        # A client that asks for reasoning gets Gemini's thought summaries too, as `reasoning_content`.
+        settings["include_thoughts"] = True
     settings["response_mime_type"], json_schema = _response_format(body)
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
