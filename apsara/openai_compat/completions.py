@@ -4,6 +4,8 @@ The model is the one asked for, or for `auto` the one the router picks, as for
 every other turn of the service. Streams wait for Gemini's first chunk before
 answering, so a refusal (bad request, rate limit, Gemini down) is still an HTTP
 status the client can act on; after that, failures arrive as an error chunk.
+`Completions._reported` is the one place a turn starts and ends (for budgets,
+rate limits and usage); `complete` and `_gemini_stream` are the two calls to Gemini.
 """
 from __future__ import annotations
 
@@ -267,7 +269,8 @@ class Completions:
 
     def _gemini_stream(self, turn: Turn) -> Iterator:
         """Gemini's stream read by a thread of its own: yields responses, None when it is time for
-        a ping, and the exception that ended it, if one did. Closing it closes the Gemini request."""
+        a ping, and the exception that ended it, if one did. Once this is closed (the client left),
+        the reader closes the Gemini request at its next chunk."""
         channel: queue.Queue = queue.Queue()
         leave = threading.Event()
         end = object()
