@@ -196,6 +196,21 @@ def test_failure_mid_stream_arrives_as_an_error_event(client, fake):
     assert "stream broke" in caught.value.message
 
 
+def test_a_client_that_leaves_mid_stream_ends_the_turn(client, fake, caplog):
+    import logging
+    import time
+
+    caplog.set_level(logging.INFO, logger="apsara.openai")
+    fake.push(Reply(parts=[f"word{n} " for n in range(100)], chunk_delay_s=0.05))
+    stream = client.chat.completions.create(model="gemini-3.8-flash", messages=user("talk"), stream=True)
+    next(c for c in stream if c.choices and c.choices[0].delta.content)
+    stream.close()
+    deadline = time.monotonic() + 5  # well before the 5 s the whole answer would take
+    while time.monotonic() < deadline and "status=client gone" not in caplog.text:
+        time.sleep(0.05)
+    assert "status=client gone" in caplog.text
+
+
 # -- structured output and pictures --------------------------------------------------------------
 def test_json_schema_response_format(client, fake):
     schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -487,6 +502,20 @@ def test_tool_choice_maps_to_function_calling_mode(client, fake, choice, mode, a
     config = fake.last_body()["toolConfig"]["functionCallingConfig"]
     assert config["mode"] == mode
     assert config.get("allowedFunctionNames") == allowed
+
+
+def test_allowed_tools_offer_only_those_functions(client, fake):
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    for mode, expected in (("auto", {"mode": "AUTO"}), ("required", {"mode": "ANY",
+                                                                    "allowedFunctionNames": ["get_time"]})):
+        client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"), tools=[WEATHER, clock],
+                                       tool_choice={"type": "allowed_tools", "allowed_tools": {
+                                           "mode": mode, "tools": [{"type": "function",
+                                                                    "function": {"name": "get_time"}}]}})
+        body = fake.last_body()
+        assert body["toolConfig"]["functionCallingConfig"] == expected
+        offered = [f["name"] for f in body["tools"][0]["functionDeclarations"]]
+        assert offered == (["get_time"] if mode == "auto" else ["get_weather", "get_time"])
 
 
 def test_image_models_cannot_take_functions(client, fake):

@@ -409,6 +409,9 @@ def read_request(body) -> CompletionRequest:
         raise _refuse("stream_options.include_usage must be true or false", "stream_options.include_usage")
     functions = _functions(body)
     mode, allowed = _tool_choice(body, [f["name"] for f in functions])
+    if mode == "AUTO" and allowed:
+        # Gemini takes allowed names only when it must call one: offer just those functions instead.
+        functions, allowed = [f for f in functions if f["name"] in allowed], None
     return CompletionRequest(model=model, turns=turns, system_instruction=system,
                              settings={k: v for k, v in settings.items() if v is not None},
                              functions=functions, function_mode=mode, allowed_functions=allowed,
