@@ -34,7 +34,8 @@ def require_json_body() -> None:
 
 
 def register_api(app: Flask) -> None:
-    from . import conversations, files, generate, health, messages, models, openai, route
+    from . import conversations, files, generate, health, messages, models, route
+    from .docs import register_docs
 
     app.config.update(
         API_TITLE="Apsara-2.5",
@@ -42,8 +43,6 @@ def register_api(app: Flask) -> None:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api/v1",
         OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         API_SPEC_OPTIONS={
             "info": {"description": "Chat backend for Google's Gemini models."},
             "components": {"securitySchemes": {
@@ -52,9 +51,11 @@ def register_api(app: Flask) -> None:
             "security": [{"bearer": []}],
         },
     )
+    register_docs(app)
     app.before_request(require_json_body)
     api = ApsaraApi(app)
     for module in (health, models, conversations, messages, files, generate, route):
         api.register_blueprint(module.blp)
     # OpenAI's API: a plain blueprint, kept out of this OpenAPI document (its contract is OpenAI's).
+    from . import openai
     app.register_blueprint(openai.blp)
