@@ -1,4 +1,4 @@
-"""Gunicorn settings, all from the environment (read when Gunicorn starts).
+"""Gunicorn settings, all from the environment and `.env` (read when Gunicorn starts).
 
 The worker class is gevent: one worker holds hundreds of open reply streams
 while each waits on Gemini, which gthread can only do with a thread per stream
@@ -7,7 +7,14 @@ worker, after the fork.
 """
 import os
 import secrets
+from pathlib import Path
 
+from dotenv import load_dotenv
+
+from apsara import server as _server
+
+# The same `.env` the app reads (beside this file); real environment variables win.
+load_dotenv(Path(__file__).with_name(".env"), override=False)
 _env = os.environ.get
 
 # File URLs are signed with APSARA_SECRET_KEY. Without one, pick it here, in the
@@ -24,10 +31,16 @@ threads = int(_env("GUNICORN_THREADS", "100"))  # gthread
 timeout = int(_env("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
-# Behind a reverse proxy: trust its X-Forwarded-* only from the addresses given.
-forwarded_allow_ips = _env("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Behind a reverse proxy: trust its X-Forwarded-* only from the addresses given
+# (addresses or networks, comma separated; `*` trusts any peer). The access log's
+# %(h)s is then the client address the proxy reports.
+forwarded_allow_ips = _env("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 accesslog = _env("GUNICORN_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = _env("LOG_LEVEL", "info")
 # Never log query strings or headers: file URLs carry signatures.
 access_log_format = _env("GUNICORN_ACCESS_FORMAT", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms pid=%(p)s')
+# Access lines with control characters escaped and the forwarded client address.
+logger_class = "apsara.server.AccessLogger"
+# Gunicorn's own answers (414, 431, 400 before the app) in the JSON error envelope.
+_server.answer_errors_in_json()

@@ -7,10 +7,11 @@ can build as many independent apps as it likes.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flask import Flask, Request, current_app
+from flask import Flask, Request, current_app, request
 from flask_cors import CORS
 
 from .config import VERSION, Settings, from_env
@@ -80,7 +81,7 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     gemini = GeminiClient(settings)
     catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
                            ttl_s=settings.models_cache_ttl_s)
-    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s)
+    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s, settings.public_url)
     files.sweep_incoming()
     manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
     judge = None
@@ -111,11 +112,26 @@ def _configure_logging() -> None:
         log.setLevel(logging.INFO)
 
 
+# Browsers on the allowed origins may call the API (the OpenAI-compatible one too) and read the health answers.
+CORS_PATHS = re.compile(r"^/(api/.*|v1/.*|health|health/live)$")
+# How long a browser may reuse a preflight answer (Chrome caps it at 2 hours).
+CORS_MAX_AGE_S = 600
+
+
 def register_extensions(app: Flask, settings: Settings) -> None:
     if settings.cors_origins:
-        CORS(app, resources={r"/api/*": {"origins": settings.cors_origins},
-                             r"/v1/*": {"origins": settings.cors_origins}},
+        CORS(app, resources={CORS_PATHS: {"origins": settings.cors_origins}}, max_age=CORS_MAX_AGE_S,
              expose_headers=["Retry-After", "Content-Disposition"])
+        app.after_request(_vary_on_origin)
+
+
+def _vary_on_origin(response):
+    # Every answer on these paths depends on Origin (allowed or not), so a shared
+    # cache must never hand one origin's answer to another; flask-cors adds Vary
+    # only when several origins are configured.
+    if CORS_PATHS.match(request.path):
+        response.vary.add("Origin")
+    return response
 
 
 def register_blueprints(app: Flask) -> None:

@@ -13,6 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 VERSION = "2.5.0"
 USER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -58,6 +59,16 @@ class Settings:
     auto_judge_timeout_s: float = 1.5
     # The model that draws when a text model calls generate_image.
     image_model: str = "gemini-3.1-flash-image"
+    # Where clients reach this server (`https://api.example.com`): file URLs become absolute.
+    public_url: str | None = None
+    # Which Gemini answers: "gemini" (the API), "vertex" (Vertex AI, the SDK's
+    # GOOGLE_GENAI_USE_VERTEXAI) or "fake" (`make run`'s offline fake).
+    gemini_upstream: str = "gemini"
+
+    def __post_init__(self):
+        # Once, here: every later use (send_file resolves relative paths against the
+        # package folder, not the working directory) sees the same absolute folder.
+        self.data_dir = Path(os.path.abspath(os.path.expanduser(self.data_dir)))
 
     @property
     def history_dir(self) -> Path:
@@ -106,6 +117,22 @@ def _number(env, name, default, kind=float):
     return value
 
 
+def parse_public_url(raw: str) -> str:
+    """`https://host[:port][/prefix]`, without a trailing slash; refuses anything else."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError("APSARA_PUBLIC_URL must look like https://api.example.com (optionally with a path)")
+    return raw.strip().rstrip("/")
+
+
+def _upstream(env) -> str:
+    if env.get("APSARA_OFFLINE_FAKE") == "1":
+        return "fake"
+    if (env.get("GOOGLE_GENAI_USE_VERTEXAI") or "").lower() in ("1", "true"):
+        return "vertex"
+    return "gemini"
+
+
 def from_env(env=None) -> Settings:
     """Build settings from an environment mapping (default: os.environ plus `.env`)."""
     if env is None:
@@ -125,7 +152,10 @@ def from_env(env=None) -> Settings:
         cors_origins=_split(env.get("CORS_ORIGINS")),
         max_upload_mb=_number(env, "APSARA_MAX_UPLOAD_MB", 100, int),
         models_cache_ttl_s=_number(env, "APSARA_MODELS_CACHE_S", 300.0),
+        gemini_upstream=_upstream(env),
     )
+    if env.get("APSARA_PUBLIC_URL"):
+        settings.public_url = parse_public_url(env["APSARA_PUBLIC_URL"])
     if env.get("APSARA_DEFAULT_MODEL"):
         settings.default_model = env["APSARA_DEFAULT_MODEL"]
     for tier in ("lite", "flash", "pro", "image"):

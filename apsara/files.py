@@ -5,7 +5,8 @@
 alive). Uploads are written straight to `<data>/files/.incoming/` by the
 multipart parser, never held in memory, then hashed, typed from their bytes and
 moved into place. File URLs are signed (HMAC-SHA256 with APSARA_SECRET_KEY) and
-expire, so a browser `<img src>` can load them without a Bearer header.
+expire, so a browser `<img src>` can load them without a Bearer header; behind
+APSARA_PUBLIC_URL they are absolute.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ _CHUNK = 1024 * 1024
 
 
 class FileStore:
-    def __init__(self, data_dir: Path, secret_key: str, url_ttl_s: int = 3600):
+    def __init__(self, data_dir: Path, secret_key: str, url_ttl_s: int = 3600, public_url: str | None = None):
         self.root = Path(data_dir) / "files"
+        # With APSARA_PUBLIC_URL set, URLs are absolute, so a frontend on another origin uses them as they are.
+        self._url_prefix = public_url or ""
         self.incoming = self.root / ".incoming"
         self._secret = secret_key.encode()
         self._url_ttl_s = url_ttl_s
@@ -136,7 +139,7 @@ class FileStore:
         expires = (int(time.time() + self._url_ttl_s) // 300 + 1) * 300
         query = urlencode({"user": owner, "expires": expires,
                            "signature": self._signature(owner, file_id, expires)})
-        return f"/api/v1/files/{file_id}/content?{query}"
+        return f"{self._url_prefix}/api/v1/files/{file_id}/content?{query}"
 
     def verify(self, file_id: str, owner: str, expires: str, signature: str) -> bool:
         try:

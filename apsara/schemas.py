@@ -259,7 +259,9 @@ class ConversationSummarySchema(Schema):
     system_instruction = fields.String()
     tools = fields.List(fields.String())
     settings = fields.Nested(SettingsSchema)
-    message_count = fields.Integer()
+    message_count = fields.Integer(metadata={"description": (
+        "Messages on the active path (what `messages` holds), not every stored version: editing the "
+        "first message of a 6-message conversation makes it 2.")})
 
 
 class ConversationSchema(ConversationSummarySchema):
@@ -278,7 +280,8 @@ class FileSchema(Schema):
     sha256 = fields.String()
     created_at = fields.String()
     generated = fields.Boolean(metadata={"description": "Made by a model, not uploaded."})
-    url = fields.String(metadata={"description": "Signed, expiring URL of the bytes."})
+    url = fields.String(metadata={"description": "Signed, expiring URL of the bytes: a path on this server, "
+                                                 "or an absolute URL when the server sets APSARA_PUBLIC_URL."})
 
 
 class TokenCountSchema(Schema):
@@ -302,10 +305,17 @@ class ConversationListSchema(Schema):
 
 
 class HealthSchema(Schema):
-    status = fields.String()
+    status = fields.String(validate=validate.OneOf(["ok", "degraded"]),
+                           metadata={"description": "`degraded` (503): this server cannot serve a chat now."})
     version = fields.String()
-    gemini = fields.String()
-    storage = fields.String()
+    gemini = fields.String(validate=validate.OneOf(["gemini", "vertex", "fake", "missing"]), metadata={
+        "description": "Which upstream answers: the Gemini API, Vertex AI, `make run`'s offline fake, "
+                       "or `missing` (no key configured)."})
+    storage = fields.String(validate=validate.OneOf(["ok", "unwritable"]))
+
+
+class LivenessSchema(Schema):
+    status = fields.String(validate=validate.OneOf(["ok"]))
 
 
 class ModelSchema(Schema):

@@ -228,7 +228,7 @@ def main() -> None:
         env = {"APSARA_DATA_DIR": str(data), "gemini": "bench", "GEMINI_BASE_URL": fake_url,
                "GUNICORN_ACCESS_LOG": "/dev/null"}
         with gunicorn(env, workers=2, worker_class=args.latency_class) as base:
-            wait_for(base + "/health")
+            wait_for(base + "/health/live")
             print(f"Gunicorn {args.latency_class}, 2 workers, {os.cpu_count()} cores; fake Gemini in its own process")
             latency_section(base, fake_url, data, 10, args.samples)
             latency_section(base, fake_url, data, 500, args.samples // 4)

@@ -100,6 +100,7 @@ def test_enabled_tools_move_the_turn_to_a_model_that_has_them(tmp_path, fake):
     client.patch(f"{API}/c1", json={"tools": ["google_search"]})
     reply = send(client, "hi again!")
     assert reply["model"] == "gemini-3.8-flash" and "moved up" in reply["routing"]["reason"]
+    assert "gemini-x-lite-tts cannot use google_search" in reply["routing"]["reason"]
 
 
 def test_a_long_conversation_moves_past_a_small_context(tmp_path, fake):

@@ -77,6 +77,11 @@ def content(file_id):
                          conditional=True, max_age=300)
     if mime.startswith("text/"):
         response.headers["Content-Type"] = f"{mime}; charset=utf-8"
+    # A user's file: browsers may keep it a while, shared caches (a CDN, a proxy) never,
+    # and the answer depends on who asks (the key, or the signature in the URL).
+    response.cache_control.public = False
+    response.cache_control.private = True
+    response.vary.add("Authorization")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     return response

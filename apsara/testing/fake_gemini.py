@@ -98,6 +98,12 @@ def _thinking(body: dict) -> dict:
     return config.get("thinkingConfig") or config.get("thinking_config") or {}
 
 
+def inline_bytes(data: str) -> bytes:
+    """Base64 as Gemini takes it: the SDK sends the URL-safe alphabet (`-`, `_`), others the standard one."""
+    data = data.replace("+", "-").replace("/", "_")
+    return base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_", validate=True)
+
+
 def _part_tokens(part: dict, files: dict) -> int:
     """Words of text; a text file's words (inline or uploaded); 258 for any other file."""
     if "text" in part:
@@ -108,7 +114,7 @@ def _part_tokens(part: dict, files: dict) -> int:
     raw = None
     if inline:
         mime = inline.get("mimeType") or inline.get("mime_type") or ""
-        raw = base64.b64decode(inline.get("data") or "")
+        raw = inline_bytes(inline.get("data") or "")
     elif data:
         uri = data.get("fileUri") or data.get("file_uri") or ""
         record = files.get("files/" + uri.rsplit("/files/", 1)[-1])
