@@ -256,7 +256,9 @@ def test_image_data_url_becomes_inline_data(client, fake):
 
 
 def test_pictures_made_come_back_as_markdown_and_go_back_as_pictures(client, fake):
-    picture = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(PNG).decode()}}
+    # signed by the image model, as Gemini 3 image models sign every picture
+    picture = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(PNG).decode()},
+               "thoughtSignature": base64.b64encode(b"picture-signature").decode()}
     fake.push(Reply(parts=["Here it is:", picture]))
     first = client.chat.completions.create(model="gemini-3.1-flash-image", messages=user("Draw a red square"))
     assert fake.last_body()["generationConfig"]["responseModalities"] == ["TEXT", "IMAGE"]
@@ -270,8 +272,7 @@ def test_pictures_made_come_back_as_markdown_and_go_back_as_pictures(client, fak
     assert model_parts[0]["text"].strip() == "Here it is:"
     inline = model_parts[1].get("inlineData") or model_parts[1]["inline_data"]
     assert base64.b64decode(inline["data"]) == PNG  # a picture again, not base64 text
-    # the fake signed the text part (sig-1) and the picture (sig-2); the picture's comes back
-    assert model_parts[1]["thoughtSignature"] == base64.b64encode(b"sig-2").decode()
+    assert model_parts[1]["thoughtSignature"] == base64.b64encode(b"picture-signature").decode()
 
 
 def test_pictures_must_be_data_urls_of_real_images(client, fake):
@@ -474,6 +475,17 @@ def test_geminis_own_call_ids_go_back_on_the_call_and_its_result(client, fake):
     contents = fake.last_body()["contents"]
     assert contents[1]["parts"][0]["functionCall"]["id"] == "fc-7"
     assert contents[2]["parts"][0]["functionResponse"]["id"] == "fc-7"
+
+
+def test_an_altered_signature_is_refused_as_gemini_3_does(server, fake):
+    fake.push(Reply(parts=[{"functionCall": {"name": "get_weather", "args": {}}}]))
+    _, _, text = raw(server, "/chat/completions", {"model": GEMINI_3, "messages": user("?"), "tools": [WEATHER]})
+    (call,) = json.loads(text)["choices"][0]["message"]["tool_calls"]
+    altered = call["id"].replace(".s", ".sAA")
+    history = user("?") + [{"role": "assistant", "tool_calls": [{**call, "id": altered}]},
+                           {"role": "tool", "tool_call_id": altered, "content": "ok"}]
+    status, _, text = raw(server, "/chat/completions", {"model": GEMINI_3, "messages": history, "tools": [WEATHER]})
+    assert status == 400 and "thought_signature" in assert_openai_error(text)["message"]
 
 
 def test_a_dropped_signature_is_what_gemini_3_refuses(server, fake):

@@ -5,11 +5,12 @@ nested objects the SDK sends), and real SSE framing (`data: <json>` + blank
 line, no terminator), so the real google-genai SDK talks to it unchanged.
 Tests script it (`fake.push(Reply(...))`) and read what it received
 (`fake.requests`); with nothing scripted it answers by echoing the user, which
-is what `make run` uses when there is no key. Like Gemini, it signs the parts it
-sends (`thoughtSignature`) and, for Gemini 3 models, refuses a function-call turn
-whose signature was dropped or altered.
+is what `make run` uses when there is no key.
 
 Run alone: `python -m apsara.testing.fake_gemini --port 8765`.
+
+Like Gemini, it signs the parts it sends (`thoughtSignature`) and, for Gemini 3
+models, refuses a function-call turn whose signature was dropped or altered.
 """
 from __future__ import annotations
 
@@ -163,13 +164,13 @@ class FakeGemini:
              "thinking": m.thinking is not None}
             for m in BUNDLED]
         self.list_error: tuple[int, str] | None = None
+        self.issued_signatures: set[str] = set()  # what a Gemini 3 model accepts back on its calls
         # Files API: name ("files/abc") -> {"bytes", "mime_type", "expired"}; sessions in progress.
         self.files: dict[str, dict] = {}
         self._sessions: dict[str, dict] = {}
         # Explicit caches: name -> {"model", "tokens", "expired", "body"}
         self.caches: dict[str, dict] = {}
         self.signature_counter = 0
-        self.issued_signatures: set[str] = set()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -243,7 +244,11 @@ class FakeGemini:
     def _next_reply(self, body: dict) -> Reply:
         with self._lock:
             if self.script:
-                return self.script.popleft()
+                reply = self.script.popleft()
+                # Signatures a test scripted (recorded from Gemini, say) are the fake's own too.
+                self.issued_signatures.update(p["thoughtSignature"] for p in reply.wire_parts()
+                                              if p.get("thoughtSignature"))
+                return reply
         if self.default is not None:
             return self.default
         text = _contents_text(body) or "(nothing)"
@@ -448,10 +453,10 @@ class FakeGemini:
                 return usage
 
             def _signed(self, parts: list) -> list:
-                # Gemini 3 signs the first part of a turn, every function call and every picture.
+                # Gemini 3 signs the first part of a turn (and every function call).
                 signed = [dict(p) for p in parts]
                 for index, part in enumerate(signed):
-                    if index == 0 or "functionCall" in part or "inlineData" in part:
+                    if index == 0 or "functionCall" in part:
                         part["thoughtSignature"] = fake.next_signature()
                 return signed
 
