@@ -582,6 +582,27 @@ def test_oversized_body_is_413_in_openai_shape(tmp_path, fake):
     assert fake.generate_requests() == []
 
 
+def test_oversized_chunked_body_is_413_too(server, fake):
+    import http.client
+    from urllib.parse import urlsplit
+
+    def body():
+        yield b'{"model": "gemini-3.8-flash", "messages": [{"role": "user", "content": "'
+        for _ in range(17):
+            yield b"a" * (1024 * 1024)
+        yield b'"}]}'
+
+    address = urlsplit(server)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=20)
+    connection.request("POST", "/v1/chat/completions", body=body(), encode_chunked=True,
+                       headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+                                "Authorization": "Bearer key-a"})
+    response = connection.getresponse()
+    assert response.status == 413
+    assert_openai_error(response.read().decode())
+    assert fake.generate_requests() == []
+
+
 def test_browsers_of_allowed_origins_may_call_v1(tmp_path, fake):
     app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url,
                                    api_keys={"alice": "key-a"}, cors_origins=["https://chat.example"]))
