@@ -477,6 +477,21 @@ def test_geminis_own_call_ids_go_back_on_the_call_and_its_result(client, fake):
     assert contents[2]["parts"][0]["functionResponse"]["id"] == "fc-7"
 
 
+def test_auto_sends_function_results_back_to_the_model_that_called(client, fake):
+    fake.push(Reply(parts=[{"functionCall": {"name": "get_weather", "args": {"city": "Nice"}}}]))
+    (call,) = client.chat.completions.create(model=GEMINI_3, messages=user("hi"), tools=[WEATHER]
+                                             ).choices[0].message.tool_calls
+    messages = user("hi") + [{"role": "assistant", "tool_calls": echo_only([call])},
+                             {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+    answer = client.chat.completions.create(model="auto", messages=messages, tools=[WEATHER])
+    # "hi" alone would go to the lite tier; the results go back to the model that asked for them
+    assert answer.model == GEMINI_3 and fake.generate_requests()[-1]["model"] == GEMINI_3
+    assert answer.model_extra["routing"]["classifier"] == "function-call continuation"
+    fresh = client.chat.completions.create(model="auto", messages=messages + [
+        {"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "thanks!"}], tools=[WEATHER])
+    assert fresh.model != GEMINI_3  # a new question is routed afresh
+
+
 def test_an_altered_signature_is_refused_as_gemini_3_does(server, fake):
     fake.push(Reply(parts=[{"functionCall": {"name": "get_weather", "args": {}}}]))
     _, _, text = raw(server, "/chat/completions", {"model": GEMINI_3, "messages": user("?"), "tools": [WEATHER]})

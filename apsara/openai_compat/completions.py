@@ -114,6 +114,13 @@ class Completions:
         return Turn(request, model, to_contents(request.turns), config, routing)
 
     def _route(self, request: CompletionRequest) -> dict:
+        caller = self.catalog.get(request.results_for) if request.results_for else None
+        if caller is not None:
+            # Results of function calls go back to the model that made them: only it can read
+            # the signatures, and the answer should come from the model that asked.
+            tier = next((name for name, ids in self.router.tier_models.items() if caller.id in ids), "flash")
+            return {"model": caller.id, "tier": tier, "reason": f"{tier}: the results of {caller.id}'s function "
+                    "calls go back to it", "classifier": "function-call continuation", "latency_ms": 0.0}
         chars = len(request.system_instruction) + sum(
             len(p.get("text", "")) + len(str(p.get("args") or p.get("response") or ""))
             for _, parts in request.turns for p in parts)
@@ -177,14 +184,14 @@ class Completions:
         if error is not None and builder.finish_reason != "MAX_TOKENS":
             raise error
         text = "".join(p["text"] for p in fields["parts"] if p["type"] == "text")
-        calls = [self._tool_call(p) for p in fields["parts"] if p["type"] == "function_call"]
+        calls = [self._tool_call(turn, p) for p in fields["parts"] if p["type"] == "function_call"]
         reason = answers.finish_reason(fields["finish_reason"], bool(calls))
         return (text or (None if calls or fields["status"] == "blocked" else "")), calls, reason
 
     @staticmethod
-    def _tool_call(part: dict) -> dict:
-        return answers.tool_call(tool_call_id(part.get("thought_signature"), part.get("call_id")),
-                                 part["name"], part["args"])
+    def _tool_call(turn: Turn, part: dict) -> dict:
+        call_id = tool_call_id(part.get("thought_signature"), part.get("call_id"), turn.model.id)
+        return answers.tool_call(call_id, part["name"], part["args"])
 
     def complete(self, owner: str, turn: Turn) -> dict:
         """A non-streamed turn -> the chat.completion object."""
@@ -254,7 +261,7 @@ class Completions:
                 # Calls are never merged into earlier parts: the new ones are at the end.
                 for part in builder.parts[seen:]:
                     if part["type"] == "function_call":
-                        yield self._chunk(turn, {"tool_calls": [{"index": calls, **self._tool_call(part)}]})
+                        yield self._chunk(turn, {"tool_calls": [{"index": calls, **self._tool_call(turn, part)}]})
                         calls += 1
             _, _, reason = self._answer_of(turn, builder)
         except ApiError as error:  # after the first byte, a failure can only be told in the stream

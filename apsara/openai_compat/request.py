@@ -52,6 +52,7 @@ class CompletionRequest:
     json_schema: dict | None = None
     stream: bool = False
     include_usage: bool = False
+    results_for: str | None = None  # the model whose function calls the request answers, if it does
 
     def file_types(self) -> list[str]:
         return [p["mime_type"] for _, parts in self.turns for p in parts if p["type"] == "inline"]
@@ -233,12 +234,12 @@ def _assistant_parts(message: dict, param: str, calls_by_id: dict[str, str]) -> 
         if not isinstance(args, dict):
             raise _refuse("function arguments must be a JSON object, as a string", f"{where}.function.arguments")
         _bounded(args, f"{where}.function.arguments")
-        signature, gemini_id = read_tool_call_id(call["id"])
+        carried = read_tool_call_id(call["id"])
         part = {"type": "function_call", "name": function["name"], "args": args}
-        if gemini_id:
-            part["call_id"] = gemini_id
-        if signature:
-            part["thought_signature"] = signature  # back to Gemini exactly as it came
+        if carried.gemini_id:
+            part["call_id"] = carried.gemini_id
+        if carried.signature:
+            part["thought_signature"] = carried.signature  # back to Gemini exactly as it came
         parts.append(part)
         calls_by_id[call["id"]] = function["name"]
     return parts
@@ -258,10 +259,18 @@ def _tool_result(message: dict, param: str, calls_by_id: dict[str, str]) -> dict
     # Gemini takes an object; a tool that answered an object keeps its shape.
     part = {"type": "function_response", "name": calls_by_id[call_id],
             "response": result if isinstance(result, dict) else {"result": result}}
-    _, gemini_id = read_tool_call_id(call_id)
+    gemini_id = read_tool_call_id(call_id).gemini_id
     if gemini_id:
         part["call_id"] = gemini_id
     return part
+
+
+def _results_for(messages: list) -> str | None:
+    """The model whose tool calls the last messages answer: the one that made the calls, if we know it."""
+    if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "tool":
+        return None
+    calls = next((m.get("tool_calls") for m in reversed(messages) if m.get("role") == "assistant"), None) or []
+    return next((read_tool_call_id(c["id"]).model for c in calls), None)
 
 
 def read_messages(messages) -> tuple[str, list[tuple[str, list[dict]]]]:
@@ -380,6 +389,7 @@ def read_request(body) -> CompletionRequest:
     if not isinstance(model, str) or not model:
         raise _refuse("'model' is required: a model id from GET /v1/models", "model")
     system, turns = read_messages(body.get("messages"))
+    results_for = _results_for(body["messages"])
     settings = {"temperature": _number(body, "temperature", 0, 2), "top_p": _number(body, "top_p", 0, 1),
                 "top_k": _integer(body, "top_k", 1, 1000), "seed": _integer(body, "seed", -(2**31), 2**31 - 1)}
     max_tokens = _integer(body, "max_completion_tokens", 1, 1_000_000)
@@ -415,4 +425,5 @@ def read_request(body) -> CompletionRequest:
     return CompletionRequest(model=model, turns=turns, system_instruction=system,
                              settings={k: v for k, v in settings.items() if v is not None},
                              functions=functions, function_mode=mode, allowed_functions=allowed,
-                             json_schema=json_schema, stream=stream, include_usage=include_usage)
+                             json_schema=json_schema, stream=stream, include_usage=include_usage,
+                             results_for=results_for)

@@ -3,7 +3,8 @@
 Gemini 3 refuses a function-call turn whose thought signature is missing. Every
 OpenAI client sends each tool call's `id` back with the assistant message, so
 the signature rides inside it: `call_<nonce>[.s<signature>][.g<Gemini's call
-id>]`, both base64url. A picture an image model made comes back as a Markdown
+id>][.m<model>]`, each base64url; the model is there so that `auto` sends the
+results back to the model that asked for them, which alone can read its signatures. A picture an image model made comes back as a Markdown
 image whose data URL carries its signature as a `;signature=` parameter.
 Nothing is kept on the server, so any worker or replica can take the next
 request. A signature is opaque to us and checked by Gemini itself, so it needs
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from typing import NamedTuple
 
 PREFIX = "call_"
 
@@ -29,32 +31,39 @@ def from_param(value: str) -> str | None:
     return base64.b64encode(raw).decode() if raw is not None else None
 
 
-def tool_call_id(signature: str | None = None, gemini_id: str | None = None) -> str:
-    """A fresh id for one call, carrying its signature and Gemini's own id for the call, if any."""
+class CarriedCall(NamedTuple):
+    """What a tool-call id made here carries back; all None for an id made elsewhere."""
+
+    signature: str | None = None  # standard base64, as stored
+    gemini_id: str | None = None
+    model: str | None = None
+
+
+def tool_call_id(signature: str | None = None, gemini_id: str | None = None, model: str | None = None) -> str:
+    """A fresh id for one call, carrying its signature, Gemini's own id for it and the model that made it."""
     fields = [PREFIX + secrets.token_hex(8)]
     if signature:
         fields.append("s" + to_param(signature))
     if gemini_id:
         fields.append("g" + _b64url(gemini_id.encode()))
+    if model:
+        fields.append("m" + _b64url(model.encode()))
     return ".".join(fields)
 
 
-def read_tool_call_id(value: str) -> tuple[str | None, str | None]:
-    """(signature as standard base64, Gemini's call id) from an id made here; (None, None) otherwise.
-
-    Ids made elsewhere (another provider's, a client's own) carry nothing, which
-    is fine for any model that does not sign its calls.
-    """
-    signature = gemini_id = None
+def read_tool_call_id(value: str) -> CarriedCall:
+    """What an id made here carries. Ids made elsewhere (another provider's, a client's own) carry
+    nothing, which is fine for any model that does not sign its calls."""
     if not value.startswith(PREFIX):
-        return None, None
+        return CarriedCall()
+    found = {}
     for field in value.split(".")[1:]:
         if field.startswith("s"):
-            signature = from_param(field[1:])
-        elif field.startswith("g"):
+            found["signature"] = from_param(field[1:])
+        elif field[:1] in ("g", "m"):
             raw = _unb64url(field[1:])
-            gemini_id = raw.decode("utf-8", "replace") if raw else None
-    return signature, gemini_id
+            found["gemini_id" if field[0] == "g" else "model"] = raw.decode("utf-8", "replace") if raw else None
+    return CarriedCall(**found)
 
 
 def _b64url(raw: bytes) -> str:
