@@ -3,12 +3,13 @@
 Gemini 3 refuses a function-call turn whose thought signature is missing. Every
 OpenAI client sends each tool call's `id` back with the assistant message, so
 the signature rides inside it: `call_<nonce>[.s<signature>][.g<Gemini's call
-id>][.m<model>]`, each base64url; the model is there so that `auto` sends the
-results back to the model that asked for them, which alone can read its signatures. A picture an image model made comes back as a Markdown
-image whose data URL carries its signature as a `;signature=` parameter.
-Nothing is kept on the server, so any worker or replica can take the next
-request. A signature is opaque to us and checked by Gemini itself, so it needs
-no MAC: a client that alters one only gets Gemini's refusal.
+id>][.m<model>]`, each base64url. The model is there so that `auto` sends the
+results back to the model that asked for them, which alone can read its
+signatures. A picture an image model made comes back as a Markdown image whose
+data URL carries its signature as a `;signature=` parameter. Nothing is kept on
+the server, so any worker or replica can take the next request. A signature is
+opaque to us and checked by Gemini itself, so it needs no MAC: a client that
+alters one only gets Gemini's refusal.
 """
 from __future__ import annotations
 
