@@ -23,16 +23,28 @@ if TYPE_CHECKING:
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
     from .gemini.judge import judge_tier
+    from .ratelimits import RateLimits
     from .routing.router import Router
+    from .usage import UsageService
 
 log = logging.getLogger("apsara")
 
 
 class UploadRequest(Request):
-    """Uploads stream straight into the data folder instead of memory or /tmp."""
+    """Uploads stream straight into the data folder instead of memory or /tmp.
+
+    Every temp file made for this request is listed, so it is removed when the
+    request ends, whatever part of the body it held.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.incoming_files: list = []
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        return current_app.extensions["apsara"].files.incoming_file()
+        handle = current_app.extensions["apsara"].files.incoming_file()
+        self.incoming_files.append(handle)
+        return handle
 
 
 @dataclass
@@ -47,6 +59,8 @@ class Services:
     chat: "Chat"
     files: "FileStore"
     router: "Router"
+    usage: "UsageService"
+    rate_limits: "RateLimits"
 
 
 def _settings(config) -> Settings:
@@ -64,10 +78,14 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     from .conversations import ConversationManager, ConversationStore
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
+    from .api.hooks import note_bill
     from .jsonio import OrjsonProvider
+    from .logging_setup import configure_logging
+    from .ratelimits import RateLimits
+    from .usage import Budgets, PriceTable, SqliteLedger, UsageService
 
     settings = _settings(config)
-    _configure_logging()
+    configure_logging(settings.log_format)
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     # A doubled slash is a 404, not a redirect to somewhere else.
@@ -81,17 +99,39 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     gemini = GeminiClient(settings)
     catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
                            ttl_s=settings.models_cache_ttl_s)
-    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s, settings.public_url)
+    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s, settings.public_url,
+                      settings.upload_sweep_every_s)
     files.sweep_incoming()
     manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
+    # Every Gemini call is reported to the usage service: ledger, budgets, metrics.
+    usage = UsageService(SqliteLedger(settings.data_dir / "usage.sqlite3"), PriceTable.load(settings.prices_path),
+                         Budgets(settings.budgets))
+    usage.on_new_bill = note_bill
+    gemini.on_call = usage.record
     judge = None
     if settings.auto_judge_model and gemini.configured:
-        def judge(text, previous_tier):
-            return judge_tier(gemini, settings.auto_judge_model, text, previous_tier, settings.auto_judge_timeout_s)
+        def judge(text, previous_tier, billed_to=None):
+            if catalog.get(settings.auto_judge_model) is None:
+                return None  # never ask a model the API does not offer: the local classifier decides
+            return judge_tier(gemini, settings.auto_judge_model, text, previous_tier,
+                              settings.auto_judge_timeout_s, billed_to)
     router = Router(catalog, settings.auto_tiers, judge=judge)
-    app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,
-                                        Chat(manager, catalog, gemini, files, settings, router), files, router)
+    chat = Chat(manager, catalog, gemini, files, settings, router, usage)
+    rate_limits = RateLimits(settings.rate_limits, settings.data_dir, settings.rate_limit_storage)
+    app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini, chat, files, router,
+                                        usage, rate_limits)
     app.request_class = UploadRequest
+
+    @app.before_request
+    def sweep_upload_leftovers():
+        files.sweep_now_and_then()
+
+    @app.teardown_request
+    def remove_upload_temp_files(_exc=None):
+        handles = getattr(request, "incoming_files", [])
+        for handle in handles:
+            handle.close()
+        files.discard([handle.name for handle in handles])
 
     register_extensions(app, settings)
     register_blueprints(app)
@@ -103,15 +143,6 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     return app
 
 
-def _configure_logging() -> None:
-    # Under Gunicorn the root logger may already be set up; only fill a gap.
-    if not log.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-
-
 # Browsers on the allowed origins may call the API (the OpenAI-compatible one too) and read the health answers.
 CORS_PATHS = re.compile(r"^/(api/.*|v1/.*|health|health/live)$")
 # How long a browser may reuse a preflight answer (Chrome caps it at 2 hours).
@@ -121,7 +152,7 @@ CORS_MAX_AGE_S = 600
 def register_extensions(app: Flask, settings: Settings) -> None:
     if settings.cors_origins:
         CORS(app, resources={CORS_PATHS: {"origins": settings.cors_origins}}, max_age=CORS_MAX_AGE_S,
-             expose_headers=["Retry-After", "Content-Disposition"])
+             expose_headers=["Retry-After", "Content-Disposition", "X-Request-Id"])
         app.after_request(_vary_on_origin)
 
 
@@ -136,11 +167,15 @@ def _vary_on_origin(response):
 
 def register_blueprints(app: Flask) -> None:
     from .api import register_api
+    from .api.hooks import register_hooks
+    from .api.metrics import register_metrics
     from .auth import register_auth
     from .errors import register_error_handlers
 
     register_auth(app)
+    register_metrics(app)
     register_api(app)
+    register_hooks(app)  # request ids first of all; rate limits after authentication and body limits
     # After flask-smorest, so its default handler is replaced by ours.
     register_error_handlers(app)
 

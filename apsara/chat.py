@@ -16,6 +16,7 @@ from typing import Iterator
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from . import metrics
 from .attachments import Attachments
 from .caching import ContextCache
 from .config import Settings
@@ -34,6 +35,7 @@ from .gemini.convert import generation_config, to_contents
 from .gemini.errors import to_api_error
 from .gemini.replies import ReplyBuilder
 from .routing.router import Router, translate_thinking
+from .usage import Bill, UsageService
 
 log = logging.getLogger("apsara.chat")
 
@@ -45,6 +47,7 @@ BUILT_IN = {
 
 
 _UNPARSED = object()
+JUDGE_OUTPUT_TOKENS = 5  # the judge answers one word (its max_output_tokens)
 
 
 def _parse_json(text: str):
@@ -67,8 +70,9 @@ class Choice:
 
 class Chat:
     def __init__(self, manager: ConversationManager, catalog: ModelCatalog, gemini: GeminiClient,
-                 files: FileStore, settings: Settings, router: Router):
+                 files: FileStore, settings: Settings, router: Router, usage: UsageService):
         self.manager = manager
+        self.usage = usage
         self.catalog = catalog
         self.gemini = gemini
         self.files = files
@@ -85,7 +89,7 @@ class Chat:
                                 "'gemini' (or GEMINI_API_KEY) and restart")
 
     def _chooser(self, owner: str, model_override: str | None, tools_override: list[str] | None,
-                 settings_override: dict | None = None):
+                 settings_override: dict | None, bill: Bill):
         def choose(header: dict, context: list[dict]) -> Choice:
             tools = tools_override if tools_override is not None else header["tools"]
             settings = dict(header["settings"])
@@ -95,8 +99,12 @@ class Chat:
                 else:
                     settings[key] = value
             routing = None
+            input_tokens = self._estimate_tokens(header["system_instruction"], context)
             if (model_override or header["model"]) == AUTO:
-                routing = self.route_turn(context, tools, header["system_instruction"])
+                # Budget hook: reserve for the dearest model `auto` may pick, before its judge is asked.
+                bill.hold(self._auto_candidates(), input_tokens, settings.get("max_output_tokens"))
+                routing = self.route_turn(context, tools, header["system_instruction"], bill)
+                metrics.auto_decision(routing)
                 model = resolve_model(self.catalog, routing.model or AUTO)
                 tools = [t for t in tools if t in model.tools]
                 settings = translate_thinking(settings, model)
@@ -106,13 +114,20 @@ class Chat:
             check_thinking(model, settings)
             check_output(settings)
             self._check_inputs(model, context)
+            # Budget hook: reserve this turn's worst case (or refuse with 429) before Gemini is called.
+            bill.hold([model], input_tokens, settings.get("max_output_tokens"))
             choice = Choice(model, tools, settings, header["system_instruction"],
                             routing.to_dict() if routing else None)
             self._check_size(owner, choice, context)
             return choice
         return choose
 
-    def route_turn(self, context: list[dict], tools: list[str], system_instruction: str = ""):
+    def _auto_candidates(self) -> list[ModelInfo]:
+        listed = {model_id for ids in self.router.tier_models.values() for model_id in ids}
+        return [m for m in self.catalog.models() if m.id in listed] or self.catalog.models()
+
+    def route_turn(self, context: list[dict], tools: list[str], system_instruction: str = "",
+                   bill: Bill | None = None):
         """The `auto` decision for a turn whose newest message ends `context`."""
         newest = context[-1] if context else {"parts": []}
         text = "".join(p.get("text", "") for p in newest["parts"] if p["type"] == "text")
@@ -121,7 +136,7 @@ class Chat:
                          if m["role"] == "model" and m.get("routing")), None)
         tokens = self._estimate_tokens(system_instruction, context)
         return self.router.route(text, file_types=file_types, tools=tools, context_tokens=tokens,
-                                 previous_tier=previous, history_turns=len(context) // 2)
+                                 previous_tier=previous, history_turns=len(context) // 2, billed_to=bill)
 
     def _check_inputs(self, model: ModelInfo, context: list[dict]) -> None:
         for message in context:
@@ -152,8 +167,17 @@ class Chat:
                                {"text": ["empty message"]})
             return texts + kept
 
-        return self.manager.begin_turn(owner, conversation_id, kind=kind, target_id=target_id,
-                                       user_parts=user_parts, choose=self._chooser(owner, model, tools, settings))
+        # Usage hook: this turn's Gemini calls go on this bill; `run` settles it.
+        bill = self.usage.bill(owner, conversation_id)
+        try:
+            turn = self.manager.begin_turn(owner, conversation_id, kind=kind, target_id=target_id,
+                                           user_parts=user_parts,
+                                           choose=self._chooser(owner, model, tools, settings, bill))
+        except BaseException:
+            bill.settle()
+            raise
+        turn.bill = bill
+        return turn
 
     # -- context size ----------------------------------------------------------------------
     @staticmethod
@@ -222,7 +246,15 @@ class Chat:
             tools = tools if tools is not None else header["tools"]
             system_instruction = header["system_instruction"]
         context = context + [{"id": "preview", "role": "user", "parent_id": None, "parts": parts}]
-        return self.route_turn(context, tools or [], system_instruction).to_dict()
+        # The judge, when there is one, is a Gemini call: billed and held against the budget too.
+        bill = self.usage.bill(owner, body.get("conversation_id"))
+        judge = self.catalog.get(self.settings.auto_judge_model) if self.router.judge else None
+        try:
+            if judge is not None:
+                bill.hold([judge], self._estimate_tokens(system_instruction, context[-1:]), JUDGE_OUTPUT_TOKENS)
+            return self.route_turn(context, tools or [], system_instruction, bill).to_dict()
+        finally:
+            bill.settle()
 
     # -- one stateless turn ---------------------------------------------------------------
     def start_stateless(self, owner: str, body: dict) -> Turn:
@@ -234,11 +266,17 @@ class Chat:
                   "settings": {}, "system_instruction": body.get("system_instruction") or ""}
         stamp = now_iso()
         user = {"id": new_id("m"), "role": "user", "parent_id": None, "created_at": stamp, "parts": parts}
-        choice = self._chooser(owner, None, None, body.get("settings"))(header, [user])
+        bill = self.usage.bill(owner)  # usage hook, as in start()
+        try:
+            choice = self._chooser(owner, None, None, body.get("settings"), bill)(header, [user])
+        except BaseException:
+            bill.settle()
+            raise
         reply = {"id": new_id("m"), "role": "model", "parent_id": user["id"], "created_at": stamp, "parts": [],
                  "model": choice.model.id, "status": "streaming"}
         turn = Turn(header, None, reply, [user], choice)
         turn.persist = False
+        turn.bill = bill
         return turn
 
     # -- running it ---------------------------------------------------------------
@@ -281,31 +319,43 @@ class Chat:
             extra["response_modalities"] = ["TEXT", "IMAGE"]
         return generation_config(choice.model, choice.settings, choice.system_instruction, tools, **extra)
 
-    def _stream_step(self, sdk, model_id, contents, config, builder, stream, link):
-        """One request to Gemini; yields the client events of what it answers."""
-        if not stream:
-            builder.feed(sdk.models.generate_content(model=model_id, contents=contents, config=config))
-            return
-        for response in sdk.models.generate_content_stream(model=model_id, contents=contents, config=config):
-            for name, data in builder.feed(response):
-                if data.get("type") == "file" and link:
-                    data = {**data, "url": link(data["file_id"])}
-                yield name, data
+    def _stream_step(self, bill, model_id, contents, config, builder, stream, link):
+        """One request to Gemini, billed to the turn; yields the client events of what it answers.
+
+        A stream cut before it sent the client anything is asked for once more.
+        """
+        for attempt in (1, 2):
+            builder.begin_request()
+            if not stream:
+                builder.feed(self.gemini.generate(model_id, contents, config, billed_to=bill))
+                return
+            first_part, sent = len(builder.parts), False
+            for response in self.gemini.stream(model_id, contents, config, billed_to=bill):
+                for name, data in builder.feed(response):
+                    if data.get("type") == "file" and link:
+                        data = {**data, "url": link(data["file_id"])}
+                    sent = True
+                    yield name, data
+            builder.end_stream()
+            if not builder.cut or sent or attempt == 2:
+                return
+            log.warning("Gemini's stream ended before any output and without a finish reason; asking again")
+            del builder.parts[first_part:]
 
     def _call(self, owner: str, conversation_id: str | None, turn: Turn, builder: ReplyBuilder, stream: bool):
         """Call Gemini, run the functions it asks for (a bounded number of rounds),
         yield client events. Retried once, before any output, if an upload had expired."""
         link = self.manager.link(owner)
-        sdk, choice = self.gemini.sdk, turn.choice
+        choice = turn.choice
         for attempt in (1, 2):
             contents, config = self.request_for(owner, turn, conversation_id)
             try:
                 for step in range(self.settings.max_function_steps + 1):
                     first_new = len(builder.parts)
-                    yield from self._stream_step(sdk, choice.model.id, contents, config, builder, stream, link)
+                    yield from self._stream_step(turn.bill, choice.model.id, contents, config, builder, stream, link)
                     step_parts = builder.parts[first_new:]
                     calls = [p for p in step_parts if p["type"] == "function_call"]
-                    if not calls:
+                    if not calls or builder.cut:
                         return
                     last_round = step == self.settings.max_function_steps - 1
                     results, pictures = [], []
@@ -338,6 +388,12 @@ class Chat:
                     raise
 
     def run(self, owner: str, conversation_id: str, turn: Turn, stream: bool) -> Iterator[tuple[str, dict]]:
+        try:
+            yield from self._run(owner, conversation_id, turn, stream)
+        finally:
+            turn.bill.settle()  # budget hook: the turn's calls are in the ledger; free the rest
+
+    def _run(self, owner: str, conversation_id: str, turn: Turn, stream: bool) -> Iterator[tuple[str, dict]]:
         builder = ReplyBuilder(on_inline=self.attachments.image_saver(owner))
         outcome: tuple[dict, ApiError | None] | None = None
         try:

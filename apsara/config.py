@@ -42,6 +42,8 @@ class Settings:
     max_upload_mb: int = 100
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
     file_url_ttl_s: int = 3600
+    # How often a worker sweeps crash leftovers out of the upload folder.
+    upload_sweep_every_s: float = 600.0
     models_cache_ttl_s: float = 300.0
     # Seconds of silence on a stream before a `: ping` comment goes out.
     ping_interval_s: float = 15.0
@@ -59,6 +61,18 @@ class Settings:
     auto_judge_timeout_s: float = 1.5
     # The model that draws when a text model calls generate_image.
     image_model: str = "gemini-3.1-flash-image"
+    # Usage and limits: a price file replacing the shipped table, budgets
+    # ({"default": {...}, "users": {...}}), keys that may read anyone's usage,
+    # rate limits ({"requests": "120/minute", "streams": 4, "uploads": "60/hour"})
+    # and where their counters live (a `limits` storage URI; unset: SQLite in data_dir).
+    prices_path: str | None = None
+    budgets: dict = field(default_factory=dict)
+    admin_keys: list[str] = field(default_factory=list)
+    rate_limits: dict = field(default_factory=dict)
+    rate_limit_storage: str | None = None
+    # GET /metrics needs this Bearer token; unset: /metrics is 404.
+    metrics_token: str | None = None
+    log_format: str = "text"
     # Where clients reach this server (`https://api.example.com`): file URLs become absolute.
     public_url: str | None = None
     # Which Gemini answers: "gemini" (the API), "vertex" (Vertex AI, the SDK's
@@ -168,4 +182,24 @@ def from_env(env=None) -> Settings:
         settings.image_model = env["APSARA_IMAGE_MODEL"]
     if env.get("APSARA_SECRET_KEY"):
         settings.secret_key = env["APSARA_SECRET_KEY"]
+    _usage_settings(settings, env)
     return settings
+
+
+def _usage_settings(settings: Settings, env) -> None:
+    from .ratelimits import RateLimitError, parse_rate_limits
+    from .usage.budgets import BudgetError, parse_budgets
+
+    try:
+        settings.budgets = parse_budgets(env.get("APSARA_BUDGETS"))
+        settings.rate_limits = parse_rate_limits(env.get("APSARA_RATE_LIMITS"))
+    except (BudgetError, RateLimitError) as exc:
+        raise ConfigError(str(exc)) from None
+    settings.prices_path = env.get("APSARA_PRICES") or None
+    settings.admin_keys = _split(env.get("APSARA_ADMIN_KEYS"))
+    settings.rate_limit_storage = env.get("APSARA_RATE_LIMIT_STORAGE") or None
+    settings.metrics_token = env.get("APSARA_METRICS_TOKEN") or None
+    log_format = (env.get("APSARA_LOG_FORMAT") or "text").lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError("APSARA_LOG_FORMAT is text or json")
+    settings.log_format = log_format

@@ -67,9 +67,10 @@ class FunctionCalls:
             parts.append({"inline_data": {"mime_type": previous["mime_type"],
                                           "data": self.files.read_bytes(owner, previous["file_id"])}})
         try:
-            response = self.gemini.sdk.models.generate_content(
-                model=image_model.id, contents=[{"role": "user", "parts": parts}],
-                config=types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"]))
+            response = self.gemini.generate(
+                image_model.id, [{"role": "user", "parts": parts}],
+                types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"]),
+                billed_to=turn.bill, purpose="image")
         except Exception as exc:  # reported to the model, which can tell the user
             return {"error": f"the image model failed: {to_api_error(exc, self.gemini.secret).message}"}, []
         images = ReplyBuilder(on_inline=self.attachments.image_saver(owner))

@@ -15,7 +15,8 @@ def test_ready_with_a_key_names_the_upstream_and_hides_the_key(tmp_path):
     response = app.test_client().get("/health")
     assert response.status_code == 200
     body = response.json
-    assert body == {"status": "ok", "version": body["version"], "gemini": "gemini", "storage": "ok"}
+    assert body == {"status": "ok", "version": body["version"], "gemini": "gemini", "storage": "ok",
+                    "default_model": "gemini-3.8-flash"}
     assert body["version"] and "AIza" not in response.get_data(as_text=True)
 
 

@@ -196,19 +196,73 @@ def test_failure_mid_stream_arrives_as_an_error_event(client, fake):
     assert "stream broke" in caught.value.message
 
 
-def test_a_client_that_leaves_mid_stream_ends_the_turn(client, fake, caplog):
-    import logging
+def usage_totals(server: str) -> dict:
+    status, _, text = raw(server.removesuffix("/v1"), "/api/v1/usage")
+    assert status == 200, text
+    return json.loads(text)["totals"]
+
+
+def test_every_completion_is_in_the_usage_ledger(client, fake, server):
+    client.chat.completions.create(model="gemini-3.8-flash", messages=user("one"))
+    list(client.chat.completions.create(model="gemini-3.8-flash", messages=user("two"), stream=True))
+    totals, billed = usage_totals(server), fake.billed_totals()
+    assert {k: totals[k] for k in billed} == billed and billed["calls"] == 2
+
+
+def test_a_client_that_leaves_mid_stream_stops_gemini_and_pays_what_it_billed(client, fake, server):
     import time
 
-    caplog.set_level(logging.INFO, logger="apsara.openai")
     fake.push(Reply(parts=[f"word{n} " for n in range(100)], chunk_delay_s=0.05))
     stream = client.chat.completions.create(model="gemini-3.8-flash", messages=user("talk"), stream=True)
     next(c for c in stream if c.choices and c.choices[0].delta.content)
     stream.close()
-    deadline = time.monotonic() + 5  # well before the 5 s the whole answer would take
-    while time.monotonic() < deadline and "status=client gone" not in caplog.text:
+    deadline = time.monotonic() + 4  # well before the 5 s the whole answer would take
+    while time.monotonic() < deadline and usage_totals(server)["calls"] == 0:
         time.sleep(0.05)
-    assert "status=client gone" in caplog.text
+    time.sleep(0.2)  # the fake notices the closed connection and sends no more
+    totals, billed = usage_totals(server), fake.billed_totals()
+    assert totals["calls"] == 1 and totals["output_tokens"] == billed["output_tokens"] < 50
+
+
+def test_open_streams_count_against_the_rate_limit(tmp_path, fake):
+    from apsara.ratelimits import parse_rate_limits
+
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url,
+                                   rate_limits=parse_rate_limits("streams=1")))
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    gate = threading.Event()
+    fake.push(Reply(parts=["held", " open"], hold=gate))
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{http.port}/v1", api_key="any", max_retries=0)
+        first = client.chat.completions.create(model="gemini-3.8-flash", messages=user("one"), stream=True)
+        next(iter(first))
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="gemini-3.8-flash", messages=user("two"), stream=True)
+        assert_openai_error(caught.value.response.text)
+        gate.set()
+        assert "".join(c.choices[0].delta.content or "" for c in first if c.choices) == "held open"
+    finally:
+        gate.set()
+        http.shutdown()
+
+
+def test_budgets_refuse_before_gemini_is_called(tmp_path, fake):
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url,
+                                   budgets={"default": {"tokens_per_day": 10}, "users": {}}))
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{http.port}/v1", api_key="any", max_retries=0)
+        client.chat.completions.create(model="gemini-3.8-flash", messages=user("spend the day's ten tokens"))
+        for stream in (False, True):
+            with pytest.raises(openai.RateLimitError) as caught:
+                client.chat.completions.create(model="gemini-3.8-flash", messages=user("hi"), stream=stream)
+            error = assert_openai_error(caught.value.response.text)
+            assert "tokens_per_day" in error["message"] and caught.value.response.headers.get("Retry-After")
+    finally:
+        http.shutdown()
+    assert len(fake.generate_requests()) == 1  # the refused turns never reached Gemini
 
 
 # -- structured output and pictures --------------------------------------------------------------

@@ -33,7 +33,11 @@ def health():
     ready = writable and gemini != "missing"
     body = {"status": "ok" if ready else "degraded", "version": VERSION, "gemini": gemini,
             "storage": "ok" if writable else "unwritable"}
-    # The model catalog's word on the default model in use joins the body here.
+    # From the model list already loaded: /health never waits on Gemini.
+    default, note = services.catalog.default_model(services.settings.default_model, refresh=False)
+    body["default_model"] = default
+    if note:
+        body["default_model_note"] = note
     response = jsonify(body)
     response.status_code = 200 if ready else 503
     return response

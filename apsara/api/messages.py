@@ -10,15 +10,15 @@ from flask import current_app, jsonify, request
 from flask_smorest import Blueprint
 
 from ..auth import current_user
-from ..schemas import ConversationSchema, EditSchema, ErrorSchema, RegenerateSchema, SendSchema, TurnResultSchema
+from ..schemas import (ConversationSchema, EditSchema, ErrorSchema, RegenerateSchema, SendSchema, TurnResultSchema,
+                       TURN_LINKS, stream_response)
 from ..streaming import sse_response
 
 blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
                 description="Messages, replies and their versions.")
 
-STREAM_DOC = {"200": {"description": "Server-sent events: user_message, reply_start, delta, thought, "
-                                     "part, grounding, then done or error.",
-                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+STREAM_DOC = {**stream_response(with_user=True), **TURN_LINKS}
+REGENERATE_STREAM_DOC = stream_response(with_user=False)
 
 
 def wants_stream(body: dict) -> bool:
@@ -88,7 +88,7 @@ def edit(body, conversation_id, message_id):
 @blp.route("/<conversation_id>/messages/<message_id>/regenerate", methods=["POST"])
 @blp.arguments(RegenerateSchema, required=False)
 @blp.response(201, TurnResultSchema)
-@blp.doc(responses=STREAM_DOC)
+@blp.doc(responses=REGENERATE_STREAM_DOC)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
 @blp.alt_response(422, schema=ErrorSchema, description="Not a model reply.")
 def regenerate(body, conversation_id, message_id):

@@ -26,7 +26,8 @@ blp = Blueprint("openai", __name__, url_prefix="/v1")
 
 def _completions() -> Completions:
     services = current_app.extensions["apsara"]
-    return Completions(services.catalog, services.gemini, services.router, services.settings.ping_interval_s)
+    return Completions(services.catalog, services.gemini, services.router, services.usage,
+                       services.settings.ping_interval_s)
 
 
 def _model(model_id: str) -> dict:
@@ -47,10 +48,10 @@ def chat_completions():
                                          "JSON (and Content-Type: application/json)") from None
     completions = _completions()
     completion_request = read_request(body)
-    turn = completions.prepare(completion_request)
+    turn = completions.prepare(current_user(), completion_request)
     if not completion_request.stream:
-        return jsonify(completions.complete(current_user(), turn))
-    response = Response(completions.stream(current_user(), turn), mimetype="text/event-stream")
+        return jsonify(completions.complete(turn))
+    response = Response(completions.stream(turn), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response

@@ -164,12 +164,8 @@ class ConversationManager:
 
     # -- choices ---------------------------------------------------------------
     def default_model(self) -> str:
-        """The configured default, or the first text Flash model the catalog offers."""
-        ids = self.catalog.ids()
-        if self._default_model in ids or not ids:
-            return self._default_model
-        flash = [m.id for m in self.catalog.models() if "flash" in m.id and not m.makes_images]
-        return (flash or ids)[0]
+        """The configured default when the catalog offers it, else the best Flash it offers."""
+        return self.catalog.default_model(self._default_model)[0]
 
     # -- reading ---------------------------------------------------------------
     def load(self, owner: str, conversation_id: str) -> dict:
@@ -306,8 +302,8 @@ class ConversationManager:
                     raise ApiError(404, f"message '{target_id}' not found")
                 wanted = "user" if kind == "edit" else "model"
                 if target["role"] != wanted:
-                    verb = "edit" if kind == "edit" else "regenerate"
-                    raise ApiError(422, f"only {wanted} messages can be {verb}ed; message "
+                    verb = "edited" if kind == "edit" else "regenerated"
+                    raise ApiError(422, f"only {wanted} messages can be {verb}; message "
                                         f"'{target_id}' is a {target['role']} message",
                                    {"message_id": [f"not a {wanted} message"]})
                 parent_id = target["parent_id"]

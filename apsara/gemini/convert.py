@@ -77,11 +77,23 @@ def to_contents(turns: list[tuple[str, list[dict]]]) -> list[dict]:
     return contents
 
 
+def _unicode(text: str) -> str:
+    """Text safe to store and send on: the SDK's JSON parser lets a lone surrogate
+    escape ("\\ud800") through, which no JSON writer will write back."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
 def from_sdk_part(part: types.Part) -> dict | None:
     """One SDK response part -> a stored part (None for parts we do not keep)."""
     out: dict | None = None
+    if part.text == "" and not part.thought_signature:
+        return None  # an empty, unsigned stream chunk carries nothing
     if part.text is not None:
-        out = {"type": "thought" if part.thought else "text", "text": part.text}
+        out = {"type": "thought" if part.thought else "text", "text": _unicode(part.text)}
     elif part.executable_code is not None:
         language = part.executable_code.language
         out = {"type": "code", "language": (getattr(language, "value", language) or "PYTHON").lower(),
@@ -110,16 +122,14 @@ def from_sdk_part(part: types.Part) -> dict | None:
 def merge_part(parts: list[dict], new: dict) -> bool:
     """Append `new` to `parts`, merging stream text into the previous part of its kind.
 
-    Returns True when it merged. Never merges two signed parts: each signature must
-    go back attached to its own part.
+    Returns True when it merged. A signed part is never merged into another: its
+    signature goes back on a part of its own, as Gemini sent it (Gemini 3 often
+    signs an empty text part at the end of a stream).
     """
-    if parts and new["type"] in ("text", "thought") and parts[-1]["type"] == new["type"]:
-        last = parts[-1]
-        if not (last.get("thought_signature") and new.get("thought_signature")):
-            last["text"] += new["text"]
-            if new.get("thought_signature"):
-                last["thought_signature"] = new["thought_signature"]
-            return True
+    if (parts and new["type"] in ("text", "thought") and parts[-1]["type"] == new["type"]
+            and not new.get("thought_signature")):
+        parts[-1]["text"] += new["text"]
+        return True
     parts.append(new)
     return False
 

@@ -4,22 +4,23 @@ The model is the one asked for, or for `auto` the one the router picks, as for
 every other turn of the service. Streams wait for Gemini's first chunk before
 answering, so a refusal (bad request, rate limit, Gemini down) is still an HTTP
 status the client can act on; after that, failures arrive as an error chunk.
-`Completions._reported` is the one place a turn starts and ends (for budgets,
-rate limits and usage); `complete` and `_gemini_stream` are the two calls to Gemini.
+Budgets are held in `prepare` (429 before Gemini is called) and settled in
+`_settled`; the Gemini calls go through the metered client, so the usage
+ledger, metrics and the request's log line see them.
 """
 from __future__ import annotations
 
 import base64
 import itertools
-import logging
 import queue
 import secrets
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
+from .. import metrics
 from ..conversations.options import AUTO
 from ..errors import ApiError
 from ..filetypes import input_kind
@@ -29,13 +30,13 @@ from ..gemini.convert import generation_config, to_contents
 from ..gemini.errors import to_api_error
 from ..gemini.replies import ReplyBuilder
 from ..gemini.tools import SERVER_FUNCTIONS
-from ..routing.router import Router, translate_thinking
+from ..routing.router import Router, Routing, translate_thinking
+from ..usage import Bill, UsageService
 from . import answers
 from .answers import OpenAIRequestError
 from .request import CompletionRequest
 from .signatures import to_param, tool_call_id
 
-log = logging.getLogger("apsara.openai")
 PING = b": ping\n\n"
 
 
@@ -63,33 +64,44 @@ class Turn:
     model: ModelInfo
     contents: list[dict]
     config: object
+    bill: Bill  # what the turn's Gemini calls are billed to; settled when it ends
     routing: dict | None = None
     id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-@dataclass
-class TurnRecord:
-    usage: dict | None = None
-    status: str = "error"
-
-
 class Completions:
-    def __init__(self, catalog: ModelCatalog, gemini: GeminiClient, router: Router, ping_interval_s: float):
+    def __init__(self, catalog: ModelCatalog, gemini: GeminiClient, router: Router, usage: UsageService,
+                 ping_interval_s: float):
         self.catalog = catalog
         self.gemini = gemini
         self.router = router
+        self.usage = usage
         self.ping_interval_s = ping_interval_s
 
     # -- choosing the model and building the request ---------------------------------
-    def prepare(self, request: CompletionRequest) -> Turn:
+    def prepare(self, owner: str, request: CompletionRequest) -> Turn:
+        """The turn ready for Gemini, its worst case held against the user's budget (or 429)."""
         if not self.gemini.configured:
             raise ApiError(503, "no Gemini API key is configured: set the environment variable "
                                 "'gemini' (or GEMINI_API_KEY) and restart")
+        bill = self.usage.bill(owner)  # every Gemini call of the turn, the judge's too, goes on it
+        try:
+            return self._prepare(request, bill)
+        except BaseException:
+            bill.settle()
+            raise
+
+    def _prepare(self, request: CompletionRequest, bill: Bill) -> Turn:
+        input_tokens = request.estimated_tokens()
+        max_output = request.settings.get("max_output_tokens")
         routing = None
         if request.model == AUTO:
-            routing = self._route(request)
-            model = self.catalog.get(routing["model"])
+            # Budget hook: reserve for the dearest model `auto` may pick, before its judge is asked.
+            bill.hold(self._auto_candidates(), input_tokens, max_output)
+            routing = self._route(request, input_tokens, bill)
+            metrics.auto_decision(routing)
+            model = self.catalog.get(routing.model)
         else:
             model = self.catalog.get(request.model)
             if model is None:
@@ -111,37 +123,39 @@ class Completions:
             config = generation_config(model, settings, request.system_instruction, tools, **extra)
         except ValueError as exc:  # the SDK's own validation of what the client sent
             raise OpenAIRequestError(f"Gemini cannot take this request: {str(exc).splitlines()[0]}") from None
-        return Turn(request, model, to_contents(request.turns), config, routing)
+        # Budget hook: reserve this turn's worst case (or refuse with 429) before Gemini is called.
+        bill.hold([model], input_tokens, max_output)
+        return Turn(request, model, to_contents(request.turns), config, bill,
+                    routing.to_dict() if routing else None)
 
-    def _route(self, request: CompletionRequest) -> dict:
+    def _auto_candidates(self) -> list[ModelInfo]:
+        listed = {model_id for ids in self.router.tier_models.values() for model_id in ids}
+        return [m for m in self.catalog.models() if m.id in listed] or self.catalog.models()
+
+    def _route(self, request: CompletionRequest, input_tokens: int, bill: Bill) -> Routing:
         caller = self.catalog.get(request.results_for) if request.results_for else None
         if caller is not None:
             # Results of function calls go back to the model that made them: only it can read
             # the signatures, and the answer should come from the model that asked.
             tier = next((name for name, ids in self.router.tier_models.items() if caller.id in ids), "flash")
-            return {"model": caller.id, "tier": tier, "reason": f"{tier}: the results of {caller.id}'s function "
-                    "calls go back to it", "classifier": "function-call continuation", "latency_ms": 0.0}
-        chars = len(request.system_instruction) + sum(
-            len(p.get("text", "")) + len(str(p.get("args") or p.get("response") or ""))
-            for _, parts in request.turns for p in parts)
-        file_types = request.file_types()
+            return Routing(caller.id, tier, f"{tier}: the results of {caller.id}'s function calls go back to it",
+                           "function-call continuation", 0.0)
         routing = self.router.route(
-            request.last_user_text(), file_types=file_types,
+            request.last_user_text(), file_types=request.file_types(),
             # A model that can run server functions can call the client's functions too.
-            tools=[next(iter(SERVER_FUNCTIONS))] if request.functions else [],
-            context_tokens=chars // 3 + 1000 * len(file_types),
-            history_turns=sum(1 for role, _ in request.turns if role == "user") - 1).to_dict()
-        if not routing["model"]:
-            raise ApiError(503, f"no available model can take this request ({routing['reason']})")
-        chosen = self.catalog.get(routing["model"])
+            tools=[next(iter(SERVER_FUNCTIONS))] if request.functions else [], context_tokens=input_tokens,
+            history_turns=sum(1 for role, _ in request.turns if role == "user") - 1, billed_to=bill)
+        if not routing.model:
+            raise ApiError(503, f"no available model can take this request ({routing.reason})")
+        chosen = self.catalog.get(routing.model)
         if request.functions and chosen is not None and not can_call_functions(chosen):
             # A picture request that also offers functions: image models cannot call them, and
             # the client's functions cannot be left out as the service's own tools are.
             fallback = next((m for m in map(self.catalog.get, self.router.tier_models["flash"])
                              if m is not None and can_call_functions(m)), None)
             if fallback is not None:
-                routing.update(model=fallback.id, tier="flash",
-                               reason=routing["reason"] + "; image models cannot call the request's functions")
+                routing = replace(routing, model=fallback.id, tier="flash",
+                                  reason=routing.reason + "; image models cannot call the request's functions")
         return routing
 
     def _check_model(self, model: ModelInfo, request: CompletionRequest) -> None:
@@ -157,26 +171,13 @@ class Completions:
 
     # -- running it ---------------------------------------------------------------------
     @contextmanager
-    def _reported(self, owner: str, turn: Turn):
-        """The one place a turn of this surface starts and ends.
-
-        Budgets and rate limits belong here: a refusal raised before the `yield`
-        stops the turn before Gemini is called, and what the turn cost is known
-        when the block ends, whether it finished, failed or its client went away
-        (for now it is logged, without any text of the conversation).
-        """
-        record = TurnRecord()
-        started = time.monotonic()
+    def _settled(self, turn: Turn):
+        """The one place a turn of this surface ends: whether it finished, failed or its client
+        went away, what it spent is in the ledger by now and the rest of its reservation is freed."""
         try:
-            yield record
-        except GeneratorExit:  # the client left mid-stream
-            record.status = "client gone"
-            raise
+            yield
         finally:
-            usage = answers.usage(record.usage)
-            log.info("openai-compatible turn user=%s model=%s status=%s prompt_tokens=%d completion_tokens=%d "
-                     "duration_ms=%d", owner, turn.model.id, record.status, usage["prompt_tokens"],
-                     usage["completion_tokens"], (time.monotonic() - started) * 1000)
+            turn.bill.settle()
 
     def _answer_of(self, turn: Turn, builder: ReplyBuilder) -> tuple[str | None, list[dict], str]:
         """(text, tool calls, finish reason) of a finished reply; raises if Gemini gave nothing usable."""
@@ -193,25 +194,22 @@ class Completions:
         call_id = tool_call_id(part.get("thought_signature"), part.get("call_id"), turn.model.id)
         return answers.tool_call(call_id, part["name"], part["args"])
 
-    def complete(self, owner: str, turn: Turn) -> dict:
+    def complete(self, turn: Turn) -> dict:
         """A non-streamed turn -> the chat.completion object."""
-        with self._reported(owner, turn) as record:
+        with self._settled(turn):
             builder = ReplyBuilder(on_inline=picture_as_markdown)
             try:
-                builder.feed(self.gemini.sdk.models.generate_content(
-                    model=turn.model.id, contents=turn.contents, config=turn.config))
+                builder.feed(self.gemini.generate(turn.model.id, turn.contents, turn.config, billed_to=turn.bill))
             except Exception as exc:
                 raise to_api_error(exc, self.gemini.secret) from None
-            record.usage = builder.usage
             text, calls, reason = self._answer_of(turn, builder)
-            record.status = "complete"
             thoughts = "".join(p["text"] for p in builder.parts if p["type"] == "thought")
             return answers.completion(turn.id, turn.created, turn.model.id, text, calls, reason, builder.usage,
                                       turn.routing, thoughts)
 
-    def stream(self, owner: str, turn: Turn) -> Iterator[bytes]:
+    def stream(self, turn: Turn) -> Iterator[bytes]:
         """A streamed turn -> SSE bytes. Gemini's refusal raises here, before any byte is sent."""
-        events = self._stream(owner, turn)
+        events = self._stream(turn)
         first = next(events)
 
         def all_events():
@@ -224,15 +222,15 @@ class Completions:
         return answers.sse(answers.chunk(turn.id, turn.created, turn.model.id, delta, reason,
                                          with_usage_field=turn.request.include_usage))
 
-    def _stream(self, owner: str, turn: Turn) -> Iterator[bytes]:
-        with self._reported(owner, turn) as record:
+    def _stream(self, turn: Turn) -> Iterator[bytes]:
+        with self._settled(turn):
             responses = self._gemini_stream(turn)
             try:
-                yield from self._relay(turn, responses, record)
+                yield from self._relay(turn, responses)
             finally:
                 responses.close()
 
-    def _relay(self, turn: Turn, responses: Iterator, record: TurnRecord) -> Iterator[bytes]:
+    def _relay(self, turn: Turn, responses: Iterator) -> Iterator[bytes]:
         # No byte goes out before Gemini's first chunk, so no ping either.
         first = next((item for item in responses if item is not None), None)
         if isinstance(first, BaseException):  # nothing was sent yet: an HTTP error
@@ -257,7 +255,6 @@ class Completions:
                         yield self._chunk(turn, {"content": data["text"]})
                     elif name == "thought":
                         yield self._chunk(turn, {"reasoning_content": data["text"]})
-                record.usage = builder.usage
                 # Calls are never merged into earlier parts: the new ones are at the end.
                 for part in builder.parts[seen:]:
                     if part["type"] == "function_call":
@@ -272,7 +269,6 @@ class Completions:
             yield answers.sse({**answers.chunk(turn.id, turn.created, turn.model.id, None),
                                "usage": answers.usage(builder.usage)})
         yield answers.DONE
-        record.status = "complete"
 
     def _gemini_stream(self, turn: Turn) -> Iterator:
         """Gemini's stream read by a thread of its own: yields responses, None when it is time for
@@ -285,8 +281,7 @@ class Completions:
         def read():
             chunks = None
             try:
-                chunks = self.gemini.sdk.models.generate_content_stream(
-                    model=turn.model.id, contents=turn.contents, config=turn.config)
+                chunks = self.gemini.stream(turn.model.id, turn.contents, turn.config, billed_to=turn.bill)
                 for response in chunks:
                     channel.put(response)
                     if leave.is_set():

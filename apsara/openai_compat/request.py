@@ -57,6 +57,13 @@ class CompletionRequest:
     def file_types(self) -> list[str]:
         return [p["mime_type"] for _, parts in self.turns for p in parts if p["type"] == "inline"]
 
+    def estimated_tokens(self) -> int:
+        """A generous guess (3 characters a token, 1,000 a file), as for the service's other turns."""
+        chars = len(self.system_instruction) + sum(
+            len(p.get("text", "")) + len(str(p.get("args") or p.get("response") or ""))
+            for _, parts in self.turns for p in parts)
+        return chars // 3 + 1000 * len(self.file_types())
+
     def last_user_text(self) -> str:
         for role, parts in reversed(self.turns):
             texts = [p["text"] for p in parts if p["type"] == "text"]

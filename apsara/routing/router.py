@@ -48,7 +48,7 @@ class Router:
         self.catalog = catalog
         self.tier_models = {**DEFAULT_TIER_MODELS, **(tier_models or {})}
         self.classifier = classifier or Classifier.load()
-        # judge(text, previous_tier) -> tier or None; when set it is asked first.
+        # judge(text, previous_tier, billed_to) -> tier or None; when set it is asked first.
         self.judge = judge
 
     def _fits(self, model: ModelInfo, kinds: set[str], tools: list[str], tokens: int) -> bool:
@@ -98,7 +98,8 @@ class Router:
         return None, moved
 
     def route(self, text: str, *, file_types: list[str] = (), tools: list[str] = (), context_tokens: int = 0,
-              previous_tier: str | None = None, history_turns: int = 0) -> Routing:
+              previous_tier: str | None = None, history_turns: int = 0, billed_to=None) -> Routing:
+        """`billed_to`: the bill the judge's call goes on (see apsara.usage)."""
         started = time.perf_counter()
         has_image = any(t.startswith("image/") for t in file_types)
         found = features(text, previous_tier=previous_tier, has_image=has_image,
@@ -106,7 +107,7 @@ class Router:
                          history_turns=history_turns)
         scored = self.classifier.score(found)
         tier, classifier = scored.tier, "local-logistic-v1"
-        judged = self.judge(text, previous_tier) if self.judge is not None else None
+        judged = self.judge(text, previous_tier, billed_to) if self.judge is not None else None
         if judged is not None:
             tier, classifier = judged, "llm-judge"
         kinds = {input_kind(t) for t in file_types}
