@@ -31,7 +31,7 @@ GEMINI_FIRST_TOKEN = Histogram("apsara_gemini_time_to_first_token_seconds", "Str
 TOKENS = Counter("apsara_gemini_tokens_total", "Tokens Gemini reported", ["model", "kind"])
 COST = Counter("apsara_gemini_cost_usd_total", "Estimated cost from the price table", ["model"])
 ACTIVE_STREAMS = Gauge("apsara_active_streams", "Reply streams open now", multiprocess_mode="livesum")
-STORE_WRITE_SECONDS = Histogram("apsara_store_write_duration_seconds", "Durable write of one file", buckets=FAST)
+STORE_WRITE_SECONDS = Histogram("apsara_store_write_duration_seconds", "Durable write of one file (a snapshot, or records appended and fsynced)", buckets=FAST)
 AUTO_DECISIONS = Counter("apsara_auto_decisions_total", "Turns routed by `auto`", ["tier", "classifier"])
 BUDGET_REFUSALS = Counter("apsara_budget_refusals_total", "Turns refused by a budget", ["limit"])
 RATE_LIMITED = Counter("apsara_rate_limited_total", "Requests refused by a rate limit", ["limit"])

@@ -235,6 +235,11 @@ class RoutingSchema(Schema):
     latency_ms = fields.Float()
 
 
+class EventsQuerySchema(Schema):
+    after = fields.Integer(validate=validate.Range(0), metadata={
+        "description": "Replay the events after this id (a `Last-Event-ID` header wins over it)."})
+
+
 class ListQuerySchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
     cursor = fields.String(validate=validate.Length(1, 500))
@@ -295,7 +300,10 @@ class MessageSchema(Schema):
     siblings = fields.List(fields.String())
     model = fields.String(allow_none=True)
     status = fields.String(validate=validate.OneOf(
-        ["complete", "streaming", "interrupted", "error", "blocked"]))
+        ["complete", "streaming", "stopped", "interrupted", "error", "blocked"]))
+    last_event_id = fields.Integer(allow_none=True, metadata={
+        "description": "Replies: the id of the last event the stored text and parts include; a client that "
+                       "shows a streaming reply follows it from there (events endpoint, `Last-Event-ID`)."})
     finish_reason = fields.String(allow_none=True)
     usage = fields.Nested(UsageSchema, allow_none=True)
     grounding = fields.Nested(GroundingSchema, allow_none=True)
@@ -346,6 +354,10 @@ class TokenCountSchema(Schema):
 
 
 class GenerateResultSchema(Schema):
+    reply = fields.Nested(MessageSchema)
+
+
+class ReplyResultSchema(Schema):
     reply = fields.Nested(MessageSchema)
 
 
@@ -452,7 +464,7 @@ STREAM_EVENTS = {
     "thought": (None, '`{"text"}`: a thought summary (with settings.include_thoughts)'),
     "part": ("Part", "a non-text part: code, code_result, file, function_call, function_response"),
     "grounding": ("Grounding", '`{"queries", "sources"}`: what the answer is grounded in'),
-    "done": ("Message", "the stored reply (complete or blocked); the stream ends"),
+    "done": ("Message", "the stored reply (complete, stopped or blocked); the stream ends"),
     "error": (None, '`{"error": {code, status, message, details}, "reply": the partial reply as stored}` '
                     "(status error or interrupted); the stream ends"),
 }

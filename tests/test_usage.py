@@ -114,18 +114,21 @@ def test_a_client_gone_mid_stream_is_billed_for_the_whole_reply(chat, fake):
 
 
 def test_a_stream_stopped_halfway_counts_what_gemini_reported(chat_app, fake):
-    """Closing the turn (what stopping a reply does) closes the Gemini stream: Gemini
-    bills what it had sent, and so does the ledger."""
+    """Stopping a reply closes the Gemini stream: Gemini bills what it had sent, and so does the ledger."""
     client = chat_app.test_client()
     start(client)
-    services = chat_app.extensions["apsara"]
     gate = threading.Event()
     fake.push(Reply(parts=["kept", " lost", " too"], hold=gate))
-    with chat_app.test_request_context():
-        turn = services.chat.start("local", "c1", text="go")
-        events = services.chat.run("local", "c1", turn, stream=True)
-        assert next(events) == ("delta", {"text": "kept"})
-        events.close()
+    response = client.post(f"{API}/c1/messages", json={"text": "go", "stream": True}, buffered=False)
+    seen = b""
+    for chunk in response.response:
+        seen += chunk
+        if b"event: delta" in seen:
+            break
+    reply_id = json.loads(seen.split(b"event: reply_start\n", 1)[1].split(b"data: ", 1)[1].split(b"\n", 1)[0])["id"]
+    stopped = client.post(f"{API}/c1/messages/{reply_id}/stop").json["reply"]
+    assert stopped["status"] == "stopped" and stopped["text"] == "kept"
+    response.close()
     gate.set()
     time.sleep(0.2)  # the fake notices the closed connection and sends no more
     totals = assert_ledger_matches_bill(client, fake)

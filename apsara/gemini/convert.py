@@ -119,21 +119,6 @@ def from_sdk_part(part: types.Part) -> dict | None:
     return out
 
 
-def merge_part(parts: list[dict], new: dict) -> bool:
-    """Append `new` to `parts`, merging stream text into the previous part of its kind.
-
-    Returns True when it merged. A signed part is never merged into another: its
-    signature goes back on a part of its own, as Gemini sent it (Gemini 3 often
-    signs an empty text part at the end of a stream).
-    """
-    if (parts and new["type"] in ("text", "thought") and parts[-1]["type"] == new["type"]
-            and not new.get("thought_signature")):
-        parts[-1]["text"] += new["text"]
-        return True
-    parts.append(new)
-    return False
-
-
 _LEVELS = {"minimal": types.ThinkingLevel.MINIMAL, "low": types.ThinkingLevel.LOW,
            "medium": types.ThinkingLevel.MEDIUM, "high": types.ThinkingLevel.HIGH}
 
