@@ -117,6 +117,20 @@ def first_delta_via_apsara(conn, path) -> tuple[float, float]:
     return first, time.perf_counter() - start
 
 
+def warm(base: str, data: Path, turns: int = 8) -> None:
+    """A few turns first, on conversations of their own, so that both workers have
+    their Gemini client, model list and first requests behind them, as the direct
+    client's process has its imports: steady state on both sides of the pairs."""
+    host, port = base.removeprefix("http://").split(":")
+    for n in range(turns):
+        seed(data, f"warm-{n}", 10)
+        conn = http.client.HTTPConnection(host, int(port))  # a new connection: either worker
+        for text, stream in (("warm up", False), ("and again", True)):
+            response = post(conn, f"/api/v1/conversations/warm-{n}/messages", {"text": text, "stream": stream})
+            response.read()
+        conn.close()
+
+
 def latency_section(base: str, fake_url: str, data: Path, turns: int, samples: int) -> None:
     client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=fake_url, api_version="v1beta",
                                                                           timeout=60_000))
@@ -378,6 +392,7 @@ def main() -> None:
                "GUNICORN_ACCESS_LOG": "/dev/null"}
         with gunicorn(env, workers=2, worker_class=args.latency_class) as base:
             wait_for(base + "/health/live")
+            warm(base, data)
             print(f"Gunicorn {args.latency_class}, 2 workers, {os.cpu_count()} cores; fake Gemini in its own process")
             latency_section(base, fake_url, data, 10, args.samples)
             latency_section(base, fake_url, data, 500, args.samples // 4)

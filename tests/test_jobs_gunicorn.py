@@ -177,7 +177,7 @@ def test_sigkill_mid_stream_keeps_the_streamed_text(tmp_path, fake):
 
 
 def test_twenty_racing_senders_one_winner_and_a_whole_tree(tmp_path, fake):
-    fake.default = Reply(parts=["the answer"], delay_s=0.5)
+    fake.default = Reply(parts=["the answer"], delay_s=5.0)  # long enough that every sender arrives while it runs
     with two_servers(tmp_path, fake) as (first, second):
         call("POST", f"{first}{API}", {"id": "c1"})
         barrier = threading.Barrier(20)
