@@ -57,10 +57,10 @@ def _settings(config) -> Settings:
 
 def create_app(config: Settings | dict | None = None) -> Flask:
     from .chat import Chat
-    from .files import FileStore
     from .gemini.judge import judge_tier
+    from .stores import open_stores
     from .routing.router import Router
-    from .conversations import ConversationManager, ConversationStore
+    from .conversations import ConversationManager
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
     from .jsonio import OrjsonProvider
@@ -74,14 +74,10 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     # Werkzeug refuses larger bodies with 413 before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024 + 64 * 1024
 
-    store = ConversationStore(settings.data_dir)
-    store.history_dir.mkdir(parents=True, exist_ok=True)
-    store.sweep_temp_files()
+    store, files = open_stores(settings)
     gemini = GeminiClient(settings)
     catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
                            ttl_s=settings.models_cache_ttl_s)
-    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s)
-    files.sweep_incoming()
     manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
     judge = None
     if settings.auto_judge_model and gemini.configured:

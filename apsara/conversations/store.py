@@ -185,6 +185,9 @@ def _ordered(keys: list, first: int):
 
 
 class ConversationStore:
+    # How often a running reply looks for a stop request: a stat() is cheap.
+    stop_poll_s = 0.0
+
     def __init__(self, data_dir: Path):
         self.history_dir = Path(data_dir) / "history"
         self.locks_dir = Path(data_dir) / "locks"
@@ -302,6 +305,22 @@ class ConversationStore:
                 with contextlib.suppress(ValueError):
                     records.append(orjson.loads(line))
         return records, (inode, offset + end)
+
+    def may_have_news(self, owner: str, conversation_id: str, position: tuple[int, int]) -> bool:
+        """Whether `follow()` could find anything after `position`: one stat(), no read."""
+        inode, offset = position
+        try:
+            stat = os.stat(self.path(owner, conversation_id))
+        except FileNotFoundError:
+            return False
+        return stat.st_ino != inode or stat.st_size > offset
+
+    def conversation_ids(self, owner: str) -> list[str]:
+        try:
+            folder = self._user_dir(owner)
+        except InvalidId:
+            return []
+        return [p.stem for p in folder.glob("*" + _SUFFIX) if not p.name.startswith(".")] if folder.is_dir() else []
 
     def read_header(self, owner: str, conversation_id: str) -> dict | None:
         try:
