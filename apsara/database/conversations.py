@@ -30,10 +30,20 @@ from . import Database
 _LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
 
-def _document(snapshot: bytes, records) -> dict:
+def _records(seqs, bodies) -> list[dict]:
+    """Record rows as the journal's records: the row's number is the record's `seq`."""
+    records = []
+    for seq, body in zip(seqs or (), bodies or ()):
+        rec = orjson.loads(body)
+        rec["seq"] = seq
+        records.append(rec)
+    return records
+
+
+def _document(snapshot: bytes, records: list[dict]) -> dict:
     document = orjson.loads(snapshot)
     if records:
-        replay(document, [orjson.loads(r) for r in records])
+        replay(document, records)
     return document
 
 
@@ -54,19 +64,18 @@ class PgConversationStore:
     def locked(self, owner: str, conversation_id: str, timeout_s: float = LOCK_TIMEOUT_S,
                existing: bool = False):
         key = f"{check_id(owner)}/{check_id(conversation_id)}"
-        try:
-            with self.db.transaction() as conn:
-                try:
-                    conn.execute(f"SET LOCAL lock_timeout = '{int(timeout_s * 1000)}ms'")
-                    conn.execute(_LOCK_KEY, (key,))
-                    conn.execute("SET LOCAL lock_timeout = 0")
-                except psycopg.errors.LockNotAvailable:
-                    raise LockTimeout() from None
-                if existing and not self.exists(owner, conversation_id):
-                    raise Missing(conversation_id)
-                yield
-        except psycopg.errors.QueryCanceled:
-            raise LockTimeout() from None
+        with self.db.transaction() as conn:
+            try:
+                # One round trip: a bounded wait for the lock, then whether the conversation is there.
+                there = conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true), pg_advisory_xact_lock(hashtextextended(%s, 0)), "
+                    "EXISTS (SELECT 1 FROM conversations WHERE owner = %s AND id = %s)",
+                    (f"{int(timeout_s * 1000)}ms", key, owner, conversation_id)).fetchone()[2]
+            except psycopg.errors.LockNotAvailable:
+                raise LockTimeout() from None
+            if existing and not there:
+                raise Missing(conversation_id)
+            yield
 
     # -- reading ---------------------------------------------------------------
     def exists(self, owner: str, conversation_id: str) -> bool:
@@ -82,27 +91,29 @@ class PgConversationStore:
         """(document, position) or None."""
         with self.db.connection() as conn:
             row = conn.execute(
-                "SELECT c.snapshot, c.generation, c.seq, ARRAY(SELECT r.body FROM conversation_records r "
-                " WHERE r.owner = c.owner AND r.conversation_id = c.id AND r.seq > c.snapshot_seq ORDER BY r.seq) "
-                "FROM conversations c WHERE c.owner = %s AND c.id = %s",
+                "SELECT c.snapshot, c.generation, c.seq, r.seqs, r.bodies FROM conversations c, LATERAL ("
+                " SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(body ORDER BY seq) AS bodies"
+                " FROM conversation_records WHERE owner = c.owner AND conversation_id = c.id"
+                " AND seq > c.snapshot_seq) r WHERE c.owner = %s AND c.id = %s",
                 (check_id(owner), check_id(conversation_id))).fetchone()
         if row is None:
             return None
-        snapshot, generation, seq, records = row
-        return _document(snapshot, records), (generation, seq)
+        snapshot, generation, seq, seqs, bodies = row
+        return _document(snapshot, _records(seqs, bodies)), (generation, seq)
 
     def follow(self, owner: str, conversation_id: str, position):
         generation, seq = position
         with self.db.connection() as conn:
             row = conn.execute(
-                "SELECT c.generation, c.seq, ARRAY(SELECT r.body FROM conversation_records r "
-                " WHERE r.owner = c.owner AND r.conversation_id = c.id AND r.seq > %s ORDER BY r.seq) "
-                "FROM conversations c WHERE c.owner = %s AND c.id = %s",
+                "SELECT c.generation, r.seqs, r.bodies FROM conversations c, LATERAL ("
+                " SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(body ORDER BY seq) AS bodies"
+                " FROM conversation_records WHERE owner = c.owner AND conversation_id = c.id AND seq > %s) r "
+                "WHERE c.owner = %s AND c.id = %s",
                 (seq, check_id(owner), check_id(conversation_id))).fetchone()
         if row is None or row[0] != generation:
             return None, None
-        records = [orjson.loads(r) for r in row[2]]
-        return records, (generation, max([seq] + [r["seq"] for r in records]))
+        records = _records(row[1], row[2])
+        return records, (generation, records[-1]["seq"] if records else seq)
 
     def may_have_news(self, owner: str, conversation_id: str, position) -> bool:
         return True  # follow() asks in one query anyway
@@ -151,37 +162,38 @@ class PgConversationStore:
 
     def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
                sync: bool = True, on_written=None) -> dict:
-        """Append records (numbered here); call inside `locked()`. Returns a mark with
-        `size` and `base`, as the file store's, for `needs_compaction()`."""
+        """Append records (numbered here, as the row's seq); call inside `locked()`. Returns a
+        mark with `size` and `base`, as the file store's, for `needs_compaction()`.
+
+        One statement: the row takes the next numbers and the records go in with them."""
+        bodies, header, touched = [], None, None
+        for rec in records:
+            rec.pop("seq", None)
+            bodies.append(orjson.dumps(rec))
+            if rec["type"] == "conversation":
+                header = orjson.dumps(rec["conversation"])
+            if rec["type"] in TOUCHING:
+                touched = max(touched or "", rec["at"])
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT seq, header, updated_at, message_count, record_bytes, length(snapshot) "
-                               "FROM conversations WHERE owner = %s AND id = %s",
-                               (check_id(owner), check_id(conversation_id))).fetchone()
+            row = conn.execute(
+                "WITH c AS (UPDATE conversations SET seq = seq + %(n)s, record_bytes = record_bytes + %(bytes)s, "
+                "  updated_at = GREATEST(updated_at, %(touched)s), updated_ns = GREATEST(updated_ns, %(touched_ns)s), "
+                "  message_count = COALESCE(%(count)s, message_count), header = COALESCE(%(header)s, header) "
+                "  WHERE owner = %(owner)s AND id = %(id)s "
+                "  RETURNING seq, updated_at, message_count, record_bytes, length(snapshot) AS base), "
+                " added AS (INSERT INTO conversation_records (owner, conversation_id, seq, body) "
+                "  SELECT %(owner)s, %(id)s, c.seq - %(n)s + r.n, r.body "
+                "  FROM c, unnest(%(bodies)s::bytea[]) WITH ORDINALITY AS r(body, n)) "
+                "SELECT c.*, set_config('synchronous_commit', %(commit)s, true) FROM c",
+                {"n": len(bodies), "bytes": sum(map(len, bodies)), "touched": touched,
+                 "touched_ns": iso_to_ns(touched) if touched else None, "count": message_count,
+                 "header": header, "owner": check_id(owner), "id": check_id(conversation_id),
+                 "bodies": bodies, "commit": "on" if sync else "off"}).fetchone()
             if row is None:
                 raise Missing(conversation_id)
-            seq, header, updated_at, count, record_bytes, base = row
-            new_header, rows = None, []
-            for rec in records:
-                seq += 1
-                rec["seq"] = seq
-                body = orjson.dumps(rec)
-                rows.append((owner, conversation_id, seq, body))
-                record_bytes += len(body)
-                if rec["type"] == "conversation":
-                    new_header = rec["conversation"]
-                if rec["type"] in TOUCHING:
-                    updated_at = max(updated_at or "", rec["at"])
-            if not sync:
-                conn.execute("SET LOCAL synchronous_commit = off")
-            with conn.cursor() as cur:
-                cur.executemany("INSERT INTO conversation_records (owner, conversation_id, seq, body) "
-                                "VALUES (%s, %s, %s, %s)", rows)
-            if message_count is not None:
-                count = message_count
-            conn.execute("UPDATE conversations SET seq = %s, record_bytes = %s, updated_at = %s, updated_ns = %s, "
-                         "message_count = %s, header = COALESCE(%s, header) WHERE owner = %s AND id = %s",
-                         (seq, record_bytes, updated_at, iso_to_ns(updated_at), count,
-                          orjson.dumps(new_header) if new_header is not None else None, owner, conversation_id))
+            seq, updated_at, count, record_bytes, base = row[:5]
+            for number, rec in enumerate(records, start=seq - len(records) + 1):
+                rec["seq"] = number
             if on_written is not None:
                 on_written()
         return {"seq": seq, "updated_at": updated_at, "message_count": count, "base": base,
