@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("--grace-hours", type=float, default=24.0)
     args = parser.parse_args(argv)
     settings = from_env()
-    store, files = open_stores(settings)
+    stores = open_stores(settings)
+    store, files = stores.conversations, stores.files
     doomed = unreferenced(store, files, args.grace_hours * 3600)
     for owner, file_id in doomed:
         print(f"{'would remove' if args.dry_run else 'removed'} {owner}/{file_id}")

@@ -19,7 +19,8 @@ from apsara.devserver import free_port
 
 # The database the current test's apps use (None: the file store); set by the `store_kind` fixture.
 STORE = {"database_url": None}
-TABLES = ("conversation_records", "conversations", "file_chunks", "files", "shared_settings")
+TABLES = ("conversation_records", "conversations", "file_chunks", "files", "shared_settings", "usage", "spend",
+          "reservations", "rate_counters", "stream_slots")
 
 
 def _bindir() -> str | None:
@@ -92,4 +93,4 @@ def current_store(tmp_path):
     from apsara.stores import open_stores
     from tests.conftest import make_settings
 
-    return open_stores(make_settings(tmp_path))[0]
+    return open_stores(make_settings(tmp_path)).conversations

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from flask import current_app, jsonify
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from ..auth import current_user
-from ..schemas import (ConversationCreateSchema, ErrorSchema, ConversationListSchema, ConversationPatchSchema,
-                       ConversationSchema, ListQuerySchema, TokenCountSchema)
+from ..schemas import (CONVERSATION_LINKS, ConversationCreateSchema, ConversationListSchema,
+                       ConversationPatchSchema, ConversationSchema, ErrorSchema, ListQuerySchema, TokenCountSchema)
 
 blp = Blueprint("conversations", __name__, url_prefix="/api/v1/conversations",
                 description="Conversations (sessions) and their settings.")
@@ -25,6 +26,7 @@ def created(body, status=201):
 @blp.route("", methods=["POST"])
 @blp.arguments(ConversationCreateSchema, required=False)
 @blp.response(201, ConversationSchema)
+@blp.doc(responses=CONVERSATION_LINKS)
 @blp.alt_response(409, schema=ErrorSchema, description="The id is taken.")
 @blp.alt_response(422, schema=ErrorSchema, description="Invalid field, or a model/tool/thinking choice that does not fit.")
 def new(body):
@@ -33,7 +35,7 @@ def new(body):
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(ListQuerySchema, location="query")
+@blp.arguments(ListQuerySchema, location="query", unknown=RAISE)
 @blp.response(200, ConversationListSchema)
 def all(query):
     """List conversations, newest `updated_at` first, `limit` at a time."""

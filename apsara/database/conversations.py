@@ -180,7 +180,7 @@ class PgConversationStore:
                 "  updated_at = GREATEST(updated_at, %(touched)s), updated_ns = GREATEST(updated_ns, %(touched_ns)s), "
                 "  message_count = COALESCE(%(count)s, message_count), header = COALESCE(%(header)s, header) "
                 "  WHERE owner = %(owner)s AND id = %(id)s "
-                "  RETURNING seq, updated_at, message_count, record_bytes, length(snapshot) AS base), "
+                "  RETURNING seq, updated_at, message_count, record_bytes, length(snapshot) AS base, generation), "
                 " added AS (INSERT INTO conversation_records (owner, conversation_id, seq, body) "
                 "  SELECT %(owner)s, %(id)s, c.seq - %(n)s + r.n, r.body "
                 "  FROM c, unnest(%(bodies)s::bytea[]) WITH ORDINALITY AS r(body, n)) "
@@ -191,13 +191,13 @@ class PgConversationStore:
                  "bodies": bodies, "commit": "on" if sync else "off"}).fetchone()
             if row is None:
                 raise Missing(conversation_id)
-            seq, updated_at, count, record_bytes, base = row[:5]
+            seq, updated_at, count, record_bytes, base, generation = row[:6]
             for number, rec in enumerate(records, start=seq - len(records) + 1):
                 rec["seq"] = number
             if on_written is not None:
                 on_written()
         return {"seq": seq, "updated_at": updated_at, "message_count": count, "base": base,
-                "size": base + record_bytes}
+                "size": base + record_bytes, "position": (generation, seq)}
 
     @staticmethod
     def needs_compaction(mark: dict) -> bool:

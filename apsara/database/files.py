@@ -62,8 +62,9 @@ class ChunkReader(io.RawIOBase):
 class PgFileStore(FileStore):
     """The file store's interface (signed URLs and all), keeping files in the database."""
 
-    def __init__(self, db: Database, data_dir: Path, secret_key: str, url_ttl_s: int = 3600):
-        super().__init__(data_dir, secret_key, url_ttl_s)
+    def __init__(self, db: Database, data_dir: Path, secret_key: str, url_ttl_s: int = 3600,
+                 public_url: str | None = None, sweep_every_s: float = 600.0):
+        super().__init__(data_dir, secret_key, url_ttl_s, public_url, sweep_every_s)
         self.db = db
 
     def _put(self, owner: str, meta: dict, chunks) -> None:

@@ -55,6 +55,31 @@ CREATE TABLE shared_settings (
     value text NOT NULL
 );
 """),
+    (2, "usage ledger, budget reservations, rate-limit counters and stream slots", """
+CREATE TABLE usage (
+    owner text NOT NULL, day text NOT NULL, model text NOT NULL, conversation text NOT NULL,
+    purpose text NOT NULL, calls bigint NOT NULL, prompt_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL, thought_tokens bigint NOT NULL, cached_tokens bigint NOT NULL,
+    total_tokens bigint NOT NULL, cost_usd double precision NOT NULL,
+    PRIMARY KEY (owner, day, model, conversation, purpose)
+);
+CREATE INDEX usage_by_day ON usage (day);
+CREATE TABLE spend (
+    owner text NOT NULL, day text NOT NULL, tokens bigint NOT NULL, cost_usd double precision NOT NULL,
+    PRIMARY KEY (owner, day)
+);
+CREATE TABLE reservations (
+    id text PRIMARY KEY, owner text NOT NULL, tokens bigint NOT NULL, cost_usd double precision NOT NULL,
+    pid integer NOT NULL, host text NOT NULL, started double precision NOT NULL
+);
+CREATE INDEX reservations_by_owner ON reservations (owner);
+CREATE TABLE rate_counters (key text PRIMARY KEY, count bigint NOT NULL, expires double precision NOT NULL);
+CREATE TABLE stream_slots (
+    id text PRIMARY KEY, owner text NOT NULL, pid integer NOT NULL, host text NOT NULL,
+    started double precision NOT NULL
+);
+CREATE INDEX stream_slots_by_owner ON stream_slots (owner);
+"""),
 ]
 
 
