@@ -68,24 +68,30 @@ def conversations_of(source: ConversationStore) -> list[tuple[str, str]]:
     return found
 
 
+BATCH = 200  # conversations a transaction: fewer commits, and a stop loses at most one batch
+
+
 def copy_conversations(source: ConversationStore, target, items) -> tuple[int, int]:
     copied = skipped = 0
     progress = Progress("conversations", len(items))
-    for owner, conversation_id in items:
-        document = source.read(owner, conversation_id)
-        if document is None:  # deleted since the scan
-            progress.step()
-            continue
-        with target.locked(owner, conversation_id):
-            header = target.read_header(owner, conversation_id)
-            theirs = document["conversation"]
-            if header is not None and header.get("updated_at") == theirs.get("updated_at") \
-                    and _same(target.read(owner, conversation_id), document):
-                skipped += 1
-            else:
-                target.write(owner, conversation_id, document)
-                copied += 1
-        progress.step()
+    copies: dict[str, dict[str, tuple]] = {}  # owner -> id -> (updated_at, seq) already in the database
+    for start in range(0, len(items), BATCH):
+        with target.db.transaction():
+            for owner, conversation_id in items[start:start + BATCH]:
+                if owner not in copies:
+                    copies[owner] = target.versions(owner)
+                document = source.read(owner, conversation_id)
+                if document is None:  # deleted since the scan
+                    progress.step()
+                    continue
+                mine = (document["conversation"].get("updated_at"), document.get("seq", 0))
+                if copies[owner].get(conversation_id) == mine:
+                    skipped += 1
+                else:
+                    with target.locked(owner, conversation_id):
+                        target.write(owner, conversation_id, document)
+                    copied += 1
+                progress.step()
     progress.close()
     return copied, skipped
 

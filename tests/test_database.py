@@ -137,3 +137,28 @@ def test_the_listing_reads_the_index_not_the_table(on_database, postgres_url):
     assert len({c["id"] for c in seen}) == 30 and rest["next_cursor"] is None
     stamps = [c["updated_at"] for c in seen]
     assert stamps == sorted(stamps, reverse=True)
+
+
+@pytest.mark.slow
+def test_gthread_workers_serve_from_the_database_too(postgres_url, tmp_path, fake):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apsara.testing.fake_gemini import Reply
+    from tests.servers import call, gunicorn
+
+    empty(postgres_url)
+    fake.default = Reply(parts=["from ", "threads"], chunk_delay_s=0.05)
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "APSARA_DATABASE_URL": postgres_url, "gemini": "k",
+           "GEMINI_BASE_URL": fake.url, "GUNICORN_THREADS": "16", "GUNICORN_ACCESS_LOG": "/dev/null"}
+    with gunicorn(env, workers=2, worker_class="gthread") as base:
+        url = f"{base}{API}"
+
+        def converse(n):
+            assert call("POST", url, {"id": f"t{n}"})[0] == 201
+            return call("POST", f"{url}/t{n}/messages", {"text": "hi"})
+
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(converse, range(12)))
+        assert [code for code, _ in results] == [201] * 12
+        assert all(body["reply"]["text"] == "from threads" for _, body in results)
+        assert len(call("GET", f"{url}?limit=50")[1]["conversations"]) == 12

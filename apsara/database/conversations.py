@@ -122,6 +122,12 @@ class PgConversationStore:
         with self.db.connection() as conn:
             return [r[0] for r in conn.execute("SELECT id FROM conversations WHERE owner = %s", (owner,))]
 
+    def versions(self, owner: str) -> dict[str, tuple[str, int]]:
+        """id -> (updated_at, seq) of each of the owner's conversations: what a copy compares."""
+        with self.db.connection() as conn:
+            return {r[0]: (r[1], r[2]) for r in conn.execute(
+                "SELECT id, updated_at, seq FROM conversations WHERE owner = %s", (owner,))}
+
     def read_header(self, owner: str, conversation_id: str) -> dict | None:
         with self.db.connection() as conn:
             row = conn.execute("SELECT header, updated_at, message_count FROM conversations "
