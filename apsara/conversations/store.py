@@ -60,7 +60,8 @@ _TAIL = 4096
 # Records are folded into a new snapshot once they outgrow it (and this floor):
 # the bytes rewritten stay proportional to the bytes appended.
 COMPACT_MIN_BYTES = 256 * 1024
-CACHED_CONVERSATIONS = 256
+# Parsed conversations kept per worker process (a 1,000-message one is a few MB in memory).
+CACHED_CONVERSATIONS = 64
 
 LOCK_TIMEOUT_S = 30.0
 
@@ -359,12 +360,13 @@ class ConversationStore:
         return records, (inode, offset + end)
 
     def may_have_news(self, owner: str, conversation_id: str, position: tuple[int, int]) -> bool:
-        """Whether `follow()` could find anything after `position`: one stat(), no read."""
+        """Whether `follow()` could find anything after `position` (or that the conversation
+        is gone): one stat(), no read."""
         inode, offset = position
         try:
             stat = os.stat(self.path(owner, conversation_id))
         except FileNotFoundError:
-            return False
+            return True
         return stat.st_ino != inode or stat.st_size > offset
 
     def conversation_ids(self, owner: str) -> list[str]:
