@@ -80,6 +80,9 @@ CREATE TABLE stream_slots (
 );
 CREATE INDEX stream_slots_by_owner ON stream_slots (owner);
 """),
+    (3, "file bytes stored as they are: no compression attempt on media that does not compress", """
+ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+"""),
 ]
 
 
