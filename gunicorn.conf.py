@@ -21,7 +21,8 @@ _env = os.environ.get
 
 # File URLs are signed with APSARA_SECRET_KEY. Without one, pick it here, in the
 # master, so every worker signs and checks with the same key (until a restart).
-if not _env("APSARA_SECRET_KEY"):
+# With APSARA_DATABASE_URL the replicas share a key kept in the database instead.
+if not _env("APSARA_SECRET_KEY") and not _env("APSARA_DATABASE_URL"):
     os.environ["APSARA_SECRET_KEY"] = secrets.token_hex(32)
 
 # Prometheus' multiprocess mode: each worker writes its samples to files in this

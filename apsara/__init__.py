@@ -72,17 +72,16 @@ def _settings(config) -> Settings:
 
 def create_app(config: Settings | dict | None = None) -> Flask:
     from .chat import Chat
-    from .files import FileStore
     from .gemini.judge import judge_tier
+    from .stores import open_stores
     from .routing.router import Router
-    from .conversations import ConversationManager, ConversationStore
+    from .conversations import ConversationManager
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
     from .api.hooks import note_bill
     from .jsonio import OrjsonProvider
     from .logging_setup import configure_logging
-    from .ratelimits import RateLimits
-    from .usage import Budgets, PriceTable, SqliteLedger, UsageService
+    from .usage import Budgets, PriceTable, UsageService
 
     settings = _settings(config)
     configure_logging(settings.log_format)
@@ -93,19 +92,14 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     # Werkzeug refuses larger bodies with 413 before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 1024 * 1024 + 64 * 1024
 
-    store = ConversationStore(settings.data_dir)
-    store.history_dir.mkdir(parents=True, exist_ok=True)
-    store.sweep_temp_files()
+    stores = open_stores(settings)
+    store, files = stores.conversations, stores.files
     gemini = GeminiClient(settings)
     catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
                            ttl_s=settings.models_cache_ttl_s)
-    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s, settings.public_url,
-                      settings.upload_sweep_every_s)
-    files.sweep_incoming()
     manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
     # Every Gemini call is reported to the usage service: ledger, budgets, metrics.
-    usage = UsageService(SqliteLedger(settings.data_dir / "usage.sqlite3"), PriceTable.load(settings.prices_path),
-                         Budgets(settings.budgets))
+    usage = UsageService(stores.ledger, PriceTable.load(settings.prices_path), Budgets(settings.budgets))
     usage.on_new_bill = note_bill
     gemini.on_call = usage.record
     judge = None
@@ -117,7 +111,7 @@ def create_app(config: Settings | dict | None = None) -> Flask:
                               settings.auto_judge_timeout_s, billed_to)
     router = Router(catalog, settings.auto_tiers, judge=judge)
     chat = Chat(manager, catalog, gemini, files, settings, router, usage)
-    rate_limits = RateLimits(settings.rate_limits, settings.data_dir, settings.rate_limit_storage)
+    rate_limits = stores.rate_limits
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini, chat, files, router,
                                         usage, rate_limits)
     app.request_class = UploadRequest

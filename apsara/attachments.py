@@ -63,7 +63,7 @@ class Attachments:
         ref = meta.get("gemini")
         if uploads.usable(ref):
             return ref
-        ref = uploads.upload(self.gemini, self.files.content_path(owner, meta["id"]), meta["mime_type"],
+        ref = uploads.upload(self.gemini, self.files.content(owner, meta["id"]), meta["mime_type"],
                              meta.get("filename") or meta["id"])
         self.files.set_gemini_ref(owner, meta["id"], ref)
         meta["gemini"] = ref

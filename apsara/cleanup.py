@@ -12,31 +12,23 @@ import time
 from datetime import datetime
 
 from .config import from_env
-from .conversations.store import ConversationStore
 from .files import FileStore
+from .stores import open_stores
 
 
-def referenced(store: ConversationStore, owner: str) -> set[str]:
+def referenced(store, owner: str) -> set[str]:
     ids: set[str] = set()
-    folder = store.history_dir / owner
-    for path in folder.glob("*.json") if folder.is_dir() else []:
-        if path.name.startswith("."):
-            continue
-        document = store.read(owner, path.stem) or {}
+    for conversation_id in store.conversation_ids(owner):
+        document = store.read(owner, conversation_id) or {}
         for message in document.get("messages", []):
             ids.update(p["file_id"] for p in message.get("parts", []) if p.get("type") == "file")
     return ids
 
 
-def unreferenced(store: ConversationStore, files: FileStore, grace_s: float) -> list[tuple[str, str]]:
+def unreferenced(store, files: FileStore, grace_s: float) -> list[tuple[str, str]]:
     found = []
-    if not files.root.is_dir():
-        return found
     cutoff = time.time() - grace_s
-    for folder in sorted(files.root.iterdir()):
-        if not folder.is_dir() or folder.name.startswith("."):
-            continue
-        owner = folder.name
+    for owner in files.owners():
         keep = referenced(store, owner)
         for file_id in files.ids(owner):
             meta = files.get(owner, file_id) or {}
@@ -52,8 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("--grace-hours", type=float, default=24.0)
     args = parser.parse_args(argv)
     settings = from_env()
-    store = ConversationStore(settings.data_dir)
-    files = FileStore(settings.data_dir, settings.secret_key)
+    stores = open_stores(settings)
+    store, files = stores.conversations, stores.files
     doomed = unreferenced(store, files, args.grace_hours * 3600)
     for owner, file_id in doomed:
         print(f"{'would remove' if args.dry_run else 'removed'} {owner}/{file_id}")

@@ -35,6 +35,8 @@ class Settings:
     # Open connections to Gemini per worker process: the most replies it streams at once.
     gemini_max_connections: int = 1000
     data_dir: Path = Path("data")
+    # postgresql://... keeps all state in PostgreSQL (several replicas); None: files under data_dir.
+    database_url: str | None = None
     default_model: str = "gemini-3.8-flash"
     # user name -> API key; empty means auth is off and everyone is LOCAL_USER.
     api_keys: dict[str, str] = field(default_factory=dict)
@@ -162,6 +164,7 @@ def from_env(env=None) -> Settings:
         gemini_api_version=env.get("GEMINI_API_VERSION") or "v1beta",
         gemini_timeout_s=_number(env, "GEMINI_TIMEOUT_S", 120.0),
         data_dir=Path(env.get("APSARA_DATA_DIR") or "data"),
+        database_url=env.get("APSARA_DATABASE_URL") or None,
         api_keys=parse_api_keys(env.get("APSARA_API_KEYS", "")),
         cors_origins=_split(env.get("CORS_ORIGINS")),
         max_upload_mb=_number(env, "APSARA_MAX_UPLOAD_MB", 100, int),
@@ -182,6 +185,10 @@ def from_env(env=None) -> Settings:
         settings.image_model = env["APSARA_IMAGE_MODEL"]
     if env.get("APSARA_SECRET_KEY"):
         settings.secret_key = env["APSARA_SECRET_KEY"]
+    elif settings.database_url:
+        settings.secret_key = ""  # replicas share the one kept in the database
+    if settings.database_url and not settings.database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("APSARA_DATABASE_URL must start with postgresql://")
     _usage_settings(settings, env)
     return settings
 

@@ -34,6 +34,33 @@ PRIVATE_FIELDS = ("gemini",)
 _CHUNK = 1024 * 1024
 
 
+def examine(temp_path: Path, filename: str) -> dict:
+    """The metadata of an upload: its hash and size, and its type decided from its bytes (415 if unreadable)."""
+    digest, size, head = hashlib.sha256(), 0, b""
+    with open(temp_path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            if len(head) < 8192:
+                head += chunk[: 8192 - len(head)]
+            digest.update(chunk)
+            size += len(chunk)
+    mime_type = sniff(head, filename)
+    encoding = text_encoding(head) if mime_type and mime_type.startswith("text/") else None
+    if mime_type is None:
+        raise ApiError(415, "this type of file cannot be read by the models; send an image, PDF, "
+                            "audio, video or text file")
+    file_id = new_id("f")
+    meta = {"id": file_id, "filename": filename or f"{file_id}", "mime_type": mime_type,
+            "size_bytes": size, "sha256": digest.hexdigest(), "created_at": now_iso()}
+    if encoding and encoding != "utf-8":
+        meta["charset"] = encoding  # served with it, so a browser reads UTF-16 text right
+    return meta
+
+
+def generated_meta(data: bytes, mime_type: str, filename: str) -> dict:
+    return {"id": new_id("f"), "filename": filename, "mime_type": mime_type, "size_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "created_at": now_iso(), "generated": True}
+
+
 class FileStore:
     # An upload left in .incoming this long is a crash's leftover, never one in progress
     # (the parser writes to it as bytes arrive, so an upload still coming keeps it fresh).
@@ -70,37 +97,19 @@ class FileStore:
 
     def adopt(self, owner: str, temp_path: Path, filename: str) -> dict:
         """Hash and type an uploaded temp file, then move it into the user's files."""
-        digest, size, head = hashlib.sha256(), 0, b""
-        with open(temp_path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                if len(head) < 8192:
-                    head += chunk[: 8192 - len(head)]
-                digest.update(chunk)
-                size += len(chunk)
-        mime_type = sniff(head, filename)
-        encoding = text_encoding(head) if mime_type and mime_type.startswith("text/") else None
-        if mime_type is None:
-            raise ApiError(415, "this type of file cannot be read by the models; send an image, PDF, "
-                                "audio, video or text file")
-        file_id = new_id("f")
-        blob, meta_path = self._paths(owner, file_id)
+        meta = examine(temp_path, filename)
+        blob, meta_path = self._paths(owner, meta["id"])
         self._folder(owner, create=True)
         os.replace(temp_path, blob)
-        meta = {"id": file_id, "filename": filename or f"{file_id}", "mime_type": mime_type,
-                "size_bytes": size, "sha256": digest.hexdigest(), "created_at": now_iso()}
-        if encoding and encoding != "utf-8":
-            meta["charset"] = encoding  # served with it, so a browser reads UTF-16 text right
         write_atomically(meta_path, orjson.dumps(meta))
         return meta
 
     def save_bytes(self, owner: str, data: bytes, mime_type: str, filename: str) -> dict:
         """Store bytes made here (a generated image); their type is already known."""
-        file_id = new_id("f")
-        blob, meta_path = self._paths(owner, file_id)
+        meta = generated_meta(data, mime_type, filename)
+        blob, meta_path = self._paths(owner, meta["id"])
         self._folder(owner, create=True)
         write_atomically(blob, data)
-        meta = {"id": file_id, "filename": filename, "mime_type": mime_type, "size_bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(), "created_at": now_iso(), "generated": True}
         write_atomically(meta_path, orjson.dumps(meta))
         return meta
 
@@ -122,11 +131,17 @@ class FileStore:
         except (FileNotFoundError, InvalidId):
             return None
 
-    def content_path(self, owner: str, file_id: str) -> Path:
+    def content(self, owner: str, file_id: str):
+        """The bytes to serve or upload, never read whole: a path here, a reader in the database store."""
         return self._paths(owner, file_id)[0]
 
     def read_bytes(self, owner: str, file_id: str) -> bytes:
-        return self.content_path(owner, file_id).read_bytes()
+        return self._paths(owner, file_id)[0].read_bytes()
+
+    def owners(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def ids(self, owner: str) -> list[str]:
         try:

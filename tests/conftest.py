@@ -10,6 +10,9 @@ from apsara import create_app
 from apsara.config import Settings
 
 
+from tests.postgres import STORE  # noqa: E402 (one copy, however this module is imported)
+
+
 def data_dir(tmp_path) -> Path:
     """A test's data folder; relative to the working directory under APSARA_TEST_RELATIVE_DATA_DIR=1.
 
@@ -22,9 +25,34 @@ def data_dir(tmp_path) -> Path:
 
 def make_settings(tmp_path, **overrides) -> Settings:
     base = dict(data_dir=data_dir(tmp_path), gemini_api_key=None, secret_key="test-secret",
-                gemini_retry_attempts=1, gemini_timeout_s=10.0)
+                gemini_retry_attempts=1, gemini_timeout_s=10.0, database_url=STORE["database_url"])
     base.update(overrides)
     return Settings(**base)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """One throwaway PostgreSQL server for the whole run (started on first use)."""
+    from tests.postgres import cluster
+
+    with cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["files", "postgresql"])
+def store_kind(request):
+    """Runs a test once per store: modules opt in with `pytestmark = pytest.mark.usefixtures("store_kind")`."""
+    if request.param == "postgresql":
+        from tests.postgres import empty
+
+        if request.node.get_closest_marker("file_format"):
+            pytest.skip("about the file store's own format on disk")
+
+        url = request.getfixturevalue("postgres_url")
+        empty(url)
+        STORE["database_url"] = url
+    yield request.param
+    STORE["database_url"] = None
 
 
 @pytest.fixture

@@ -14,8 +14,12 @@ from apsara import create_app
 from apsara.config import ConfigError, from_env
 from apsara.testing.fake_gemini import Reply
 from tests.conftest import UserClient, make_settings
+from tests.postgres import server_env
 from tests.servers import call, gunicorn
 from tests.test_usage import API, assert_ledger_matches_bill, send, start, usage, wait_until_written
+
+# Every test here runs on both stores: the files (SQLite ledger) and PostgreSQL.
+pytestmark = pytest.mark.usefixtures("store_kind")
 
 
 def budget_app(tmp_path, fake, budgets, **extra):
@@ -103,7 +107,7 @@ def test_twenty_concurrent_turns_across_two_workers_stay_within_one_reservation(
     fake.default = Reply(parts=[f" w{n}" for n in range(max_output)], delay_s=0.4)
     text = " ".join("abc" for _ in range(60))
     env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "k", "GEMINI_BASE_URL": fake.url,
-           "APSARA_BUDGETS": json.dumps({"default": {"tokens_per_day": limit}})}
+           "APSARA_BUDGETS": json.dumps({"default": {"tokens_per_day": limit}}), **server_env()}
     with gunicorn(env, workers=2) as base:
         url = f"{base}/api/v1/conversations"
         for n in range(20):
@@ -135,11 +139,20 @@ def test_a_dead_workers_reservation_is_freed(tmp_path, fake):
     gone.wait()
     ledger = app.extensions["apsara"].usage.ledger
     reservation = ledger.reserve("local", 5000, 1.0, lambda spending: None)
-    with ledger.db.write() as sql:  # as if that process had reserved and then been killed
-        sql.execute("UPDATE reservations SET pid=? WHERE id=?", (gone.pid, reservation))
+    # as if that process had reserved and then been killed
+    _sql(ledger, "UPDATE reservations SET pid=? WHERE id=?", (gone.pid, reservation))
     assert send(client, "hello").status_code == 201
-    with ledger.db.read() as sql:
-        assert sql.execute("SELECT count(*) FROM reservations").fetchone()[0] == 0
+    assert _sql(ledger, "SELECT count(*) FROM reservations")[0][0] == 0
+
+
+def _sql(ledger, statement: str, args=()):
+    """A statement on the ledger's own database, whichever store runs."""
+    if hasattr(ledger.db, "write"):  # the SQLite file
+        with ledger.db.write() as sql:
+            return sql.execute(statement, args).fetchall()
+    with ledger.db.connection() as conn:
+        cursor = conn.execute(statement.replace("?", "%s"), args)
+        return cursor.fetchall() if cursor.description else None
 
 
 def test_an_auto_turn_over_budget_never_asks_the_judge(tmp_path, fake):

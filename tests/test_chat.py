@@ -11,6 +11,9 @@ from apsara import create_app
 from apsara.testing.fake_gemini import BAD_KEY, Reply
 from tests.conftest import make_settings, parse_sse
 
+# Every test here runs on both stores: the files and PostgreSQL.
+pytestmark = pytest.mark.usefixtures("store_kind")
+
 API = "/api/v1/conversations"
 
 
@@ -217,11 +220,9 @@ def test_a_relay_closed_early_does_not_end_the_reply(chat_app, fake):
 
 
 def test_a_dead_writers_streaming_reply_becomes_interrupted(chat, settings, fake, tmp_path):
-    from apsara.conversations.store import ConversationStore
-
     new_conversation(chat)
     send(chat, "hello")
-    store = ConversationStore(tmp_path / "data")
+    store = chat.application.extensions["apsara"].store
     document = store.read("local", "c1")
     document["messages"][1].update(status="streaming", _writer={"pid": 2**22 + 7, "host": __import__("socket").gethostname(),
                                                                  "started": time.time()})

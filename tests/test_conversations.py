@@ -6,6 +6,9 @@ import re
 
 import pytest
 
+# Every test here runs on both stores: the files and PostgreSQL.
+pytestmark = pytest.mark.usefixtures("store_kind")
+
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 API = "/api/v1/conversations"
 
@@ -198,6 +201,7 @@ def test_malformed_json_and_wrong_content_type(client):
     assert client.get(API).json["conversations"] == []
 
 
+@pytest.mark.file_format
 def test_file_on_disk_is_lines_of_json_with_schema_version(client, settings):
     client.post(API, json={"id": "disk", "title": "on disk"})
     [path] = (settings.data_dir / "history").rglob("disk.json")

@@ -12,6 +12,10 @@ import pytest
 
 from apsara import create_app
 from tests.conftest import make_settings
+from tests.postgres import server_env
+
+# Every test here runs on both stores: the files and PostgreSQL.
+pytestmark = pytest.mark.usefixtures("store_kind")
 
 FILES = "/api/v1/files"
 API = "/api/v1/conversations"
@@ -245,6 +249,8 @@ def test_cleanup_removes_only_unreferenced_files(chat_app, chat, fake, monkeypat
     chat.post(API, json={"id": "c2"})
     chat.post(f"{API}/c2/messages", json={"text": "Look", "files": [used["id"]]})
     monkeypatch.setenv("APSARA_DATA_DIR", str(settings.data_dir))
+    for name, value in server_env().items():
+        monkeypatch.setenv(name, value)
     assert cleanup.main(["--grace-hours", "0"]) == 0
     assert chat.get(f"{FILES}/{used['id']}").status_code == 200
     assert chat.get(f"{FILES}/{unused['id']}").status_code == 404

@@ -4,8 +4,13 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from apsara.testing.fake_gemini import Reply
 from tests.conftest import parse_sse
+
+# Every test here runs on both stores: the files and PostgreSQL.
+pytestmark = pytest.mark.usefixtures("store_kind")
 
 API = "/api/v1/conversations"
 

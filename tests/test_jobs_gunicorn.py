@@ -1,6 +1,7 @@
 """Replies as jobs across processes: two Gunicorn servers share one data folder, as two
-workers (or replicas on one disk) do. A reply written by one is followed, stopped and
-recovered through the other."""
+workers (or replicas on one disk) do, or one PostgreSQL database, as replicas on two
+machines do (each then has a data folder of its own). A reply written by one is
+followed, stopped and recovered through the other."""
 from __future__ import annotations
 
 import contextlib
@@ -15,19 +16,21 @@ from pathlib import Path
 
 import pytest
 
-from apsara.conversations.store import ConversationStore
 from apsara.testing.fake_gemini import Reply
+from tests.postgres import current_store, server_env
 from tests.servers import call, gunicorn
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store_kind")]
 API = "/api/v1/conversations"
 
 
 @contextlib.contextmanager
 def two_servers(tmp_path, fake):
     env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "k", "GEMINI_BASE_URL": fake.url,
-           "GUNICORN_ACCESS_LOG": "/dev/null"}
-    with gunicorn(env, workers=1) as first, gunicorn(env, workers=1) as second:
+           "GUNICORN_ACCESS_LOG": "/dev/null", **server_env()}
+    # On a database nothing is shared through the disk: each replica has its own folder.
+    other = {**env, "APSARA_DATA_DIR": str(tmp_path / "other")} if server_env() else env
+    with gunicorn(env, workers=1) as first, gunicorn(other, workers=1) as second:
         yield first, second
 
 
@@ -128,9 +131,12 @@ def test_stop_from_another_process_closes_gemini_and_frees_the_conversation(tmp_
             end = stream.rest()[-1]
             assert end[0] == "done" and end[2]["status"] == "stopped" and end[2]["text"] == "read this"
             fake.default = Reply(parts=["next"])
-            status, sent = call("POST", f"{second}{API}/c1/messages", {"text": "go on"})
+            status, sent = call("POST", f"{first}{API}/c1/messages", {"text": "go on"})  # at once, through the writer
             assert status == 201 and sent["reply"]["text"] == "next"
-            assert [m["status"] for m in call("GET", f"{first}{API}/c1")[1]["messages"][1::2]] == ["stopped", "complete"]
+            status, sent = call("POST", f"{second}{API}/c1/messages", {"text": "and on"})
+            assert status == 201 and sent["reply"]["text"] == "next"
+            assert [m["status"] for m in call("GET", f"{first}{API}/c1")[1]["messages"][1::2]] == \
+                ["stopped", "complete", "complete"]
     finally:
         gate.set()
 
@@ -193,5 +199,5 @@ def test_twenty_racing_senders_one_winner_and_a_whole_tree(tmp_path, fake):
         conversation = call("GET", f"{second}{API}/c1")[1]
         assert [m["role"] for m in conversation["messages"]] == ["user", "model"]
         assert conversation["messages"][1]["status"] == "complete"
-    document = ConversationStore(tmp_path / "data").read("local", "c1")
+    document = current_store(tmp_path).read("local", "c1")
     assert len(document["messages"]) == 2 and document["conversation"]["message_count"] == 2

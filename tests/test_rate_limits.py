@@ -14,8 +14,12 @@ from apsara.config import ConfigError, from_env
 from apsara.ratelimits import parse_rate_limits
 from apsara.testing.fake_gemini import Reply
 from tests.conftest import UserClient, make_settings
+from tests.postgres import server_env
 from tests.servers import call, gunicorn
 from tests.test_usage import API, send, start, wait_until_written
+
+# Every test here runs on both stores: the files (SQLite ledger) and PostgreSQL.
+pytestmark = pytest.mark.usefixtures("store_kind")
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082")
@@ -84,7 +88,7 @@ def test_limits_parse():
 
 @pytest.mark.slow
 def test_counters_are_shared_by_two_workers(tmp_path):
-    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "APSARA_RATE_LIMITS": "requests=10/minute"}
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "APSARA_RATE_LIMITS": "requests=10/minute", **server_env()}
     log = tmp_path / "gunicorn.log"
     with gunicorn(env, workers=2, worker_class="sync", log_path=log) as base:
         with ThreadPoolExecutor(max_workers=8) as pool:

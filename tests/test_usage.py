@@ -12,6 +12,9 @@ from apsara import create_app
 from apsara.testing.fake_gemini import Reply
 from tests.conftest import UserClient, make_settings, parse_sse
 
+# Every test here runs on both stores: the files (SQLite ledger) and PostgreSQL.
+pytestmark = pytest.mark.usefixtures("store_kind")
+
 API = "/api/v1/conversations"
 TOKENS = ("prompt_tokens", "output_tokens", "thought_tokens", "cached_tokens", "total_tokens")
 

@@ -8,6 +8,10 @@ import pytest
 
 from apsara.testing.fake_gemini import Reply
 from tests.conftest import parse_sse
+from tests.postgres import current_store, server_env
+
+# Every test here runs on both stores: the files and PostgreSQL.
+pytestmark = pytest.mark.usefixtures("store_kind")
 
 API = "/api/v1/conversations"
 
@@ -90,9 +94,7 @@ def test_nothing_is_ever_lost(chat, fake, tmp_path):
         created.add(regen["reply"]["id"])
     result = chat.put(f"{API}/c1/messages/{ids[0]}", json={"text": "top"}).json
     created |= {result["user_message"]["id"], result["reply"]["id"]}
-    from apsara.conversations.store import ConversationStore
-
-    on_disk = {m["id"] for m in ConversationStore(tmp_path / "data").read("local", "c1")["messages"]}
+    on_disk = {m["id"] for m in current_store(tmp_path).read("local", "c1")["messages"]}
     assert on_disk == created
     for message_id in created:  # every version can be brought back
         view = chat.post(f"{API}/c1/messages/{message_id}/select").json
@@ -182,7 +184,7 @@ def test_two_edits_at_once_through_gunicorn(tmp_path, fake):
 
     from tests.servers import call, gunicorn
 
-    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "k", "GEMINI_BASE_URL": fake.url}
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "k", "GEMINI_BASE_URL": fake.url, **server_env()}
     with gunicorn(env, workers=2) as base:
         url = f"{base}/api/v1/conversations"
         call("POST", url, {"id": "c1"})
@@ -196,9 +198,7 @@ def test_two_edits_at_once_through_gunicorn(tmp_path, fake):
         status, conversation = call("GET", f"{url}/c1")
         versions = conversation["messages"][0]["siblings"]
         assert len(versions) == 1 + codes.count(201)
-    from apsara.conversations.store import ConversationStore
-
-    assert len(ConversationStore(tmp_path / "data").read("local", "c1")["messages"]) == 2 + 2 * codes.count(201)
+    assert len(current_store(tmp_path).read("local", "c1")["messages"]) == 2 + 2 * codes.count(201)
 
 
 def test_message_count_counts_the_active_path_and_is_documented(chat, fake):

@@ -85,9 +85,11 @@ def content(file_id):
     active = mime in ACTIVE_TYPES
     # Runnable types (HTML, SVG, scripts) only ever download; nosniff and a
     # sandboxing CSP keep the browser from treating anything else as a page.
-    response = send_file(_files().content_path(current_user(), file_id), mimetype=mime,
+    response = send_file(_files().content(current_user(), file_id), mimetype=mime,
                          as_attachment=active, download_name=meta["filename"] or file_id,
-                         conditional=True, max_age=300)
+                         conditional=True, max_age=300, etag=meta["sha256"])
+    if response.content_length is None:  # a reader from the database: it has no size to stat
+        response.content_length = meta["size_bytes"]
     if mime.startswith("text/"):
         response.headers["Content-Type"] = f"{mime}; charset={meta.get('charset', 'utf-8')}"
     # A user's file: browsers may keep it a while, shared caches (a CDN, a proxy) never,

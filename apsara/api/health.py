@@ -1,8 +1,8 @@
 """`GET /health` (readiness) and `GET /health/live` (liveness).
 
 Readiness answers 503 whenever this server cannot serve a chat (no Gemini key,
-an unwritable data folder), so a load balancer or the image's HEALTHCHECK sends
-it no traffic; liveness only says the process answers, for restarts, and costs
+an unwritable data folder, an unreachable database), so a load balancer or the
+image's HEALTHCHECK sends it no traffic; liveness only says the process answers, for restarts, and costs
 nothing.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ def _gemini_state(services) -> str:
 @blp.route("/health", methods=["GET"])
 @blp.response(200, HealthSchema)
 @blp.doc(security=[], responses={"503": {
-    "description": "Not ready: no Gemini key is configured, or the data folder cannot be written.",
+    "description": "Not ready: no Gemini key is configured, or the store (the data folder, or the "
+                   "database) cannot be written.",
     "content": {"application/json": {"schema": HealthSchema}}}})
 def health():
     """Readiness: 200 when this server can serve a chat, else 503 saying what is missing."""

@@ -174,7 +174,7 @@ class Turn:
     error: ApiError | None = None      # the ApiError a failed reply ended with
     persist: bool = True               # False for /generate: nothing is stored
     request: tuple | None = field(default=None, repr=False)  # (contents, config) ready to send
-    position: tuple | None = None      # (inode, offset) of the file just after the turn's records
+    position: tuple | None = None      # the store's read position just after the turn's records
     bill: object = None                # the usage bill this turn's Gemini calls go on
 
 
@@ -423,7 +423,7 @@ class ConversationManager:
             reply = {**turn.stored_reply, "_writer": new_writer()}
             records.append(record(0, "message", stamp, message=reply))
             mark = self._append(owner, conversation_id, document, records, on_written=on_written)
-            turn.position = (mark["inode"], mark["size"])
+            turn.position = mark["position"]
             tree = MessageTree.of(document)
             link = self.link(owner)
             turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None

@@ -195,6 +195,9 @@ def _ordered(keys: list, first: int):
 
 
 class ConversationStore:
+    # How often a running reply looks for a stop request: a stat() is cheap.
+    stop_poll_s = 0.0
+
     def __init__(self, data_dir: Path):
         self.history_dir = Path(data_dir) / "history"
         self.locks_dir = Path(data_dir) / "locks"
@@ -356,6 +359,23 @@ class ConversationStore:
                     records.append(orjson.loads(line))
         return records, (inode, offset + end)
 
+    def may_have_news(self, owner: str, conversation_id: str, position: tuple[int, int]) -> bool:
+        """Whether `follow()` could find anything after `position` (or that the conversation
+        is gone): one stat(), no read."""
+        inode, offset = position
+        try:
+            stat = os.stat(self.path(owner, conversation_id))
+        except FileNotFoundError:
+            return True
+        return stat.st_ino != inode or stat.st_size > offset
+
+    def conversation_ids(self, owner: str) -> list[str]:
+        try:
+            folder = self._user_dir(owner)
+        except InvalidId:
+            return []
+        return [p.stem for p in folder.glob("*" + _SUFFIX) if not p.name.startswith(".")] if folder.is_dir() else []
+
     def read_header(self, owner: str, conversation_id: str) -> dict | None:
         try:
             with open(self.path(owner, conversation_id), "rb") as fh:
@@ -475,7 +495,7 @@ class ConversationStore:
         if mtime_ns is not None and any(r["type"] in TOUCHING for r in records):
             self.recency(owner).record(conversation_id, mtime_ns)
         mark["size"] = size + len(data)
-        mark["inode"] = inode
+        mark["position"] = (inode, mark["size"])  # where a follow() of what comes next starts
         return mark
 
     def _repair(self, fd: int, conversation_id: str) -> int:

@@ -28,9 +28,10 @@ def usable(ref: dict | None) -> bool:
     return expires - MARGIN > datetime.now(timezone.utc)
 
 
-def upload(client: GeminiClient, path: Path, mime_type: str, display_name: str) -> dict:
+def upload(client: GeminiClient, source, mime_type: str, display_name: str) -> dict:
+    """`source`: a path, or a seekable reader (the database store's bytes, streamed)."""
     sdk = client.sdk
-    uploaded = sdk.files.upload(file=str(path), config=types.UploadFileConfig(
+    uploaded = sdk.files.upload(file=str(source) if isinstance(source, Path) else source, config=types.UploadFileConfig(
         mime_type=mime_type, display_name=display_name[:100] or None))
     # Video is processed before it can be used; wait for it, within reason.
     deadline = time.monotonic() + PROCESSING_WAIT_S

@@ -46,7 +46,8 @@ class Job:
         self.flush_lock = threading.Lock()
         self.flushed = 0
         self.last_flush = time.monotonic()
-        self.position: tuple[int, int] | None = None  # how far the watcher read the file
+        self.position: tuple[int, int] | None = None  # how far the watcher read the store
+        self.stop_checked = 0.0
         self.result: tuple[str, dict] | None = None
 
     def publish(self, name: str, data, shown: bool = True) -> list:
@@ -137,9 +138,12 @@ class JobRegistry:
         pending = len(job.events) > job.flushed
         if (pending and now - job.last_flush >= CHECKPOINT_S) or now - job.last_flush >= HEARTBEAT_S:
             self.checkpoint(job)
-        if not job.stop_requested and self._stop_recorded(job):
-            log.info("reply %s stopped from another process (or its conversation deleted)", job.reply_id)
-            job.stop()
+        # A stop request recorded by another process: as often as the store finds cheap.
+        if not job.stop_requested and now - job.stop_checked >= self.manager.store.stop_poll_s:
+            job.stop_checked = now
+            if self._stop_recorded(job):
+                log.info("reply %s stopped from another process (or its conversation deleted)", job.reply_id)
+                job.stop()
 
     def checkpoint(self, job: Job) -> None:
         with job.flush_lock:
@@ -160,12 +164,7 @@ class JobRegistry:
             document, job.position = loaded
             reply = next((m for m in document["messages"] if m["id"] == job.reply_id), None)
             return bool(reply and reply.get("_stop"))
-        inode, offset = job.position
-        try:
-            stat = os.stat(store.path(job.owner, job.conversation_id))
-        except FileNotFoundError:
-            return True
-        if stat.st_ino == inode and stat.st_size <= offset:
+        if not store.may_have_news(job.owner, job.conversation_id, job.position):
             return False
         records, job.position = store.follow(job.owner, job.conversation_id, job.position)
         if records is None:  # compacted: read it whole again

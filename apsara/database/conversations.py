@@ -1,0 +1,222 @@
+"""Conversations in PostgreSQL: the same snapshot-plus-records model as the files.
+
+A row of `conversations` holds the snapshot (the document as of `snapshot_seq`),
+the current header for listings, and `updated_ns` for the newest-first index;
+`conversation_records` holds the records appended since, one row each (see
+journal.py). The interface is the file store's (store.py), so nothing above it
+knows which one runs:
+
+- `locked()` is a transaction holding a transaction-level advisory lock keyed by
+  (owner, id): one writer per conversation across every replica, released by the
+  server when the transaction ends or the connection dies. Everything a store
+  method writes inside it commits together, so a change is all there or absent.
+- a read position is `(generation, seq)`: `follow()` gives the records after
+  `seq`, or (None, None) once the snapshot was rewritten (generation moved on).
+- `append(sync=False)` (checkpoints, stop requests) commits without waiting for
+  the WAL flush: a crash of the database may lose the last ones, as the file
+  store's page cache may.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import orjson
+import psycopg
+
+from ..conversations.journal import TOUCHING, replay
+from ..conversations.store import COMPACT_MIN_BYTES, LOCK_TIMEOUT_S, LockTimeout, Missing, check_id, iso_to_ns
+from . import Database
+
+_LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+
+def _records(seqs, bodies) -> list[dict]:
+    """Record rows as the journal's records: the row's number is the record's `seq`."""
+    records = []
+    for seq, body in zip(seqs or (), bodies or ()):
+        rec = orjson.loads(body)
+        rec["seq"] = seq
+        records.append(rec)
+    return records
+
+
+def _document(snapshot: bytes, records: list[dict]) -> dict:
+    document = orjson.loads(snapshot)
+    if records:
+        replay(document, records)
+    return document
+
+
+def _snapshot(document: dict) -> bytes:
+    return orjson.dumps({"conversation": document["conversation"], "messages": document.get("messages", []),
+                         "active": document.get("active", {}), "seq": document.get("seq", 0)})
+
+
+class PgConversationStore:
+    # How often a running reply asks for a stop request (well within the second promised).
+    stop_poll_s = 0.25
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    # -- locking ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, owner: str, conversation_id: str, timeout_s: float = LOCK_TIMEOUT_S,
+               existing: bool = False):
+        key = f"{check_id(owner)}/{check_id(conversation_id)}"
+        with self.db.transaction() as conn:
+            try:
+                # One round trip: a bounded wait for the lock, then whether the conversation is there.
+                there = conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true), pg_advisory_xact_lock(hashtextextended(%s, 0)), "
+                    "EXISTS (SELECT 1 FROM conversations WHERE owner = %s AND id = %s)",
+                    (f"{int(timeout_s * 1000)}ms", key, owner, conversation_id)).fetchone()[2]
+            except psycopg.errors.LockNotAvailable:
+                raise LockTimeout() from None
+            if existing and not there:
+                raise Missing(conversation_id)
+            yield
+
+    # -- reading ---------------------------------------------------------------
+    def exists(self, owner: str, conversation_id: str) -> bool:
+        with self.db.connection() as conn:
+            return conn.execute("SELECT 1 FROM conversations WHERE owner = %s AND id = %s",
+                                (check_id(owner), check_id(conversation_id))).fetchone() is not None
+
+    def read(self, owner: str, conversation_id: str) -> dict | None:
+        loaded = self.load(owner, conversation_id)
+        return loaded[0] if loaded else None
+
+    def load(self, owner: str, conversation_id: str):
+        """(document, position) or None."""
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT c.snapshot, c.generation, c.seq, r.seqs, r.bodies FROM conversations c, LATERAL ("
+                " SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(body ORDER BY seq) AS bodies"
+                " FROM conversation_records WHERE owner = c.owner AND conversation_id = c.id"
+                " AND seq > c.snapshot_seq) r WHERE c.owner = %s AND c.id = %s",
+                (check_id(owner), check_id(conversation_id))).fetchone()
+        if row is None:
+            return None
+        snapshot, generation, seq, seqs, bodies = row
+        return _document(snapshot, _records(seqs, bodies)), (generation, seq)
+
+    def follow(self, owner: str, conversation_id: str, position):
+        generation, seq = position
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT c.generation, r.seqs, r.bodies FROM conversations c, LATERAL ("
+                " SELECT array_agg(seq ORDER BY seq) AS seqs, array_agg(body ORDER BY seq) AS bodies"
+                " FROM conversation_records WHERE owner = c.owner AND conversation_id = c.id AND seq > %s) r "
+                "WHERE c.owner = %s AND c.id = %s",
+                (seq, check_id(owner), check_id(conversation_id))).fetchone()
+        if row is None or row[0] != generation:
+            return None, None
+        records = _records(row[1], row[2])
+        return records, (generation, records[-1]["seq"] if records else seq)
+
+    def may_have_news(self, owner: str, conversation_id: str, position) -> bool:
+        return True  # follow() asks in one query anyway
+
+    def conversation_ids(self, owner: str) -> list[str]:
+        with self.db.connection() as conn:
+            return [r[0] for r in conn.execute("SELECT id FROM conversations WHERE owner = %s", (owner,))]
+
+    def versions(self, owner: str) -> dict[str, tuple[str, int]]:
+        """id -> (updated_at, seq) of each of the owner's conversations: what a copy compares."""
+        with self.db.connection() as conn:
+            return {r[0]: (r[1], r[2]) for r in conn.execute(
+                "SELECT id, updated_at, seq FROM conversations WHERE owner = %s", (owner,))}
+
+    def read_header(self, owner: str, conversation_id: str) -> dict | None:
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT header, updated_at, message_count FROM conversations "
+                               "WHERE owner = %s AND id = %s", (check_id(owner), check_id(conversation_id))).fetchone()
+        return None if row is None else {**orjson.loads(row[0]), "updated_at": row[1], "message_count": row[2]}
+
+    def list_headers(self, owner: str, limit: int, after: tuple[int, str] | None = None):
+        """Newest first, ties by id; `after` is the (updated_ns, id) of the last item seen."""
+        where, args = "owner = %s", [check_id(owner)]
+        if after is not None:
+            where += " AND (updated_ns < %s OR (updated_ns = %s AND id > %s))"
+            args += [after[0], after[0], after[1]]
+        with self.db.connection() as conn:
+            rows = conn.execute(f"SELECT id, header, updated_at, message_count, updated_ns FROM conversations "
+                                f"WHERE {where} ORDER BY updated_ns DESC, id LIMIT %s", (*args, limit + 1)).fetchall()
+        headers = [{**orjson.loads(r[1]), "updated_at": r[2], "message_count": r[3]} for r in rows[:limit]]
+        more = len(rows) > limit
+        return headers, ((rows[limit - 1][4], rows[limit - 1][0]) if more and limit else None)
+
+    # -- writing ---------------------------------------------------------------
+    def write(self, owner: str, conversation_id: str, document: dict) -> None:
+        """Replace the snapshot with `document` (records up to its seq are folded in)."""
+        header = document["conversation"]
+        snapshot = _snapshot(document)
+        seq = document.get("seq", 0)
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM conversation_records WHERE owner = %s AND conversation_id = %s",
+                         (check_id(owner), check_id(conversation_id)))
+            conn.execute(
+                "INSERT INTO conversations (owner, id, snapshot, snapshot_seq, generation, seq, record_bytes, header, "
+                " updated_at, updated_ns, message_count) VALUES (%s, %s, %s, %s, 1, %s, 0, %s, %s, %s, %s) "
+                "ON CONFLICT (owner, id) DO UPDATE SET snapshot = EXCLUDED.snapshot, "
+                " snapshot_seq = EXCLUDED.snapshot_seq, generation = conversations.generation + 1, "
+                " seq = EXCLUDED.seq, record_bytes = 0, header = EXCLUDED.header, updated_at = EXCLUDED.updated_at, "
+                " updated_ns = EXCLUDED.updated_ns, message_count = EXCLUDED.message_count",
+                (owner, conversation_id, snapshot, seq, seq, orjson.dumps(header), header["updated_at"],
+                 iso_to_ns(header["updated_at"]), header.get("message_count", 0)))
+
+    def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
+               sync: bool = True, on_written=None) -> dict:
+        """Append records (numbered here, as the row's seq); call inside `locked()`. Returns a
+        mark with `size` and `base`, as the file store's, for `needs_compaction()`.
+
+        One statement: the row takes the next numbers and the records go in with them."""
+        bodies, header, touched = [], None, None
+        for rec in records:
+            rec.pop("seq", None)
+            bodies.append(orjson.dumps(rec))
+            if rec["type"] == "conversation":
+                header = orjson.dumps(rec["conversation"])
+            if rec["type"] in TOUCHING:
+                touched = max(touched or "", rec["at"])
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "WITH c AS (UPDATE conversations SET seq = seq + %(n)s, record_bytes = record_bytes + %(bytes)s, "
+                "  updated_at = GREATEST(updated_at, %(touched)s), updated_ns = GREATEST(updated_ns, %(touched_ns)s), "
+                "  message_count = COALESCE(%(count)s, message_count), header = COALESCE(%(header)s, header) "
+                "  WHERE owner = %(owner)s AND id = %(id)s "
+                "  RETURNING seq, updated_at, message_count, record_bytes, length(snapshot) AS base, generation), "
+                " added AS (INSERT INTO conversation_records (owner, conversation_id, seq, body) "
+                "  SELECT %(owner)s, %(id)s, c.seq - %(n)s + r.n, r.body "
+                "  FROM c, unnest(%(bodies)s::bytea[]) WITH ORDINALITY AS r(body, n)) "
+                "SELECT c.*, set_config('synchronous_commit', %(commit)s, true) FROM c",
+                {"n": len(bodies), "bytes": sum(map(len, bodies)), "touched": touched,
+                 "touched_ns": iso_to_ns(touched) if touched else None, "count": message_count,
+                 "header": header, "owner": check_id(owner), "id": check_id(conversation_id),
+                 "bodies": bodies, "commit": "on" if sync else "off"}).fetchone()
+            if row is None:
+                raise Missing(conversation_id)
+            seq, updated_at, count, record_bytes, base, generation = row[:6]
+            for number, rec in enumerate(records, start=seq - len(records) + 1):
+                rec["seq"] = number
+            if on_written is not None:
+                on_written()
+        return {"seq": seq, "updated_at": updated_at, "message_count": count, "base": base,
+                "size": base + record_bytes, "position": (generation, seq)}
+
+    @staticmethod
+    def needs_compaction(mark: dict) -> bool:
+        base = mark.get("base", 0)
+        return mark.get("size", 0) - base > max(COMPACT_MIN_BYTES, base)
+
+    def delete(self, owner: str, conversation_id: str) -> bool:
+        with self.db.connection() as conn:
+            return conn.execute("DELETE FROM conversations WHERE owner = %s AND id = %s",
+                                (check_id(owner), check_id(conversation_id))).rowcount > 0
+
+    def sweep_temp_files(self, older_than_s: float = 600.0) -> int:
+        return 0  # a transaction leaves nothing half-written behind
+
+    def is_writable(self) -> bool:
+        return self.db.ping()

@@ -1,0 +1,107 @@
+"""The schema, as numbered migrations applied once, in order, whoever starts first.
+
+Every replica runs `migrate()` at start. A session advisory lock serializes them:
+the first applies what `schema_migrations` lacks, each in its own transaction with
+its row; the others then find nothing left to do. A migration is never edited
+once released: a change is a new one at the end of MIGRATIONS.
+"""
+from __future__ import annotations
+
+import psycopg
+
+# An arbitrary constant: the advisory lock that only migrations take.
+MIGRATION_LOCK = 0x41505341524D4947
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "conversations, their records, files, shared settings", """
+CREATE TABLE conversations (
+    owner        text   NOT NULL,
+    id           text   NOT NULL,
+    snapshot     bytea  NOT NULL,   -- the document as of snapshot_seq (JSON)
+    snapshot_seq bigint NOT NULL,
+    generation   bigint NOT NULL,   -- bumped whenever the snapshot is rewritten
+    seq          bigint NOT NULL,   -- the newest record's number
+    record_bytes bigint NOT NULL,   -- bytes of records since the snapshot
+    header       bytea  NOT NULL,   -- the current header (JSON), for listings
+    updated_at   text   NOT NULL,
+    updated_ns   bigint NOT NULL,
+    message_count integer NOT NULL,
+    PRIMARY KEY (owner, id)
+);
+CREATE INDEX conversations_newest ON conversations (owner, updated_ns DESC, id);
+CREATE TABLE conversation_records (
+    owner           text   NOT NULL,
+    conversation_id text   NOT NULL,
+    seq             bigint NOT NULL,
+    body            bytea  NOT NULL,
+    PRIMARY KEY (owner, conversation_id, seq),
+    FOREIGN KEY (owner, conversation_id) REFERENCES conversations (owner, id) ON DELETE CASCADE
+);
+CREATE TABLE files (
+    owner text  NOT NULL,
+    id    text  NOT NULL,
+    meta  bytea NOT NULL,
+    PRIMARY KEY (owner, id)
+);
+CREATE TABLE file_chunks (
+    owner   text    NOT NULL,
+    file_id text    NOT NULL,
+    n       integer NOT NULL,
+    data    bytea   NOT NULL,
+    PRIMARY KEY (owner, file_id, n)
+);
+CREATE TABLE shared_settings (
+    name  text PRIMARY KEY,
+    value text NOT NULL
+);
+"""),
+    (2, "usage ledger, budget reservations, rate-limit counters and stream slots", """
+CREATE TABLE usage (
+    owner text NOT NULL, day text NOT NULL, model text NOT NULL, conversation text NOT NULL,
+    purpose text NOT NULL, calls bigint NOT NULL, prompt_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL, thought_tokens bigint NOT NULL, cached_tokens bigint NOT NULL,
+    total_tokens bigint NOT NULL, cost_usd double precision NOT NULL,
+    PRIMARY KEY (owner, day, model, conversation, purpose)
+);
+CREATE INDEX usage_by_day ON usage (day);
+CREATE TABLE spend (
+    owner text NOT NULL, day text NOT NULL, tokens bigint NOT NULL, cost_usd double precision NOT NULL,
+    PRIMARY KEY (owner, day)
+);
+CREATE TABLE reservations (
+    id text PRIMARY KEY, owner text NOT NULL, tokens bigint NOT NULL, cost_usd double precision NOT NULL,
+    pid integer NOT NULL, host text NOT NULL, started double precision NOT NULL
+);
+CREATE INDEX reservations_by_owner ON reservations (owner);
+CREATE TABLE rate_counters (key text PRIMARY KEY, count bigint NOT NULL, expires double precision NOT NULL);
+CREATE TABLE stream_slots (
+    id text PRIMARY KEY, owner text NOT NULL, pid integer NOT NULL, host text NOT NULL,
+    started double precision NOT NULL
+);
+CREATE INDEX stream_slots_by_owner ON stream_slots (owner);
+"""),
+    (3, "file bytes stored as they are: no compression attempt on media that does not compress", """
+ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+"""),
+]
+
+
+def migrate(conn: psycopg.Connection) -> list[int]:
+    """Apply what is missing (conn in autocommit); returns the versions applied here."""
+    applied_here = []
+    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                     "version integer PRIMARY KEY, name text NOT NULL, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in MIGRATIONS:
+            if version in done:
+                continue
+            with conn.transaction():
+                conn.execute(sql)
+                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+            applied_here.append(version)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied_here

@@ -1,0 +1,110 @@
+"""Rate limits on PostgreSQL: request and upload counters, and open-stream slots, shared by replicas.
+
+The same windows and slots as ratelimits.py keeps in SQLite for the workers of one
+machine. Counters are one row per key (`INSERT ... ON CONFLICT` counts atomically);
+a user's stream slots are counted and taken under a transaction-level advisory lock
+per user, so two replicas never both hand out the last slot.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import limits
+import psycopg
+from limits.storage import Storage
+from limits.strategies import FixedWindowRateLimiter
+
+from .. import metrics
+from ..clock import new_id
+from ..errors import ApiError
+from ..ratelimits import _HOST, RATES, STALE_STREAM_S, STREAM_RETRY_S, RateLimits, _alive
+from . import Database
+
+
+class PgCounters(Storage):
+    """A `limits` storage in the database: fixed-window counters every replica shares."""
+
+    def __init__(self, db: Database, **options):
+        super().__init__(None, wrap_exceptions=False, **options)
+        self.db = db
+
+    @property
+    def base_exceptions(self):
+        return psycopg.Error
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = time.time()
+        with self.db.connection() as conn:
+            # A window that has run out starts again from this hit.
+            return conn.execute(
+                "INSERT INTO rate_counters VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE SET "
+                "count = CASE WHEN rate_counters.expires <= %s THEN EXCLUDED.count "
+                "ELSE rate_counters.count + EXCLUDED.count END, "
+                "expires = CASE WHEN rate_counters.expires <= %s THEN EXCLUDED.expires "
+                "ELSE rate_counters.expires END RETURNING count",
+                (key, amount, now + expiry, now, now)).fetchone()[0]
+
+    def _row(self, key: str):
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT count, expires FROM rate_counters WHERE key = %s", (key,)).fetchone()
+        return row if row and row[1] > time.time() else None
+
+    def get(self, key: str) -> int:
+        row = self._row(key)
+        return row[0] if row else 0
+
+    def get_expiry(self, key: str) -> float:
+        row = self._row(key)
+        return row[1] if row else time.time()
+
+    def check(self) -> bool:
+        return self.db.ping()
+
+    def reset(self) -> int | None:
+        with self.db.connection() as conn:
+            return conn.execute("DELETE FROM rate_counters").rowcount
+
+    def clear(self, key: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute("DELETE FROM rate_counters WHERE key = %s", (key,))
+
+
+class PgRateLimits(RateLimits):
+    def __init__(self, config: dict, db: Database, storage_uri: str | None = None):
+        from limits.storage import storage_from_string
+
+        self.config = config
+        self.pg = db
+        storage = storage_from_string(storage_uri) if storage_uri else PgCounters(db)
+        self.limiter = FixedWindowRateLimiter(storage)
+        self.rates = {name: limits.parse(config[name]) for name in RATES if name in config}
+
+    def open_stream(self, user: str) -> str | None:
+        allowed = self.config.get("streams")
+        if allowed is None:
+            return None
+        slot, now = new_id("s"), time.time()
+        with self.pg.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("streams/" + user,))
+            rows = conn.execute("SELECT id, pid, host, started FROM stream_slots WHERE owner = %s", (user,)).fetchall()
+            open_now = 0
+            for sid, pid, host, started in rows:
+                if now - started > STALE_STREAM_S or not _alive(pid, host):
+                    conn.execute("DELETE FROM stream_slots WHERE id = %s", (sid,))
+                else:
+                    open_now += 1
+            if open_now >= allowed:
+                metrics.rate_limited("streams")
+                raise ApiError(429, f"rate limit streams={allowed} reached: {open_now} reply streams are open; "
+                                    "try again when one ends", {"limit": ["streams"]},
+                               headers={"Retry-After": str(STREAM_RETRY_S)})
+            conn.execute("INSERT INTO stream_slots VALUES (%s, %s, %s, %s, %s)",
+                         (slot, user, os.getpid(), _HOST, now))
+        return slot
+
+    def close_stream(self, slot: str | None) -> None:
+        if slot is None:
+            return
+        with self.pg.connection() as conn:
+            conn.execute("DELETE FROM stream_slots WHERE id = %s", (slot,))
