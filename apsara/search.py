@@ -1,0 +1,165 @@
+"""The file store's search index: SQLite full-text search beside the history.
+
+One database (`<data>/search/index.sqlite`, WAL, shared by every worker
+process) holds, per conversation, its listing fields (updated time, the
+archived / pinned / temporary flags) and one row of text for its title and
+for each version of each message. The store writes it in the same path as the
+history; each conversation's row carries the `updated_at` it was indexed at,
+so a crash between the two writes, a restored backup or a hand-copied folder
+shows up as a difference (`drifted`), and `rebuild` (also
+`python -m apsara.search --rebuild`) makes it again from the files.
+
+A query is words, all of which must occur in one text (the title or one
+message), matched case-insensitively as whole words (accents folded); hits come newest
+first with the listing's cursor, each with a plain-text snippet around the
+first match.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+SNIPPET_CHARS = 300
+_WORD = re.compile(r"\w+", re.UNICODE)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    owner TEXT NOT NULL, id TEXT NOT NULL, updated_ns INTEGER NOT NULL, updated_at TEXT NOT NULL,
+    archived INTEGER NOT NULL DEFAULT 0, pinned INTEGER NOT NULL DEFAULT 0, temporary INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, id));
+CREATE INDEX IF NOT EXISTS conversations_recent ON conversations (owner, updated_ns DESC, id DESC);
+CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5 (
+    owner UNINDEXED, conversation UNINDEXED, kind UNINDEXED, body, tokenize = 'unicode61 remove_diacritics 2');
+"""
+
+
+def words_of(query: str) -> list[str]:
+    return _WORD.findall(query.lower())
+
+
+def _match_expression(words: list[str]) -> str:
+    # Each word quoted, so no FTS syntax gets through; FTS5 ANDs them. Whole words, not prefixes:
+    # a short prefix expands to thousands of terms (4 s against 4 ms on 200,000 messages).
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+def snippet(text: str, words: list[str]) -> str:
+    """At most SNIPPET_CHARS of plain text around the first word that matches."""
+    folded = text.lower()
+    starts = [m.start() for word in words if (m := re.search(r"\b" + re.escape(word), folded))]
+    first = min(starts, default=0)
+    begin = max(0, min(first - SNIPPET_CHARS // 3, len(text) - SNIPPET_CHARS))
+    piece = " ".join(text[begin:begin + SNIPPET_CHARS].split())
+    return piece[:SNIPPET_CHARS]
+
+
+@dataclass
+class Hit:
+    id: str
+    updated_ns: int
+    snippet: str
+
+
+class SearchIndex:
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()  # one connection per thread: sqlite3 objects are not shared
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # the history is the durable copy; this can be rebuilt
+            db.executescript(_SCHEMA)
+            self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def _writing(self):
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- keeping in step ----------------------------------------------------------
+    def put(self, owner: str, header: dict, updated_ns: int, texts: list[str]) -> None:
+        """Index a whole conversation (replacing what was there)."""
+        with self._writing() as db:
+            db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ?", (owner, header["id"]))
+            self._insert(db, owner, header["id"], "title", [header.get("title") or ""])
+            self._insert(db, owner, header["id"], "message", texts)
+            self._put_header(db, owner, header, updated_ns)
+
+    def add(self, owner: str, header: dict, updated_ns: int, texts: list[str]) -> None:
+        """A conversation grew: new message texts and its new header, nothing rewritten."""
+        with self._writing() as db:
+            self._insert(db, owner, header["id"], "message", texts)
+            self._put_header(db, owner, header, updated_ns)
+
+    @staticmethod
+    def _insert(db, owner: str, conversation_id: str, kind: str, texts: list[str]) -> None:
+        db.executemany("INSERT INTO texts (owner, conversation, kind, body) VALUES (?, ?, ?, ?)",
+                       [(owner, conversation_id, kind, text) for text in texts if text])
+
+    @staticmethod
+    def _put_header(db, owner: str, header: dict, updated_ns: int) -> None:
+        db.execute("INSERT INTO conversations (owner, id, updated_ns, updated_at, archived, pinned, temporary) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, id) DO UPDATE SET "
+                   "updated_ns = excluded.updated_ns, updated_at = excluded.updated_at, "
+                   "archived = excluded.archived, pinned = excluded.pinned, temporary = excluded.temporary",
+                   (owner, header["id"], updated_ns, header["updated_at"], bool(header.get("archived")),
+                    bool(header.get("pinned")), bool(header.get("temporary"))))
+
+    def set_header(self, owner: str, header: dict, updated_ns: int) -> None:
+        """The title or a flag changed (no message did)."""
+        with self._writing() as db:
+            db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ? AND kind = 'title'",
+                       (owner, header["id"]))
+            self._insert(db, owner, header["id"], "title", [header.get("title") or ""])
+            self._put_header(db, owner, header, updated_ns)
+
+    def remove(self, owner: str, conversation_id: str) -> None:
+        with self._writing() as db:
+            db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ?", (owner, conversation_id))
+            db.execute("DELETE FROM conversations WHERE owner = ? AND id = ?", (owner, conversation_id))
+
+    def indexed(self) -> dict[tuple[str, str], str]:
+        """(owner, id) -> the `updated_at` each conversation was indexed at."""
+        rows = self._db().execute("SELECT owner, id, updated_at FROM conversations")
+        return {(owner, cid): stamp for owner, cid, stamp in rows}
+
+    # -- searching ------------------------------------------------------------------
+    def search(self, owner: str, query: str, *, limit: int, after: tuple[int, str] | None = None,
+               archived: bool = False, pinned: bool = False, temporary: bool = False) -> list[Hit]:
+        words = words_of(query)
+        if not words:
+            return []
+        where = ["c.owner = ?", "c.archived = ?", "c.temporary = ?"]
+        params: list = [owner, archived, temporary]
+        if pinned:
+            where.append("c.pinned = 1")
+        if after is not None:
+            where.append("(c.updated_ns < ? OR (c.updated_ns = ? AND c.id < ?))")
+            params += [after[0], after[0], after[1]]
+        # The conversations with a matching text, newest first; then each one's first matching text.
+        found = self._db().execute(
+            "SELECT c.id, c.updated_ns FROM conversations c WHERE " + " AND ".join(where) +
+            " AND c.id IN (SELECT conversation FROM texts WHERE texts MATCH ? AND owner = ?)"
+            " ORDER BY c.updated_ns DESC, c.id DESC LIMIT ?",
+            [*params, _match_expression(words), owner, limit]).fetchall()
+        hits = []
+        for conversation_id, updated_ns in found:
+            row = self._db().execute(
+                "SELECT body FROM texts WHERE texts MATCH ? AND owner = ? AND conversation = ? "
+                "ORDER BY kind = 'title' DESC, rowid LIMIT 1", (_match_expression(words), owner, conversation_id)).fetchone()
+            hits.append(Hit(conversation_id, updated_ns, snippet(row[0] if row else "", words)))
+        return hits
