@@ -26,10 +26,12 @@ from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..gemini.catalog import BUNDLED
+from ..gemini.titles import INSTRUCTION as TITLE_INSTRUCTION
 
 _CALL = re.compile(r"^/(?P<ver>v1\w*)/models/(?P<model>[^/:]+):(?P<method>\w+)$")
 _MODELS = re.compile(r"^/(?P<ver>v1\w*)/models(?:/(?P<model>[^/:]+))?$")
 BAD_KEY = "rejected-key"
+TITLE_REQUEST = TITLE_INSTRUCTION[:30]
 FILE_LIFETIME_S = 48 * 3600  # Gemini keeps an uploaded file 48 hours
 CACHE_TTL_S = 3600  # and a cache one hour unless asked otherwise
 
@@ -75,6 +77,11 @@ def _ttl_s(body: dict) -> float:
     """A cache's requested lifetime: `ttl` is "300s" on the wire."""
     ttl = str(body.get("ttl") or "")
     return float(ttl[:-1]) if ttl.endswith("s") and ttl[:-1].replace(".", "", 1).isdigit() else CACHE_TTL_S
+
+
+def _system_text(body: dict) -> str:
+    system = body.get("systemInstruction") or body.get("system_instruction") or {}
+    return "".join(p.get("text", "") for p in system.get("parts", ()) if isinstance(p, dict))
 
 
 def _contents_text(body: dict) -> str:
@@ -218,6 +225,10 @@ class FakeGemini:
         if self.default is not None:
             return self.default
         text = _contents_text(body) or "(nothing)"
+        if _system_text(body).startswith(TITLE_REQUEST):
+            # A title request: the first words of the user's message, as a cheap model would.
+            first = text.split("Assistant:")[0].removeprefix("User:").split()
+            return Reply(parts=[" ".join(first[:5]).title() or "New conversation"])
         words = f"Echo: {text}".split(" ")
         parts: list = [w if i == 0 else " " + w for i, w in enumerate(words)]
         if _thinking(body).get("include_thoughts") or _thinking(body).get("includeThoughts"):
