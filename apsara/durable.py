@@ -37,3 +37,22 @@ def write_atomically(target: Path, data: bytes, mtime_ns: int | None = None) -> 
             os.unlink(temp_name)
         raise
     fsync_dir(folder)
+
+
+def fsync(fd: int) -> None:
+    """os.fsync that lets other greenlets run meanwhile under gevent (in its thread
+    pool): a reply's Gemini call starts while its user message is being made durable."""
+    if _gevent_patched():
+        import gevent
+
+        gevent.get_hub().threadpool.apply(os.fsync, (fd,))
+    else:
+        os.fsync(fd)
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("os") or monkey.is_module_patched("threading")

@@ -6,8 +6,6 @@ runs here and its result goes back to the model. Failures become error results.
 """
 from __future__ import annotations
 
-from google.genai import types
-
 from .attachments import Attachments
 from .conversations.manager import Turn
 from .files import FileStore
@@ -15,6 +13,7 @@ from .functions import BUILT_IN_FUNCTIONS, GENERATE_IMAGE, run_function
 from .gemini.catalog import ModelCatalog
 from .gemini.client import GeminiClient
 from .gemini.errors import to_api_error
+from .gemini.requests import draw
 from .gemini.replies import ReplyBuilder
 
 
@@ -67,9 +66,7 @@ class FunctionCalls:
             parts.append({"inline_data": {"mime_type": previous["mime_type"],
                                           "data": self.files.read_bytes(owner, previous["file_id"])}})
         try:
-            response = self.gemini.sdk.models.generate_content(
-                model=image_model.id, contents=[{"role": "user", "parts": parts}],
-                config=types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"]))
+            response = draw(self.gemini, image_model.id, parts)
         except Exception as exc:  # reported to the model, which can tell the user
             return {"error": f"the image model failed: {to_api_error(exc, self.gemini.secret).message}"}, []
         images = ReplyBuilder(on_inline=self.attachments.image_saver(owner))

@@ -184,6 +184,11 @@ class RoutingSchema(Schema):
     latency_ms = fields.Float()
 
 
+class EventsQuerySchema(Schema):
+    after = fields.Integer(validate=validate.Range(0), metadata={
+        "description": "Replay the events after this id (a `Last-Event-ID` header wins over it)."})
+
+
 class ListQuerySchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
     cursor = fields.String(validate=validate.Length(1, 500))
@@ -240,7 +245,10 @@ class MessageSchema(Schema):
     siblings = fields.List(fields.String())
     model = fields.String(allow_none=True)
     status = fields.String(validate=validate.OneOf(
-        ["complete", "streaming", "interrupted", "error", "blocked"]))
+        ["complete", "streaming", "stopped", "interrupted", "error", "blocked"]))
+    last_event_id = fields.Integer(allow_none=True, metadata={
+        "description": "Replies: the id of the last event the stored text and parts include; a client that "
+                       "shows a streaming reply follows it from there (events endpoint, `Last-Event-ID`)."})
     finish_reason = fields.String(allow_none=True)
     usage = fields.Nested(UsageSchema, allow_none=True)
     grounding = fields.Nested(GroundingSchema, allow_none=True)
@@ -288,6 +296,10 @@ class TokenCountSchema(Schema):
 
 
 class GenerateResultSchema(Schema):
+    reply = fields.Nested(MessageSchema)
+
+
+class ReplyResultSchema(Schema):
     reply = fields.Nested(MessageSchema)
 
 

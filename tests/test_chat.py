@@ -196,34 +196,37 @@ def test_client_gone_mid_stream_still_stores_the_reply(chat, fake):
     assert reply["status"] == "complete" and reply["text"] == "partial and the rest"
 
 
-def test_abandoned_run_is_stored_as_interrupted(chat_app, fake):
-    """If the turn itself is stopped (worker shutting down), what arrived is kept."""
+def test_a_relay_closed_early_does_not_end_the_reply(chat_app, fake):
+    """The reply is a job: closing the stream that started it stops the relay, not the reply."""
     client = chat_app.test_client()
     client.post(API, json={"id": "c1"})
-    services = chat_app.extensions["apsara"]
     gate = threading.Event()
-    fake.push(Reply(parts=["kept", " lost"], hold=gate))
-    with chat_app.test_request_context():
-        turn = services.chat.start("local", "c1", text="go")
-        events = services.chat.run("local", "c1", turn, stream=True)
-        assert next(events) == ("delta", {"text": "kept"})
-        events.close()
+    fake.push(Reply(parts=["kept", " and the rest"], hold=gate))
+    response = client.post(f"{API}/c1/messages", json={"text": "go", "stream": True}, buffered=False)
+    chunks = response.response
+    first = b""
+    while b"event: delta" not in first:
+        first += next(chunks)
+    response.close()
     gate.set()
-    reply = client.get(f"{API}/c1").json["messages"][1]
-    assert reply["status"] == "interrupted" and reply["text"] == "kept"
+    deadline = time.monotonic() + 5
+    while (reply := client.get(f"{API}/c1").json["messages"][1])["status"] == "streaming":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert reply["status"] == "complete" and reply["text"] == "kept and the rest"
 
 
 def test_a_dead_writers_streaming_reply_becomes_interrupted(chat, settings, fake, tmp_path):
-    import json as _json
+    from apsara.conversations.store import ConversationStore
 
     new_conversation(chat)
     send(chat, "hello")
-    [path] = (tmp_path / "data" / "history").rglob("c1.json")
-    document = _json.loads(path.read_bytes())
+    store = ConversationStore(tmp_path / "data")
+    document = store.read("local", "c1")
     document["messages"][1].update(status="streaming", _writer={"pid": 2**22 + 7, "host": __import__("socket").gethostname(),
                                                                  "started": time.time()})
-    from apsara.conversations.store import encode
-    path.write_bytes(encode(document))
+    with store.locked("local", "c1"):
+        store.write("local", "c1", document)
     assert chat.get(f"{API}/c1").json["messages"][1]["status"] == "interrupted"  # shown at once
     assert send(chat, "next").status_code == 201  # not refused as "still being written"
     statuses = [m.get("status") for m in chat.get(f"{API}/c1").json["messages"]]

@@ -198,10 +198,16 @@ def test_malformed_json_and_wrong_content_type(client):
     assert client.get(API).json["conversations"] == []
 
 
-def test_file_on_disk_is_one_json_document_with_schema_version(client, settings):
+def test_file_on_disk_is_lines_of_json_with_schema_version(client, settings):
     client.post(API, json={"id": "disk", "title": "on disk"})
     [path] = (settings.data_dir / "history").rglob("disk.json")
-    document = json.loads(path.read_text())
-    assert document["schema_version"] == 1
-    assert document["conversation"]["title"] == "on disk"
-    assert document["messages"] == [] and document["active"] == {}
+    header, tree, mark = [json.loads(line) for line in path.read_text().splitlines()]
+    assert header["schema_version"] == 2
+    assert header["conversation"]["title"] == "on disk"
+    assert tree == {"messages": [], "active": {}}
+    assert mark["m"]["message_count"] == 0
+    client.patch(f"{API}/disk", json={"title": "renamed"})  # a change appends a record and a mark
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[:3] == [header, tree, mark]
+    assert lines[3]["type"] == "conversation" and lines[3]["conversation"]["title"] == "renamed"
+    assert "m" in lines[4]

@@ -36,8 +36,11 @@ def test_concurrent_patches_through_two_workers_lose_nothing(tmp_path):
             # many concurrent creations: each exactly once
             created = list(pool.map(lambda n: call("POST", url, {"id": f"c{n % 20}"})[0], range(60)))
             assert created.count(201) == 20 and created.count(409) == 40
+    from apsara.conversations.store import ConversationStore
+
+    store = ConversationStore(tmp_path / "data")
     for path in (tmp_path / "data" / "history").rglob("*.json"):
-        json.loads(path.read_bytes())  # every file parses
+        assert store.read(path.parent.name, path.stem) is not None  # every file parses
     pids = set(re.findall(r"pid=<?(\d+)", log.read_text()))
     assert len(pids) >= 2, "requests were served by one worker only"
 

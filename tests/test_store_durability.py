@@ -1,7 +1,6 @@
 """The store under stress: many processes writing, writers killed mid-write."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -89,7 +88,7 @@ def test_sigkill_at_random_moments_leaves_old_or_new_file(tmp_path):
         time.sleep(rng.uniform(0, 0.02))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        document = json.loads(path.read_bytes())  # parses, every time
+        document = store.read(OWNER, CID)  # parses, every time
         counter = _consistent(document)
         assert counter >= last_seen  # never goes back: old or new, nothing older
         last_seen = counter

@@ -2,7 +2,6 @@
 and the model only ever sees the active path."""
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
@@ -91,8 +90,9 @@ def test_nothing_is_ever_lost(chat, fake, tmp_path):
         created.add(regen["reply"]["id"])
     result = chat.put(f"{API}/c1/messages/{ids[0]}", json={"text": "top"}).json
     created |= {result["user_message"]["id"], result["reply"]["id"]}
-    [path] = (tmp_path / "data" / "history").rglob("c1.json")
-    on_disk = {m["id"] for m in json.loads(path.read_bytes())["messages"]}
+    from apsara.conversations.store import ConversationStore
+
+    on_disk = {m["id"] for m in ConversationStore(tmp_path / "data").read("local", "c1")["messages"]}
     assert on_disk == created
     for message_id in created:  # every version can be brought back
         view = chat.post(f"{API}/c1/messages/{message_id}/select").json
@@ -196,5 +196,6 @@ def test_two_edits_at_once_through_gunicorn(tmp_path, fake):
         status, conversation = call("GET", f"{url}/c1")
         versions = conversation["messages"][0]["siblings"]
         assert len(versions) == 1 + codes.count(201)
-    [path] = (tmp_path / "data" / "history").rglob("c1.json")
-    assert len(json.loads(path.read_bytes())["messages"]) == 2 + 2 * codes.count(201)
+    from apsara.conversations.store import ConversationStore
+
+    assert len(ConversationStore(tmp_path / "data").read("local", "c1")["messages"]) == 2 + 2 * codes.count(201)

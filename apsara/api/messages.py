@@ -1,8 +1,9 @@
-"""Messages: send, edit a user message, regenerate a reply, select a version.
+"""Messages: send, edit a user message, regenerate a reply, select a version; a reply's
+events (re-attach to a stream) and stopping a reply.
 
 Each turn answers 201 with JSON, or 200 with server-sent events when asked to
 stream. The user message (and an empty reply) are stored before the first byte
-goes out.
+goes out; the reply then runs as a job that no request owns.
 """
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from flask import current_app, jsonify, request
 from flask_smorest import Blueprint
 
 from ..auth import current_user
-from ..schemas import ConversationSchema, EditSchema, ErrorSchema, RegenerateSchema, SendSchema, TurnResultSchema
+from ..errors import ApiError
+from ..schemas import (ConversationSchema, EditSchema, ErrorSchema, EventsQuerySchema, RegenerateSchema,
+                       ReplyResultSchema, SendSchema, TurnResultSchema)
 from ..streaming import sse_response
+from ..turns.follow import from_job
 
 blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
                 description="Messages, replies and their versions.")
@@ -31,15 +35,14 @@ def answer(conversation_id: str | None, turn, body: dict, with_user: bool, succe
     services = current_app.extensions["apsara"]
     owner = current_user()
     stream = wants_stream(body)
-    events = services.chat.run(owner, conversation_id, turn, stream=stream)
+    job = services.chat.launch(owner, turn, stream=stream)
     if stream:
-        first = [("user_message", turn.user_message)] if with_user else []
-        start = {"id": turn.reply["id"], "model": turn.reply["model"]}
-        if turn.reply.get("routing"):
-            start["routing"] = turn.reply["routing"]
-        first.append(("reply_start", start))
-        return sse_response(first, events, services.settings.ping_interval_s)
-    name, data = list(events)[-1]
+        def events():
+            if with_user:
+                yield 1, "user_message", turn.user_message
+            yield from from_job(job, 0, services.manager.link(owner), services.settings.ping_interval_s)
+        return sse_response(events())
+    name, data = job.wait()
     result = {"user_message": turn.user_message} if with_user else {}
     if name == "done":
         response = jsonify({**result, "reply": data})
@@ -61,7 +64,8 @@ def _chat():
 @blp.response(201, TurnResultSchema)
 @blp.doc(responses=STREAM_DOC)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or file.")
-@blp.alt_response(409, schema=ErrorSchema, description="A reply is still being written in this conversation.")
+@blp.alt_response(409, schema=ErrorSchema, description="A reply is still being written in this conversation, "
+                                                       "or the conversation changed while this turn was prepared.")
 @blp.alt_response(503, schema=ErrorSchema, description="No Gemini key configured, or Gemini unavailable.")
 def send(body, conversation_id):
     """Send a message and get the reply (JSON or a stream)."""
@@ -106,3 +110,35 @@ def select(conversation_id, message_id):
     """Make a version active, with its ancestors and the branch last active below it."""
     services = current_app.extensions["apsara"]
     return jsonify(services.manager.select(current_user(), conversation_id, message_id))
+
+
+EVENTS_DOC = {"200": {"description": "Server-sent events of the reply from reply_start on (after the given id), "
+                                     "live until it ends with done or error.",
+                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+@blp.route("/<conversation_id>/messages/<reply_id>/events", methods=["GET"])
+@blp.arguments(EventsQuerySchema, location="query")
+@blp.response(200)
+@blp.doc(responses=EVENTS_DOC, parameters=[{"in": "header", "name": "Last-Event-ID", "required": False,
+                                            "schema": {"type": "integer", "minimum": 0},
+                                            "description": "Resume after this event id (wins over `after`)."}])
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation or reply.")
+def events(query, conversation_id, reply_id):
+    """Follow a reply from any worker: replay its events after an id, then live until it ends."""
+    after = query.get("after", 0)
+    header = request.headers.get("Last-Event-ID")
+    if header is not None:
+        if not header.strip().isdigit():
+            raise ApiError(422, "Last-Event-ID must be an event id (a whole number)",
+                           {"Last-Event-ID": ["not a whole number"]})
+        after = int(header)
+    return sse_response(_chat().follow(current_user(), conversation_id, reply_id, after))
+
+
+@blp.route("/<conversation_id>/messages/<reply_id>/stop", methods=["POST"])
+@blp.response(200, ReplyResultSchema)
+@blp.alt_response(404, schema=ErrorSchema, description="No such conversation or reply.")
+def stop(conversation_id, reply_id):
+    """Stop a reply being written (from any worker): Gemini's request is closed, what arrived is kept."""
+    return jsonify({"reply": _chat().stop(current_user(), conversation_id, reply_id)})

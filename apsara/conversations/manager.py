@@ -1,9 +1,11 @@
 """The rules of conversations: who owns what, what may change, what a client sees.
 
 Views hand over plain dicts already checked by a schema; the manager validates
-choices against the model catalog, reads and writes through the store under
-the conversation's lock, and builds the API's view of a conversation (the
-active path, each message with its versions). Nothing here knows HTTP.
+choices against the model catalog, reads through the store, and changes a
+conversation by appending records under its lock (see journal.py), and builds
+the API's view of a conversation (the active path, each message with its
+versions). A turn is planned elsewhere without the lock; `commit_turn` only
+checks that the tree has not moved since and appends. Nothing here knows HTTP.
 """
 from __future__ import annotations
 
@@ -13,19 +15,23 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 from ..clock import new_id, now_iso
 from ..errors import ApiError
 from ..gemini.catalog import ModelCatalog
+from .journal import Replay, record
 from .options import check_choice
-from .store import ConversationStore, InvalidId, LockTimeout, check_id
+from .parts import PRIVATE_PART_FIELDS, public_part  # noqa: F401 (part of this module's interface)
+from .store import ConversationStore, InvalidId, LockTimeout, Missing
 from .tree import MessageTree
 
 HEADER_FIELDS = ("id", "title", "created_at", "updated_at", "model", "system_instruction",
                  "tools", "settings", "message_count")
-# Stored with a part for Gemini's sake, never shown to clients.
-PRIVATE_PART_FIELDS = ("thought_signature", "gemini_file")
+# A reply is context for the next turn when it ended with something the user read.
+CONTEXT_STATUSES = ("complete", "stopped")
 
 
 def _not_found(conversation_id) -> ApiError:
@@ -53,12 +59,6 @@ def message_text(message: dict) -> str:
     return "".join(p.get("text", "") for p in message.get("parts", ()) if p.get("type") == "text")
 
 
-def public_part(part: dict) -> dict:
-    if "thought_signature" not in part and "gemini_file" not in part:
-        return part
-    return {k: v for k, v in part.items() if k not in PRIVATE_PART_FIELDS}
-
-
 def _public_parts(parts: list[dict], link) -> list[dict]:
     shown = []
     for part in parts:
@@ -71,10 +71,10 @@ def _public_parts(parts: list[dict], link) -> list[dict]:
 
 def message_view(message: dict, tree: MessageTree | None = None, link=None) -> dict:
     """A stored message as the API shows it. `link(file_id)` gives file parts a fresh signed URL."""
-    view = message.copy()
-    if view.get("status") == "streaming" and not _writer_alive(message):
-        view["status"] = "interrupted"  # its writer died; the next turn will record it so
-    view.pop("_writer", None)  # who is writing a reply: bookkeeping, not API
+    # "_" keys are bookkeeping (who writes a reply, its events), not API.
+    view = {k: v for k, v in message.items() if not k.startswith("_")}
+    if view.get("status") == "streaming" and not writer_alive(message):
+        view["status"] = "interrupted"  # its writer died; the next change records it so
     view["parts"] = _public_parts(message.get("parts", ()), link)
     view["text"] = message_text(message)
     view["siblings"] = tree.siblings(message) if tree is not None else [message["id"]]
@@ -94,18 +94,27 @@ def conversation_view(document: dict, with_messages: bool = True, link=None) -> 
     return view
 
 
-# A reply still "streaming" whose writer died (crash, restart) is shown as interrupted.
-STALE_STREAM_S = 1800.0
-_HOST = socket.gethostname()
+# A reply's writer on another machine is presumed dead after this long without a
+# checkpoint; writers checkpoint at least every HEARTBEAT_S while they live.
+WRITER_SILENCE_S = 15.0
+HEARTBEAT_S = 5.0
+HOST = socket.gethostname()
 
 
-def _writer_alive(message: dict) -> bool:
+def _age_s(stamp: str | None) -> float:
+    if not stamp:
+        return float("inf")
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return float("inf")
+    return (datetime.now(timezone.utc) - then).total_seconds()
+
+
+def writer_alive(message: dict) -> bool:
     writer = message.get("_writer") or {}
-    started = writer.get("started", 0)
-    if time.time() - started > STALE_STREAM_S:
-        return False
-    if writer.get("host") != _HOST:
-        return True  # another machine's process: trust it until it is stale
+    if writer.get("host") != HOST:
+        return _age_s(writer.get("seen")) < WRITER_SILENCE_S  # another machine's process
     try:
         os.kill(writer["pid"], 0)
     except ProcessLookupError:
@@ -115,37 +124,54 @@ def _writer_alive(message: dict) -> bool:
     return True
 
 
-def settle_dead_streams(tree: MessageTree) -> None:
-    for message in tree.messages:
-        if message.get("status") == "streaming" and not _writer_alive(message):
-            message["status"] = "interrupted"
-            message.pop("_writer", None)
+def new_writer() -> dict:
+    return {"pid": os.getpid(), "host": HOST, "started": time.time(), "seen": now_iso()}
+
+
+def dead_streams(tree: MessageTree) -> list[dict]:
+    return [m for m in tree.messages if m.get("status") == "streaming" and not writer_alive(m)]
+
+
+def is_context(message: dict) -> bool:
+    if message["role"] == "user":
+        return True
+    status = message.get("status")
+    if status == "stopped":  # what the user read of it, if anything
+        return any(p["type"] != "thought" and (p["type"] != "text" or p.get("text")) for p in message.get("parts", ()))
+    return status == "complete"
 
 
 def context_path(tree: MessageTree, upto: str | None) -> list[dict]:
     """What the model is sent: the path from the root to `upto`, user messages and
-    complete replies only (failed, blocked, interrupted replies never go back)."""
+    replies the user read (failed, blocked, interrupted replies never go back)."""
     path = []
     node = tree.get(upto) if upto else None
     while node is not None:
-        if node["role"] == "user" or node.get("status") == "complete":
+        if is_context(node):
             path.append(node)
         node = tree.get(node["parent_id"]) if node["parent_id"] else None
     path.reverse()
     return path
 
 
+@dataclass
 class Turn:
-    """What `begin_turn` stored and what the call to Gemini needs."""
+    """A planned turn: what will be stored, and what the call to Gemini needs."""
 
-    def __init__(self, header, user_message, reply, context, choice):
-        self.header = header
-        self.user_message = user_message
-        self.reply = reply
-        self.context = context
-        self.choice = choice
-        self.error = None  # the ApiError a failed reply ended with
-        self.persist = True  # False for /generate: nothing is stored
+    header: dict
+    user_message: dict | None  # the stored user message as the API shows it (send, edit)
+    reply: dict                # the reply as the API shows it, status "streaming"
+    context: list[dict]
+    choice: object
+    conversation_id: str | None = None
+    kind: str = "send"
+    parent_id: str | None = None       # where the turn attaches (checked again under the lock)
+    stored_user: dict | None = None    # the records' payloads
+    stored_reply: dict | None = None
+    first_event_id: int = 1            # id of reply_start in the stream
+    error: ApiError | None = None      # the ApiError a failed reply ended with
+    persist: bool = True               # False for /generate: nothing is stored
+    request: tuple | None = field(default=None, repr=False)  # (contents, config) ready to send
 
 
 class ConversationManager:
@@ -181,6 +207,15 @@ class ConversationManager:
             raise _not_found(conversation_id)
         return document
 
+    def load_with_position(self, owner: str, conversation_id: str):
+        try:
+            loaded = self.store.load(owner, conversation_id)
+        except InvalidId:
+            loaded = None
+        if loaded is None:
+            raise _not_found(conversation_id)
+        return loaded
+
     def get(self, owner: str, conversation_id: str) -> dict:
         return conversation_view(self.load(owner, conversation_id), link=self.link(owner))
 
@@ -191,34 +226,51 @@ class ConversationManager:
 
     # -- writing ---------------------------------------------------------------
     @contextlib.contextmanager
-    def editing(self, owner: str, conversation_id: str):
-        """Lock, load, let the caller change the document, save it: all or nothing."""
-        self._check_id(conversation_id)
-        with self._locked(owner, conversation_id):
-            document = self.load(owner, conversation_id)
-            yield document
-            self.save(owner, document)
-
-    @contextlib.contextmanager
-    def _locked(self, owner: str, conversation_id: str):
+    def _locked(self, owner: str, conversation_id: str, existing: bool = True):
+        """The conversation's lock; 404 for one that is not there (leaving no lock file)."""
         try:
-            with self.store.locked(owner, conversation_id):
+            with self.store.locked(owner, conversation_id, existing=existing):
                 yield
+        except InvalidId:
+            raise _not_found(conversation_id) from None
+        except Missing:
+            raise _not_found(conversation_id) from None
         except LockTimeout:
             raise ApiError(503, f"conversation '{conversation_id}' is busy; try again",
                            headers={"Retry-After": "1"}) from None
 
-    def _check_id(self, conversation_id: str) -> None:
-        try:
-            check_id(conversation_id)
-        except InvalidId:
-            raise _not_found(conversation_id) from None
+    def _append(self, owner: str, conversation_id: str, document: dict, records: list[dict], **options) -> dict:
+        """Append records under the held lock and apply them to `document`."""
+        applier = Replay(document)
+        for rec in records:
+            applier.apply(rec)
+        mark = self.store.append(owner, conversation_id, records,
+                                 message_count=document["conversation"].get("message_count"), **options)
+        for rec in records:
+            document["seq"] = max(document.get("seq", 0), rec["seq"])
+        if self.store.needs_compaction(mark):
+            self.store.write(owner, conversation_id, document)
+        return mark
 
-    def save(self, owner: str, document: dict) -> None:
-        header = document["conversation"]
-        header["updated_at"] = max(now_iso(), header["updated_at"])
-        header["message_count"] = len(MessageTree.of(document).active_path())
-        self.store.write(owner, header["id"], document)
+    @contextlib.contextmanager
+    def editing(self, owner: str, conversation_id: str):
+        """Lock, load, let the caller change the document, store the change: all or nothing.
+
+        A changed header becomes a `conversation` record; any change to the messages
+        is stored as a new snapshot."""
+        with self._locked(owner, conversation_id):
+            document = self.load(owner, conversation_id)
+            header = json.dumps(document["conversation"], sort_keys=True, default=str)
+            shape = (len(document.get("messages", [])), dict(document.get("active", {})))
+            yield document
+            if (len(document.get("messages", [])), document.get("active", {})) != shape:
+                document["conversation"]["updated_at"] = max(now_iso(), document["conversation"]["updated_at"])
+                document["conversation"]["message_count"] = len(MessageTree.of(document).active_path())
+                self.store.write(owner, conversation_id, document)
+            elif json.dumps(document["conversation"], sort_keys=True, default=str) != header:
+                changed = {k: v for k, v in document["conversation"].items() if k not in ("updated_at",)}
+                self._append(owner, conversation_id, document, [record(0, "conversation", now_iso(),
+                                                                        conversation=changed)])
 
     def create(self, owner: str, fields: dict) -> dict:
         model = fields.get("model") or self.default_model()
@@ -229,7 +281,7 @@ class ConversationManager:
         chosen = conversation_id is not None
         for _attempt in range(5):
             conversation_id = conversation_id or new_id()
-            with self._locked(owner, conversation_id):
+            with self._locked(owner, conversation_id, existing=False):
                 if not self.store.exists(owner, conversation_id):
                     stamp = now_iso()
                     document = {"conversation": {
@@ -237,7 +289,7 @@ class ConversationManager:
                         "created_at": stamp, "updated_at": stamp, "model": model,
                         "system_instruction": fields.get("system_instruction") or "",
                         "tools": tools, "settings": settings, "message_count": 0,
-                    }, "messages": [], "active": {}}
+                    }, "messages": [], "active": {}, "seq": 0}
                     self.store.write(owner, conversation_id, document)
                     return conversation_view(document)
             if chosen:
@@ -246,8 +298,9 @@ class ConversationManager:
         raise ApiError(500, "could not pick a free conversation id")
 
     def update(self, owner: str, conversation_id: str, changes: dict) -> dict:
-        with self.editing(owner, conversation_id) as document:
-            header = document["conversation"]
+        with self._locked(owner, conversation_id):
+            document = self.load(owner, conversation_id)
+            header = dict(document["conversation"])
             model = changes.get("model") or header["model"]
             tools = list(dict.fromkeys(changes["tools"])) if changes.get("tools") is not None else header["tools"]
             settings = dict(header["settings"])
@@ -261,98 +314,162 @@ class ConversationManager:
                 if changes.get(key) is not None:
                     header[key] = changes[key]
             header.update(model=model, tools=tools, settings=settings)
+            self._append(owner, conversation_id, document, [record(0, "conversation", now_iso(), conversation=header)])
         return conversation_view(document, link=self.link(owner))
 
     def delete(self, owner: str, conversation_id: str) -> dict | None:
         """Delete; returns the context-cache record the conversation had, for cleaning up."""
-        self._check_id(conversation_id)
         with self._locked(owner, conversation_id):
             header = self.store.read_header(owner, conversation_id)
             if header is None or not self.store.delete(owner, conversation_id):
                 raise _not_found(conversation_id)
         return header.get("_cache")
 
-    def set_cache_record(self, owner: str, conversation_id: str, record: dict | None) -> None:
+    def set_cache_record(self, owner: str, conversation_id: str, cache: dict | None) -> None:
         try:
-            with self.editing(owner, conversation_id) as document:
-                document["conversation"]["_cache"] = record
+            with self._locked(owner, conversation_id):
+                document = self.load(owner, conversation_id)
+                header = {**document["conversation"], "_cache": cache}
+                self._append(owner, conversation_id, document, [record(0, "conversation", now_iso(),
+                                                                        conversation=header)], sync=False)
         except ApiError:
             pass  # deleted meanwhile
 
+    def select(self, owner: str, conversation_id: str, message_id: str) -> dict:
+        with self._locked(owner, conversation_id):
+            document = self.load(owner, conversation_id)
+            if MessageTree.of(document).get(message_id) is None:
+                raise ApiError(404, f"message '{message_id}' not found")
+            self._append(owner, conversation_id, document, [record(0, "select", now_iso(), id=message_id)])
+        return conversation_view(document, link=self.link(owner))
+
     # -- turns ------------------------------------------------------------------
-    def begin_turn(self, owner: str, conversation_id: str, *, kind: str, target_id: str | None = None,
-                   user_parts: Callable[[dict | None], list[dict]] | None = None,
-                   choose: Callable[[dict, list[dict]], object]) -> Turn:
-        """Store the user's message (send, edit) and an empty reply being written.
+    def turn_basis(self, owner: str, conversation_id: str, kind: str, target_id: str | None):
+        """Where a turn attaches, read without the lock: (document, tree, parent id, target).
 
         kind: "send" continues from the end of the active path; "edit" adds a new
         version of user message `target_id`; "regenerate" a new version of model
-        reply `target_id`. `choose(header, context)` validates the model, tools and
-        files for this turn and returns the choice; raising there stores nothing.
-        """
-        with self.editing(owner, conversation_id) as document:
+        reply `target_id`. Refuses (409) while a reply is being written."""
+        document = self.load(owner, conversation_id)
+        tree = MessageTree.of(document)
+        self._refuse_if_streaming(tree)
+        target = None
+        if kind == "send":
+            last = tree.last()
+            parent_id = last["id"] if last else None
+        else:
+            target = tree.get(target_id)
+            if target is None:
+                raise ApiError(404, f"message '{target_id}' not found")
+            wanted = "user" if kind == "edit" else "model"
+            if target["role"] != wanted:
+                verb = "edit" if kind == "edit" else "regenerate"
+                raise ApiError(422, f"only {wanted} messages can be {verb}ed; message "
+                                    f"'{target_id}' is a {target['role']} message",
+                               {"message_id": [f"not a {wanted} message"]})
+            parent_id = target["parent_id"]
+        return document, tree, parent_id, target
+
+    @staticmethod
+    def _refuse_if_streaming(tree: MessageTree) -> None:
+        if any(m.get("status") == "streaming" and writer_alive(m) for m in tree.messages):
+            raise ApiError(409, "a reply is still being written in this conversation; "
+                                "try again when it is done")
+
+    def new_messages(self, turn: Turn, parts: list[dict] | None, choice) -> None:
+        """The user message (send, edit) and the empty reply a planned turn will store."""
+        stamp = now_iso()
+        parent_id = turn.parent_id
+        if parts is not None:
+            turn.stored_user = {"id": new_id("m"), "role": "user", "parent_id": parent_id,
+                                "created_at": stamp, "parts": parts}
+            parent_id = turn.stored_user["id"]
+        turn.first_event_id = 2 if turn.stored_user else 1
+        turn.stored_reply = {"id": new_id("m"), "role": "model", "parent_id": parent_id, "created_at": stamp,
+                             "parts": [], "model": choice.model.id, "status": "streaming",
+                             **({"routing": choice.routing} if getattr(choice, "routing", None) else {}),
+                             "_start_id": turn.first_event_id}
+
+    def commit_turn(self, owner: str, turn: Turn, on_written: Callable[[], None] | None = None) -> None:
+        """Lock, check the tree has not moved since the turn was planned, append its
+        messages (one write, one fsync), unlock. `on_written` runs between the write
+        and the fsync: the reply's Gemini call starts while the disk catches up."""
+        conversation_id = turn.conversation_id
+        with self._locked(owner, conversation_id):
+            document = self.load(owner, conversation_id)
             tree = MessageTree.of(document)
-            settle_dead_streams(tree)
-            if any(m.get("status") == "streaming" for m in tree.messages):
-                raise ApiError(409, "a reply is still being written in this conversation; "
-                                    "try again when it is done")
-            target = None
-            if kind == "send":
+            self._refuse_if_streaming(tree)
+            if turn.kind == "send":
                 last = tree.last()
-                parent_id = last["id"] if last else None
-            else:
-                target = tree.get(target_id)
-                if target is None:
-                    raise ApiError(404, f"message '{target_id}' not found")
-                wanted = "user" if kind == "edit" else "model"
-                if target["role"] != wanted:
-                    verb = "edit" if kind == "edit" else "regenerate"
-                    raise ApiError(422, f"only {wanted} messages can be {verb}ed; message "
-                                        f"'{target_id}' is a {target['role']} message",
-                                   {"message_id": [f"not a {wanted} message"]})
-                parent_id = target["parent_id"]
+                if (last["id"] if last else None) != turn.parent_id:
+                    raise ApiError(409, "the conversation changed while this message was being prepared; "
+                                        "send it again")
             stamp = now_iso()
-            user = None
-            if kind != "regenerate":
-                user = tree.add({"id": new_id("m"), "role": "user", "parent_id": parent_id,
-                                 "created_at": stamp, "parts": user_parts(target)})
-                parent_id = user["id"]
-            context = context_path(tree, parent_id)
-            # Raising here leaves the file untouched: `editing` saves only on success.
-            choice = choose(document["conversation"], context)
-            reply = tree.add({"id": new_id("m"), "role": "model", "parent_id": parent_id,
-                              "created_at": stamp, "parts": [], "model": choice.model.id,
-                              "status": "streaming",
-                              **({"routing": choice.routing} if getattr(choice, "routing", None) else {}),
-                              "_writer": {"pid": os.getpid(), "host": _HOST, "started": time.time()}})
-            tree.select(reply["id"])
-            link = self.link(owner)
-            turn = Turn(dict(document["conversation"]), message_view(user, tree, link) if user else None,
-                        message_view(reply, tree, link), context, choice)
-        return turn
-
-    def finish_reply(self, owner: str, conversation_id: str, reply_id: str, fields: dict) -> dict:
-        """Store the outcome of a reply; returns the stored reply as the API shows it."""
-        try:
-            with self.editing(owner, conversation_id) as document:
-                tree = MessageTree.of(document)
-                reply = tree.get(reply_id)
-                if reply is None:
-                    raise ApiError(404, f"message '{reply_id}' not found")
-                reply.update(fields)
-                reply.pop("_writer", None)
-                return message_view(reply, tree, self.link(owner))
-        except ApiError as error:
-            if error.code != 404:
-                raise
-            # The conversation was deleted while the reply was written: nothing to keep.
-            return message_view({"id": reply_id, "role": "model", "parent_id": None,
-                                 "created_at": now_iso(), **fields}, link=self.link(owner))
-
-    def select(self, owner: str, conversation_id: str, message_id: str) -> dict:
-        with self.editing(owner, conversation_id) as document:
+            records = [record(0, "reply", stamp, id=m["id"], fields={"status": "interrupted"})
+                       for m in dead_streams(tree)]
+            if turn.stored_user:
+                records.append(record(0, "message", stamp, message=turn.stored_user))
+            reply = {**turn.stored_reply, "_writer": new_writer()}
+            records.append(record(0, "message", stamp, message=reply))
+            self._append(owner, conversation_id, document, records, on_written=on_written)
             tree = MessageTree.of(document)
-            if tree.get(message_id) is None:
-                raise ApiError(404, f"message '{message_id}' not found")
-            tree.select(message_id)
-        return conversation_view(document, link=self.link(owner))
+            link = self.link(owner)
+            turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None
+            turn.reply = message_view(tree.get(reply["id"]), tree, link)
+
+    def checkpoint(self, owner: str, conversation_id: str, reply_id: str, events: list) -> bool:
+        """Append a reply's progress (no fsync: a killed process loses nothing written).
+        False when the conversation is gone."""
+        try:
+            with self.store.locked(owner, conversation_id, existing=True):
+                self.store.append(owner, conversation_id,
+                                  [record(0, "progress", now_iso(), id=reply_id, events=events)], sync=False)
+            return True
+        except (Missing, LockTimeout):
+            return False
+
+    def finish_reply(self, owner: str, conversation_id: str, reply_id: str, events: list, fields: dict) -> bool:
+        """Store how a reply ended (with its last events); False when the conversation is gone.
+        When the records have outgrown the snapshot, fold them into a new one."""
+        try:
+            with self.store.locked(owner, conversation_id, existing=True):
+                mark = self.store.append(owner, conversation_id, [record(0, "reply", now_iso(), id=reply_id,
+                                                                         events=events, fields=fields)])
+                if self.store.needs_compaction(mark):
+                    document = self.store.read(owner, conversation_id)
+                    self.store.write(owner, conversation_id, document)
+            return True
+        except (Missing, LockTimeout):
+            return False
+
+    def request_stop(self, owner: str, conversation_id: str, reply_id: str) -> tuple[dict, bool]:
+        """(the reply as stored, whether it is still being written). A stop request is
+        recorded for its writer, whichever process that is."""
+        with self._locked(owner, conversation_id):
+            document = self.load(owner, conversation_id)
+            tree = MessageTree.of(document)
+            reply = self.reply_of(tree, reply_id)
+            if reply.get("status") != "streaming" or not writer_alive(reply):
+                return message_view(reply, tree, self.link(owner)), False
+            if "_stop" not in reply:
+                self._append(owner, conversation_id, document, [record(0, "stop", now_iso(), id=reply_id)],
+                             sync=False)
+            return message_view(reply, tree, self.link(owner)), True
+
+    def force_stop(self, owner: str, conversation_id: str, reply_id: str) -> dict:
+        """Store a reply whose writer did not answer a stop as stopped, with what was checkpointed."""
+        with self._locked(owner, conversation_id):
+            document = self.load(owner, conversation_id)
+            tree = MessageTree.of(document)
+            reply = self.reply_of(tree, reply_id)
+            if reply.get("status") == "streaming":
+                self._append(owner, conversation_id, document,
+                             [record(0, "reply", now_iso(), id=reply_id, fields={"status": "stopped"})])
+            return message_view(reply, tree, self.link(owner))
+
+    @staticmethod
+    def reply_of(tree: MessageTree, reply_id: str) -> dict:
+        reply = tree.get(reply_id)
+        if reply is None or reply["role"] != "model":
+            raise ApiError(404, f"reply '{reply_id}' not found")
+        return reply

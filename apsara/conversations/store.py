@@ -1,26 +1,40 @@
-"""Conversation files on disk: one JSON file per conversation, per user.
+"""Conversation files on disk: a snapshot and the records appended since, per conversation.
 
-Layout: `<data>/history/<user>/<conversation id>.json`, with lock files under
-`<data>/locks/<user>/`. The store knows bytes, paths and locks; it knows nothing
-of Flask, Gemini or what a message is.
+Layout: `<data>/history/<user>/<conversation id>.json`, lock files under
+`<data>/locks/<user>/`. The store knows bytes, paths, locks and records as rows
+(see journal.py); it knows nothing of Flask or Gemini.
 
-- A file is one JSON document whose first line holds the small
-  `conversation` header, so a listing reads one line per conversation, not the
-  whole message tree.
-- Writes go to a temp file in the same folder, are flushed and fsynced, then
-  `os.replace`d over the old file, and the folder is fsynced: a reader sees the
-  old or the new file, never half of one, even after SIGKILL or power loss.
-- The file's mtime is set to the conversation's `updated_at`, so the newest-first
-  listing sorts on `stat()` alone.
+A file (schema_version 2) is lines of JSON:
+
+    {"schema_version":2,"conversation":{...header...},"seq":N}     the snapshot's header
+    {"messages":[...],"active":{...}}                                the snapshot's message tree
+    {"m":{...}}                                                      a mark (below)
+    {"seq":N+1,"type":"message","at":"...",...}                     records, appended one
+    {"m":{...}}                                                        write (and one fsync) each
+
+- A change appends its records and a new mark in one `write`: nothing rewrites
+  the conversation per turn. The mark is what a listing needs (`updated_at`,
+  `message_count`, the offset of the newest header, the record count), read from
+  the file's last 4 KB, so listing reads two small pieces per conversation.
+- A torn last line (a writer killed or the power cut mid-append) is ignored by
+  readers and cut off by the next writer: a record is there whole or not at all.
+- When the records outgrow the snapshot, `write()` folds them into a new
+  snapshot: temp file, fsync, `os.replace`, fsync of the folder, under the lock.
+  A reader holding the old file keeps reading a consistent old file.
+- Files of the first format (one JSON document, schema_version 1) are read as
+  they are and rewritten as a snapshot on their first change.
+- The file's mtime is the conversation's `updated_at`, so the newest-first
+  listing sorts on `stat()` alone (and on the recency log, see recency.py).
 - `locked()` takes an exclusive `flock` per conversation. flock works across
-  worker processes and across threads (each call opens its own descriptor), and
-  the kernel drops it when a process dies, so a crash never leaves it held.
+  worker processes and threads (each call opens its own descriptor), and the
+  kernel drops it when a process dies, so a crash never leaves it held.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import heapq
+import logging
 import os
 import re
 import tempfile
@@ -30,19 +44,38 @@ from pathlib import Path
 
 import orjson
 
-from ..durable import TEMP_PREFIX, fsync_dir, write_atomically
+from ..durable import TEMP_PREFIX, fsync, fsync_dir, write_atomically
+from .journal import TOUCHING, replay
 from .recency import RecencyIndex
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("apsara.store")
+
+SCHEMA_VERSION = 2
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUFFIX = ".json"
-
+_MARK = b'{"m":'
+_TAIL = 4096
+# Records are folded into a new snapshot once they outgrow it (and this floor):
+# the bytes rewritten stay proportional to the bytes appended.
+COMPACT_MIN_BYTES = 256 * 1024
 
 LOCK_TIMEOUT_S = 30.0
 
 
 class LockTimeout(RuntimeError):
     """A conversation stayed locked longer than a request should wait."""
+
+
+class InvalidId(ValueError):
+    """An id that can never name a stored conversation."""
+
+
+class CorruptFile(RuntimeError):
+    """A conversation file that does not parse (never written by this store)."""
+
+
+class Missing(LookupError):
+    """The conversation's file is not there (never made, or deleted)."""
 
 
 def _acquire(fd: int, timeout_s: float) -> None:
@@ -62,14 +95,6 @@ def _acquire(fd: int, timeout_s: float) -> None:
             delay = min(delay * 2, 0.05)
 
 
-class InvalidId(ValueError):
-    """An id that can never name a stored conversation."""
-
-
-class CorruptFile(RuntimeError):
-    """A conversation file that does not parse (never written by this store)."""
-
-
 def iso_to_ns(stamp: str) -> int:
     dt = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     return int(round(dt.timestamp() * 1000)) * 1_000_000
@@ -82,26 +107,74 @@ def check_id(value: str) -> str:
     return value
 
 
+def _mark_line(mark: dict) -> bytes:
+    return b'{"m":' + orjson.dumps(mark) + b"}\n"
+
+
 def encode(document: dict) -> bytes:
-    """The file's bytes: the header alone on line one, everything else after it.
-
-    JSON escapes control characters inside strings, so the only raw newlines
-    are the ones put here.
-    """
-    header = orjson.dumps(document["conversation"])
-    first_line = b'{"schema_version":%d,"conversation":%s' % (SCHEMA_VERSION, header)
-    rest = {k: v for k, v in document.items() if k not in ("conversation", "schema_version")}
-    if not rest:
-        return first_line + b"\n}\n"
-    # orjson gives "{...}": splice its members after the header to keep one JSON document.
-    return first_line + b",\n" + orjson.dumps(rest)[1:] + b"\n"
+    """A snapshot's bytes: header line, message tree line, mark."""
+    header = document["conversation"]
+    first = orjson.dumps({"schema_version": SCHEMA_VERSION, "conversation": header,
+                          "seq": document.get("seq", 0)}) + b"\n"
+    body = orjson.dumps({"messages": document.get("messages", []), "active": document.get("active", {})}) + b"\n"
+    mark = {"seq": document.get("seq", 0), "updated_at": header.get("updated_at"),
+            "message_count": header.get("message_count", 0), "header_at": 0, "base": 0}
+    for _ in range(3):  # `base` counts the mark line, which holds `base`: settle its digits
+        mark["base"] = len(first) + len(body) + len(_mark_line(mark))
+    return first + body + _mark_line(mark)
 
 
-def _decode_header_line(line: bytes) -> dict:
+def _decode_v1_header(line: bytes) -> dict:
     line = line.rstrip()
     if line.endswith(b","):
         line = line[:-1]
     return orjson.loads(line + b"}")["conversation"]
+
+
+def _is_v1(first_line: bytes) -> bool:
+    return first_line.startswith(b'{"schema_version":1,')
+
+
+def _last_line(chunk: bytes) -> bytes | None:
+    """The last complete line of a file's tail, if the chunk holds all of it."""
+    if not chunk.endswith(b"\n"):
+        return None
+    start = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
+    return chunk[start:-1] if start or len(chunk) < _TAIL else None
+
+
+def _parse_lines(raw: bytes, conversation_id: str):
+    """Snapshot document and the records after it; a torn last line is left out.
+
+    Returns (document, records, end offset of the last whole line, last mark)."""
+    end = raw.rfind(b"\n") + 1
+    lines = raw[:end].split(b"\n")[:-1]
+    if len(lines) < 2:
+        raise CorruptFile(conversation_id)
+    try:
+        head = orjson.loads(lines[0])
+        body = orjson.loads(lines[1])
+    except ValueError as exc:
+        raise CorruptFile(conversation_id) from exc
+    if head.get("schema_version") != SCHEMA_VERSION:
+        raise CorruptFile(f"{conversation_id}: unknown schema_version")
+    document = {"conversation": head["conversation"], "messages": body.get("messages", []),
+                "active": body.get("active", {}), "seq": head.get("seq", 0)}
+    records, mark = [], None
+    for line in lines[2:]:
+        if line.startswith(_MARK):
+            try:
+                mark = orjson.loads(line)["m"]
+            except ValueError:
+                pass
+            continue
+        try:
+            records.append(orjson.loads(line))
+        except ValueError:
+            # Only a crash mid-append makes a bad line, and the next writer cuts it off;
+            # one that survived (a disk that zero-filled) is skipped, never fatal.
+            log.warning("conversation %s: skipped an unreadable record", conversation_id)
+    return document, records, end, mark
 
 
 def _ordered(keys: list, first: int):
@@ -137,40 +210,134 @@ class ConversationStore:
         # cannot leave the user's folder (no resolve(): it walks the disk each call).
         return self._user_dir(owner) / (check_id(conversation_id) + _SUFFIX)
 
+    def _lock_path(self, owner: str, conversation_id: str) -> Path:
+        return self.locks_dir / check_id(owner) / (check_id(conversation_id) + ".lock")
+
     # -- locking ---------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, owner: str, conversation_id: str, timeout_s: float = LOCK_TIMEOUT_S):
-        folder = self.locks_dir / check_id(owner)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / (check_id(conversation_id) + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    def locked(self, owner: str, conversation_id: str, timeout_s: float = LOCK_TIMEOUT_S,
+               existing: bool = False):
+        """Hold the conversation's lock. `existing`: only for a conversation that is
+        there (else Missing, and no lock file is left behind)."""
+        lock_path = self._lock_path(owner, conversation_id)
+        if existing and not self.exists(owner, conversation_id):
+            raise Missing(conversation_id)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                _acquire(fd, max(0.0, deadline - time.monotonic()))
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                current = os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # a delete removed this lock file while we waited: take the new one
         try:
-            _acquire(fd, timeout_s)
+            if existing and not self.exists(owner, conversation_id):
+                raise Missing(conversation_id)  # deleted while we waited
             yield
         finally:
+            if not self.exists(owner, conversation_id):
+                self._drop_lock_file(lock_path)  # no conversation, no lock file left behind
             os.close(fd)  # closing the descriptor releases the lock
+
+    @staticmethod
+    def _drop_lock_file(lock_path: Path) -> None:
+        # Safe while held: a waiter on the old file sees its inode is gone and retries.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)
 
     # -- reading ---------------------------------------------------------------
     def exists(self, owner: str, conversation_id: str) -> bool:
         return self.path(owner, conversation_id).is_file()
 
     def read(self, owner: str, conversation_id: str) -> dict | None:
+        """The conversation as it stands now: the snapshot with every record applied."""
+        loaded = self.load(owner, conversation_id)
+        return loaded[0] if loaded else None
+
+    def load(self, owner: str, conversation_id: str):
+        """(document, position) or None; `position` = (inode, offset) for `follow()`."""
         try:
-            raw = self.path(owner, conversation_id).read_bytes()
+            with open(self.path(owner, conversation_id), "rb") as fh:
+                raw = fh.read()
+                inode = os.fstat(fh.fileno()).st_ino
         except FileNotFoundError:
             return None
+        if _is_v1(raw[:32]):
+            try:
+                document = orjson.loads(raw)
+            except ValueError as exc:
+                raise CorruptFile(conversation_id) from exc
+            document.pop("schema_version", None)
+            document.setdefault("seq", 0)
+            return document, (inode, len(raw))
+        document, records, end, _ = _parse_lines(raw, conversation_id)
+        if records:
+            replay(document, records)
+        return document, (inode, end)
+
+    def follow(self, owner: str, conversation_id: str, position: tuple[int, int]):
+        """Records appended since `position`: (records, new position), or (None, None)
+        when the file was replaced (compacted) or deleted: read it again whole."""
+        inode, offset = position
         try:
-            document = orjson.loads(raw)
-        except ValueError as exc:
-            raise CorruptFile(conversation_id) from exc
-        if document.get("schema_version") != SCHEMA_VERSION:
-            raise CorruptFile(f"{conversation_id}: unknown schema_version")
-        return document
+            with open(self.path(owner, conversation_id), "rb") as fh:
+                if os.fstat(fh.fileno()).st_ino != inode:
+                    return None, None
+                fh.seek(offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return None, None
+        end = chunk.rfind(b"\n") + 1
+        records = []
+        for line in chunk[:end].split(b"\n")[:-1]:
+            if not line.startswith(_MARK):
+                with contextlib.suppress(ValueError):
+                    records.append(orjson.loads(line))
+        return records, (inode, offset + end)
 
     def read_header(self, owner: str, conversation_id: str) -> dict | None:
         try:
             with open(self.path(owner, conversation_id), "rb") as fh:
-                return _decode_header_line(fh.readline())
+                first = fh.readline()
+                if _is_v1(first):
+                    return _decode_v1_header(first)
+                size = os.fstat(fh.fileno()).st_size
+                mark = self._mark_at_end(fh.fileno(), size)
+                if mark is None:  # the last append was cut short: read it all
+                    fh.seek(0)
+                    document, records, _, _ = _parse_lines(fh.read(), conversation_id)
+                    return replay(document, records)["conversation"] if records else document["conversation"]
+                head = orjson.loads(first)
+                if mark.get("seq", 0) == head.get("seq", 0):
+                    return head["conversation"]  # a bare snapshot: its header is current
+                if mark.get("header_at"):
+                    fh.seek(mark["header_at"])
+                    header = orjson.loads(fh.readline())["conversation"]
+                else:
+                    header = head["conversation"]
         except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise CorruptFile(conversation_id) from exc
+        return {**header, "updated_at": mark["updated_at"], "message_count": mark["message_count"]}
+
+    @staticmethod
+    def _mark_at_end(fd: int, size: int) -> dict | None:
+        start = max(0, size - _TAIL)
+        line = _last_line(os.pread(fd, size - start, start))
+        if line is None or not line.startswith(_MARK):
+            return None
+        try:
+            return orjson.loads(line)["m"]
+        except ValueError:
             return None
 
     def list_headers(self, owner: str, limit: int, after: tuple[int, str] | None = None):
@@ -196,12 +363,102 @@ class ConversationStore:
 
     # -- writing ---------------------------------------------------------------
     def write(self, owner: str, conversation_id: str, document: dict) -> None:
-        """Atomically replace the conversation's file. Call inside `locked()`."""
+        """Atomically replace the conversation's file with a snapshot of `document`.
+        Call inside `locked()`: creation and compaction."""
         target = self.path(owner, conversation_id)
         self._user_dir(owner, create=True)
         mtime_ns = iso_to_ns(document["conversation"]["updated_at"])
         write_atomically(target, encode(document), mtime_ns)
         self.recency(owner).record(conversation_id, mtime_ns)
+
+    def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
+               sync: bool = True, on_written=None) -> dict:
+        """Append records (numbered here) and a mark in one write; then fsync unless
+        `sync` is False. `on_written()` runs between the write and the fsync. Call
+        inside `locked()`. Returns the new mark (with `size`)."""
+        path = self.path(owner, conversation_id)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            raise Missing(conversation_id) from None
+        try:
+            if _is_v1(os.pread(fd, 32, 0)):
+                os.close(fd)
+                fd = -1
+                self._migrate(owner, conversation_id)
+                fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            size = self._repair(fd, conversation_id)
+            mark = self._mark_at_end(fd, size) or self._rebuild_mark(fd, conversation_id)
+            lines, offset, seq = [], size, mark["seq"]
+            updated_at = mark["updated_at"]
+            for rec in records:
+                seq += 1
+                rec["seq"] = seq
+                line = orjson.dumps(rec) + b"\n"
+                if rec["type"] == "conversation":
+                    mark["header_at"] = offset
+                if rec["type"] in TOUCHING:
+                    updated_at = max(updated_at or "", rec["at"])
+                lines.append(line)
+                offset += len(line)
+            mark.update(seq=seq, updated_at=updated_at)
+            if message_count is not None:
+                mark["message_count"] = message_count
+            data = b"".join(lines) + _mark_line(mark)
+            os.write(fd, data)
+            mtime_ns = iso_to_ns(updated_at) if updated_at else None
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            if on_written is not None:
+                on_written()
+            if sync:
+                fsync(fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if mtime_ns is not None and any(r["type"] in TOUCHING for r in records):
+            self.recency(owner).record(conversation_id, mtime_ns)
+        mark["size"] = size + len(data)
+        return mark
+
+    def _repair(self, fd: int, conversation_id: str) -> int:
+        """Cut off a torn last line left by a writer that died mid-append; returns the size."""
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            chunk = os.pread(fd, end - start, start)
+            found = chunk.rfind(b"\n")
+            if found >= 0:
+                cut = start + found + 1
+                os.ftruncate(fd, cut)
+                log.warning("conversation %s: cut off a torn last record (%d bytes)", conversation_id, size - cut)
+                return cut
+            end = start
+        raise CorruptFile(conversation_id)
+
+    def _rebuild_mark(self, fd: int, conversation_id: str) -> dict:
+        """The mark of a file whose last append lost it (a crash between record and mark)."""
+        size = os.fstat(fd).st_size
+        document, records, _, mark = _parse_lines(os.pread(fd, size, 0), conversation_id)
+        base = (mark or {}).get("base", 0)
+        header_at = (mark or {}).get("header_at", 0)
+        if records:
+            replay(document, records)
+        header = document["conversation"]
+        return {"seq": document.get("seq", 0), "updated_at": header.get("updated_at"),
+                "message_count": header.get("message_count", 0), "header_at": header_at, "base": base}
+
+    def _migrate(self, owner: str, conversation_id: str) -> None:
+        """A first-format file becomes a snapshot before its first record."""
+        document = self.read(owner, conversation_id)
+        self.write(owner, conversation_id, document)
+
+    def needs_compaction(self, mark: dict) -> bool:
+        base = mark.get("base", 0)
+        return mark.get("size", 0) - base > max(COMPACT_MIN_BYTES, base)
 
     def delete(self, owner: str, conversation_id: str) -> bool:
         target = self.path(owner, conversation_id)

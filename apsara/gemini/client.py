@@ -15,6 +15,7 @@ from google import genai
 from google.genai import types
 
 from ..config import Settings
+from .upstream import StoppableTransport
 
 # Statuses worth another try before the first byte: the SDK never retries mid-stream.
 RETRY_STATUSES = [408, 429, 500, 502, 503, 504]
@@ -48,8 +49,9 @@ class GeminiClient:
                 http_status_codes=RETRY_STATUSES),
             # The default pool holds 100 connections: one worker streaming more
             # replies than that would queue the rest behind them.
-            client_args={"limits": httpx2.Limits(max_connections=s.gemini_max_connections,
-                                                 max_keepalive_connections=100)},
+            # A transport that lets a stopped reply close its request (upstream.py).
+            client_args={"transport": StoppableTransport(limits=httpx2.Limits(
+                max_connections=s.gemini_max_connections, max_keepalive_connections=100))},
         )
 
     @property

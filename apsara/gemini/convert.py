@@ -107,23 +107,6 @@ def from_sdk_part(part: types.Part) -> dict | None:
     return out
 
 
-def merge_part(parts: list[dict], new: dict) -> bool:
-    """Append `new` to `parts`, merging stream text into the previous part of its kind.
-
-    Returns True when it merged. Never merges two signed parts: each signature must
-    go back attached to its own part.
-    """
-    if parts and new["type"] in ("text", "thought") and parts[-1]["type"] == new["type"]:
-        last = parts[-1]
-        if not (last.get("thought_signature") and new.get("thought_signature")):
-            last["text"] += new["text"]
-            if new.get("thought_signature"):
-                last["thought_signature"] = new["thought_signature"]
-            return True
-    parts.append(new)
-    return False
-
-
 _LEVELS = {"minimal": types.ThinkingLevel.MINIMAL, "low": types.ThinkingLevel.LOW,
            "medium": types.ThinkingLevel.MEDIUM, "high": types.ThinkingLevel.HIGH}
 

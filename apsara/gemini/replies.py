@@ -1,8 +1,11 @@
 """Turning Gemini's answers (whole, or a stream of chunks) into one stored reply.
 
-`ReplyBuilder.feed()` takes each response as it arrives and returns the client
-events it implies (`delta`, `thought`, `part`, `grounding`); `outcome()` says
-what the finished reply is: complete, blocked, or an error that explains itself.
+`ReplyBuilder.feed()` takes each response as it arrives and returns the events
+it implies (`delta`, `thought`, `part`, `grounding`) in stored form: thought
+signatures kept, so that replaying the events rebuilds exactly these parts
+(a bare signature is a `delta` with empty text, which clients never see).
+`outcome()` says what the finished reply is: complete, blocked, or an error
+that explains itself.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from typing import Callable
 from google.genai import types
 
 from ..errors import ApiError
-from .convert import from_sdk_part, merge_part
+from ..conversations.parts import apply_event
+from .convert import from_sdk_part
 
 BLOCKING_FINISH = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                    "LANGUAGE", "IMAGE_PROHIBITED_CONTENT"}
@@ -49,7 +53,7 @@ def public(part: dict) -> dict:
 
 class ReplyBuilder:
     def __init__(self, on_inline: Callable[[dict], dict | None] | None = None):
-        self.parts: list[dict] = []
+        self.reply: dict = {"parts": []}
         self.finish_reason: str | None = None
         self.usage: dict | None = None
         self.grounding: dict | None = None
@@ -75,15 +79,7 @@ class ReplyBuilder:
                 part = self._on_inline(part) if self._on_inline else None
                 if part is None:
                     continue
-            merge_part(self.parts, part)
-            if part["type"] == "text":
-                if part["text"]:
-                    events.append(("delta", {"text": part["text"]}))
-            elif part["type"] == "thought":
-                if part["text"]:
-                    events.append(("thought", {"text": part["text"]}))
-            else:
-                events.append(("part", public(part)))
+            events.append(self.add(part))
         if candidate.finish_reason:
             self.finish_reason = _value(candidate.finish_reason)
         if candidate.safety_ratings:
@@ -96,6 +92,19 @@ class ReplyBuilder:
                 self.grounding = grounding
                 events.append(("grounding", grounding))
         return events
+
+    @property
+    def parts(self) -> list[dict]:
+        return self.reply["parts"]
+
+    def add(self, part: dict) -> tuple[str, dict]:
+        """Add one part; returns its event."""
+        if part["type"] in ("text", "thought"):
+            event = ("delta" if part["type"] == "text" else "thought", {k: v for k, v in part.items() if k != "type"})
+        else:
+            event = ("part", part)
+        apply_event(self.reply, *event)
+        return event
 
     def has_content(self) -> bool:
         return any(p["type"] != "thought" and (p["type"] != "text" or p["text"]) for p in self.parts)

@@ -15,6 +15,7 @@ import argparse
 import base64
 import json
 import re
+import select
 import socket
 import sys
 import threading
@@ -168,6 +169,8 @@ class FakeGemini:
         # Explicit caches: name -> {"model", "tokens", "expired", "body"}
         self.caches: dict[str, dict] = {}
         self.signature_counter = 0
+        # time.monotonic() of each stream whose client closed it before the end (a stopped reply)
+        self.closed_streams: list[float] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -485,12 +488,30 @@ class FakeGemini:
                         if last:
                             chunk["usageMetadata"] = self._usage(reply, body, parts)
                         send(chunk)
-                        if reply.chunk_delay_s and not last:
-                            time.sleep(reply.chunk_delay_s)
+                        if reply.chunk_delay_s and not last and not self._open_after(reply.chunk_delay_s):
+                            return
                         if index == 0 and reply.hold is not None:
-                            reply.hold.wait(30)
+                            deadline = time.monotonic() + 30
+                            while not reply.hold.is_set() and time.monotonic() < deadline:
+                                if not self._open_after(0.02):
+                                    return
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    with fake._lock:
+                        fake.closed_streams.append(time.monotonic())
+
+            def _open_after(self, seconds: float) -> bool:
+                """Wait, noticing at once if the client closes the stream (False, and noted)."""
+                readable, _, _ = select.select([self.connection], [], [], seconds)
+                if readable:
+                    try:
+                        closed = self.connection.recv(1, socket.MSG_PEEK) == b""
+                    except OSError:
+                        closed = True
+                    if closed:
+                        with fake._lock:
+                            fake.closed_streams.append(time.monotonic())
+                        return False
+                return True
 
             def do_DELETE(self):
                 path = self.path.split("?", 1)[0]

@@ -19,9 +19,9 @@ from datetime import datetime, timedelta, timezone
 
 from google.genai import types
 
-from .gemini import uploads
-from .gemini.client import GeminiClient
-from .gemini.convert import to_contents
+from . import uploads
+from .client import GeminiClient
+from .convert import to_contents
 
 log = logging.getLogger("apsara.caching")
 CACHE_TTL_S = 3600

@@ -1,0 +1,171 @@
+"""Replies as jobs: they run in their own thread (greenlet under gevent), not in a request.
+
+A `Job` holds a running reply's events in memory, numbered as its stream numbers
+them, for every client of this process that follows it (the one that asked, and
+any that re-attach). The process's `JobRegistry` tends its running jobs from one
+watcher thread:
+
+- checkpoints: events not yet on disk are appended as one `progress` record at
+  most every CHECKPOINT_S (coalesced), and a heartbeat every HEARTBEAT_S while
+  Gemini is silent, so other processes see the reply grow and know its writer
+  lives; a killed process loses at most the last window;
+- stop requests another process recorded in the conversation's file (a `stop`
+  record) close the job's Gemini request within a watcher period.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from ..conversations.manager import HEARTBEAT_S, ConversationManager
+from ..gemini.upstream import Upstream
+
+log = logging.getLogger("apsara.jobs")
+
+CHECKPOINT_S = 0.25
+WATCH_PERIOD_S = 0.05
+
+
+class Job:
+    def __init__(self, owner: str, conversation_id: str | None, reply_id: str, first_event_id: int,
+                 persist: bool = True):
+        self.owner = owner
+        self.conversation_id = conversation_id
+        self.reply_id = reply_id
+        self.persist = persist
+        self.events: list[list] = []  # [id, name, data]; id 0: stored, never shown
+        self._next_id = first_event_id
+        self.cond = threading.Condition()
+        self.ended = False
+        self.upstream = Upstream()
+        self.stop_requested = False
+        # Checkpointing: events[:flushed] are on disk.
+        self.flush_lock = threading.Lock()
+        self.flushed = 0
+        self.last_flush = time.monotonic()
+        self.position: tuple[int, int] | None = None  # how far the watcher read the file
+        self.result: tuple[str, dict] | None = None
+
+    def publish(self, name: str, data, shown: bool = True) -> list:
+        with self.cond:
+            event_id = 0
+            if shown:
+                event_id, self._next_id = self._next_id, self._next_id + 1
+            event = [event_id, name, data]
+            self.events.append(event)
+            self.cond.notify_all()
+        return event
+
+    def next_id(self) -> int:
+        with self.cond:
+            return self._next_id
+
+    def end(self, name: str, data: dict, event_id: int) -> None:
+        """The last event (done or error, with the stored reply), then the end."""
+        with self.cond:
+            self.events.append([event_id, name, data])
+            self._next_id = event_id + 1
+            self.result = (name, data)
+            self.ended = True
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        self.upstream.close()
+
+    def wait(self, timeout_s: float | None = None) -> tuple[str, dict] | None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self.cond:
+            while not self.ended:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self.cond.wait(left)
+            return self.result
+
+    def unflushed(self) -> list[list]:
+        """Events not yet on disk (marks them flushed). Call holding flush_lock."""
+        with self.cond:
+            batch = self.events[self.flushed:]
+            self.flushed = len(self.events)
+        return batch
+
+
+class JobRegistry:
+    def __init__(self, manager: ConversationManager):
+        self.manager = manager
+        self._jobs: dict[tuple[str, str, str], Job] = {}
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._pid: int | None = None
+
+    def add(self, job: Job) -> None:
+        with self._lock:
+            self._jobs[(job.owner, job.conversation_id, job.reply_id)] = job
+            if self._watcher is None or self._pid != os.getpid() or not self._watcher.is_alive():
+                self._pid = os.getpid()
+                self._watcher = threading.Thread(target=self._watch, name="apsara-jobs", daemon=True)
+                self._watcher.start()
+
+    def remove(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.pop((job.owner, job.conversation_id, job.reply_id), None)
+
+    def get(self, owner: str, conversation_id: str, reply_id: str) -> Job | None:
+        return self._jobs.get((owner, conversation_id, reply_id))
+
+    def running(self) -> int:
+        return len(self._jobs)
+
+    # -- the watcher ------------------------------------------------------------------
+    def _watch(self) -> None:
+        while True:
+            time.sleep(WATCH_PERIOD_S)
+            for job in list(self._jobs.values()):
+                try:
+                    self._tend(job)
+                except Exception:  # one job's trouble must not stop the others' checkpoints
+                    log.exception("tending reply %s", job.reply_id)
+
+    def _tend(self, job: Job) -> None:
+        if job.ended:
+            return
+        now = time.monotonic()
+        pending = len(job.events) > job.flushed
+        if (pending and now - job.last_flush >= CHECKPOINT_S) or now - job.last_flush >= HEARTBEAT_S:
+            self.checkpoint(job)
+        if not job.stop_requested and self._stop_recorded(job):
+            log.info("reply %s stopped from another process", job.reply_id)
+            job.stop()
+
+    def checkpoint(self, job: Job) -> None:
+        with job.flush_lock:
+            if job.ended:
+                return
+            batch = job.unflushed()
+            job.last_flush = time.monotonic()
+            self.manager.checkpoint(job.owner, job.conversation_id, job.reply_id, batch)
+
+    def _stop_recorded(self, job: Job) -> bool:
+        """Whether a `stop` record for this reply was appended since we last looked."""
+        store = self.manager.store
+        if job.position is None:
+            loaded = store.load(job.owner, job.conversation_id)
+            if loaded is None:
+                return False
+            document, job.position = loaded
+            reply = next((m for m in document["messages"] if m["id"] == job.reply_id), None)
+            return bool(reply and reply.get("_stop"))
+        inode, offset = job.position
+        try:
+            stat = os.stat(store.path(job.owner, job.conversation_id))
+        except FileNotFoundError:
+            return False
+        if stat.st_ino == inode and stat.st_size <= offset:
+            return False
+        records, job.position = store.follow(job.owner, job.conversation_id, job.position)
+        if records is None:  # compacted: read it whole again
+            return self._stop_recorded(job)
+        return any(r.get("type") == "stop" and r.get("id") == job.reply_id for r in records)

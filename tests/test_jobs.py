@@ -1,0 +1,175 @@
+"""Replies as jobs, in one process: follow a reply's events, resume after an id, stop it."""
+from __future__ import annotations
+
+import threading
+import time
+
+from apsara.testing.fake_gemini import Reply
+from tests.conftest import parse_sse
+
+API = "/api/v1/conversations"
+
+
+def new_conversation(client, cid="c1", **fields):
+    response = client.post(API, json={"id": cid, **fields})
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def events_of(client, cid, reply_id, **kwargs):
+    response = client.get(f"{API}/{cid}/messages/{reply_id}/events", **kwargs)
+    assert response.status_code == 200, response.data
+    assert response.mimetype == "text/event-stream"
+    return parse_sse(response.get_data(as_text=True))[0]
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return value
+
+
+class Streaming:
+    """A streamed send read in a background thread, as a browser would read it."""
+
+    def __init__(self, client, cid, text):
+        self.raw = b""
+        self.response = client.post(f"{API}/{cid}/messages", json={"text": text, "stream": True}, buffered=False)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for chunk in self.response.response:
+            self.raw += chunk
+
+    def events(self):
+        return parse_sse(self.raw.decode())[0]
+
+    def finish(self, timeout=10):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive()
+        return self.events()
+
+
+def test_a_finished_reply_replays_its_events_with_the_same_ids(chat, fake):
+    new_conversation(chat)
+    fake.push(Reply(parts=["one", " two", " three"], grounding={
+        "webSearchQueries": ["q"], "groundingChunks": [{"web": {"uri": "https://example.org", "title": "Ex"}}]}))
+    original = parse_sse(chat.post(f"{API}/c1/messages", json={"text": "go", "stream": True})
+                         .get_data(as_text=True))[0]
+    reply_id = original[1][2]["id"]
+    assert [e[1] for e in original] == list(range(1, len(original) + 1))
+    replayed = events_of(chat, "c1", reply_id)
+    assert replayed == original[1:]  # from reply_start on: same names, ids and data
+    after = events_of(chat, "c1", reply_id, headers={"Last-Event-ID": "3"})
+    assert after == [e for e in original if e[1] > 3]
+    assert events_of(chat, "c1", reply_id, query_string={"after": 4}) == [e for e in original if e[1] > 4]
+    # the header wins over the query
+    assert events_of(chat, "c1", reply_id, query_string={"after": 1},
+                     headers={"Last-Event-ID": "5"}) == [e for e in original if e[1] > 5]
+    assert events_of(chat, "c1", reply_id, headers={"Last-Event-ID": "99"}) == []
+
+
+def test_a_reply_sent_without_streaming_has_events_too(chat, fake):
+    new_conversation(chat)
+    reply = chat.post(f"{API}/c1/messages", json={"text": "hi"}).json["reply"]
+    events = events_of(chat, "c1", reply["id"])
+    assert [name for name, _, _ in events] == ["reply_start"] + ["delta"] * (len(events) - 2) + ["done"]
+    assert events[0][1] == 2 and events[-1][2] == reply
+    assert "".join(d["text"] for n, _, d in events if n == "delta") == reply["text"]
+
+
+def test_resume_a_live_reply_then_follow_it_to_the_end(chat, fake):
+    new_conversation(chat)
+    gate = threading.Event()
+    fake.push(Reply(parts=["first", " second", " third"], hold=gate))
+    stream = Streaming(chat, "c1", "go")
+    wait_until(lambda: any(e[0] == "delta" for e in stream.events()))
+    reply_id = stream.events()[1][2]["id"]
+    # a reloaded page: the conversation shows the reply streaming with what arrived, and where it is
+    shown = wait_until(lambda: (m := chat.get(f"{API}/c1").json["messages"][1])["text"] == "first" and m)
+    assert shown["status"] == "streaming" and shown["last_event_id"] == 3
+    resumed = {}
+
+    def follow():
+        response = chat.get(f"{API}/c1/messages/{reply_id}/events", headers={"Last-Event-ID": "3"})
+        resumed["events"] = parse_sse(response.get_data(as_text=True))[0]
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    time.sleep(0.2)
+    gate.set()
+    follower.join(10)
+    original = stream.finish()
+    assert resumed["events"] == [e for e in original if e[1] > 3]
+    assert resumed["events"][-1][0] == "done" and resumed["events"][-1][2]["text"] == "first second third"
+
+
+def test_stop_keeps_what_arrived_ends_the_stream_and_frees_the_conversation(chat, fake):
+    new_conversation(chat)
+    gate = threading.Event()
+    fake.push(Reply(parts=["read this", " never this"], hold=gate))
+    stream = Streaming(chat, "c1", "go")
+    wait_until(lambda: any(e[0] == "delta" for e in stream.events()))
+    reply_id = stream.events()[1][2]["id"]
+    started = time.monotonic()
+    stopped = chat.post(f"{API}/c1/messages/{reply_id}/stop")
+    assert stopped.status_code == 200
+    assert time.monotonic() - started < 1.0
+    reply = stopped.json["reply"]
+    assert reply["status"] == "stopped" and reply["text"] == "read this"
+    wait_until(lambda: fake.closed_streams)  # Gemini's connection was closed: it stops generating
+    events = stream.finish()
+    assert events[-1][0] == "done" and events[-1][2] == reply
+    gate.set()
+    # the next message goes at once, and the stopped text is context for it
+    assert chat.post(f"{API}/c1/messages", json={"text": "go on"}).status_code == 201
+    contents = fake.last_body()["contents"]
+    assert [c["role"] for c in contents] == ["user", "model", "user"]
+    assert contents[1]["parts"][0]["text"] == "read this"
+    # stopping again, or stopping a finished reply: 200, unchanged
+    again = chat.post(f"{API}/c1/messages/{reply_id}/stop")
+    assert again.status_code == 200 and again.json["reply"] == chat.get(f"{API}/c1").json["messages"][1]
+
+
+def test_a_stopped_reply_with_nothing_in_it_is_not_context(chat, fake):
+    new_conversation(chat)
+    gate = threading.Event()
+    fake.push(Reply(parts=[{"text": "pondering", "thought": True}, "never"], hold=gate))
+    stream = Streaming(chat, "c1", "go")
+    wait_until(lambda: any(e[0] == "thought" for e in stream.events()))
+    reply_id = stream.events()[1][2]["id"]
+    assert chat.post(f"{API}/c1/messages/{reply_id}/stop").json["reply"]["status"] == "stopped"
+    stream.finish()
+    gate.set()
+    chat.post(f"{API}/c1/messages", json={"text": "again"})
+    assert [c["role"] for c in fake.last_body()["contents"]] == ["user"]
+
+
+def test_a_non_streamed_send_that_is_stopped_answers_201_with_it(chat, fake):
+    new_conversation(chat)
+    fake.push(Reply(parts=["slow"], delay_s=5))
+    result = {}
+    sender = threading.Thread(target=lambda: result.update(
+        response=chat.post(f"{API}/c1/messages", json={"text": "go"})))
+    sender.start()
+    reply = wait_until(lambda: (m := chat.get(f"{API}/c1").json["messages"])[1:] and m[1])
+    assert chat.post(f"{API}/c1/messages/{reply['id']}/stop").status_code == 200
+    sender.join(5)
+    assert result["response"].status_code == 201
+    assert result["response"].json["reply"]["status"] == "stopped"
+
+
+def test_unknown_reply_and_user_message_ids_are_404_on_both_endpoints(chat, fake):
+    new_conversation(chat)
+    sent = chat.post(f"{API}/c1/messages", json={"text": "hi"}).json
+    for message_id in ("nope", sent["user_message"]["id"]):
+        assert chat.get(f"{API}/c1/messages/{message_id}/events").status_code == 404
+        assert chat.post(f"{API}/c1/messages/{message_id}/stop").status_code == 404
+    assert chat.get(f"{API}/zz/messages/{sent['reply']['id']}/events").status_code == 404
+    bad = chat.get(f"{API}/c1/messages/{sent['reply']['id']}/events", headers={"Last-Event-ID": "x"})
+    assert bad.status_code == 422
+    assert chat.get(f"{API}/c1/messages/{sent['reply']['id']}/events?after=-1").status_code == 422
+

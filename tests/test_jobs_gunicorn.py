@@ -1,0 +1,197 @@
+"""Replies as jobs across processes: two Gunicorn servers share one data folder, as two
+workers (or replicas on one disk) do. A reply written by one is followed, stopped and
+recovered through the other."""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from apsara.conversations.store import ConversationStore
+from apsara.testing.fake_gemini import Reply
+from tests.servers import call, gunicorn
+
+pytestmark = pytest.mark.slow
+API = "/api/v1/conversations"
+
+
+@contextlib.contextmanager
+def two_servers(tmp_path, fake):
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "k", "GEMINI_BASE_URL": fake.url,
+           "GUNICORN_ACCESS_LOG": "/dev/null"}
+    with gunicorn(env, workers=1) as first, gunicorn(env, workers=1) as second:
+        yield first, second
+
+
+class Events:
+    """An SSE response read event by event over a plain HTTP connection."""
+
+    def __init__(self, base: str, method: str, path: str, body=None, headers=None):
+        host, port = base.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        data = json.dumps(body).encode() if body is not None else None
+        self.conn.request(method, path, body=data, headers={**({"Content-Type": "application/json"} if data else {}),
+                                                             **(headers or {})})
+        self.response = self.conn.getresponse()
+        assert self.response.status == 200, self.response.read()
+        self.seen: list[tuple[str, int, dict]] = []
+
+    def next(self):
+        fields = {}
+        while True:
+            line = self.response.readline()
+            if not line:
+                return None
+            line = line.decode().rstrip("\n")
+            if not line:
+                if "event" in fields:
+                    event = (fields["event"], int(fields["id"]), json.loads(fields["data"]))
+                    self.seen.append(event)
+                    return event
+                fields = {}
+                continue
+            if not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+
+    def until(self, predicate):
+        while (event := self.next()) is not None:
+            if predicate(event):
+                return event
+        return None
+
+    def rest(self):
+        while self.next() is not None:
+            pass
+        return self.seen
+
+    def close(self):
+        self.conn.close()
+
+
+def text_of(events) -> str:
+    return "".join(data["text"] for name, _, data in events if name == "delta")
+
+
+def deltas(events) -> int:
+    return sum(name == "delta" for name, _, _ in events)
+
+
+def test_resume_from_another_process_after_the_client_left(tmp_path, fake):
+    words = [f"w{n} " for n in range(30)]
+    fake.default = Reply(parts=words, chunk_delay_s=0.05)
+    with two_servers(tmp_path, fake) as (first, second):
+        assert call("POST", f"{first}{API}", {"id": "c1"})[0] == 201
+        stream = Events(first, "POST", f"{API}/c1/messages", {"text": "go", "stream": True})
+        stream.until(lambda e: deltas(stream.seen) == 3)
+        reply_id = stream.seen[1][2]["id"]
+        last_id = stream.seen[-1][1]
+        stream.close()  # the page was closed
+        # the other process shows it streaming, with what was checkpointed
+        shown = call("GET", f"{second}{API}/c1")[1]["messages"][1]
+        assert shown["status"] in ("streaming", "complete")
+        resumed = Events(second, "GET", f"{API}/c1/messages/{reply_id}/events",
+                         headers={"Last-Event-ID": str(last_id)}).rest()
+        assert [i for _, i, _ in resumed] == list(range(last_id + 1, last_id + 1 + len(resumed)))
+        assert text_of(stream.seen) + text_of(resumed) == "".join(words)
+        assert resumed[-1][0] == "done" and resumed[-1][2]["text"] == "".join(words)
+        # and a replay of the whole finished reply, from either process, is the same
+        for base in (first, second):
+            again = Events(base, "GET", f"{API}/c1/messages/{reply_id}/events").rest()
+            assert again[0][0] == "reply_start" and again[-1] == resumed[-1]
+            assert text_of(again) == "".join(words)
+
+
+def test_stop_from_another_process_closes_gemini_and_frees_the_conversation(tmp_path, fake):
+    gate = threading.Event()
+    fake.push(Reply(parts=["read this", " not this"], hold=gate))
+    try:
+        with two_servers(tmp_path, fake) as (first, second):
+            call("POST", f"{first}{API}", {"id": "c1"})
+            stream = Events(first, "POST", f"{API}/c1/messages", {"text": "go", "stream": True})
+            stream.until(lambda e: e[0] == "delta")
+            reply_id = stream.seen[1][2]["id"]
+            started = time.monotonic()
+            status, body = call("POST", f"{second}{API}/c1/messages/{reply_id}/stop")
+            took = time.monotonic() - started
+            assert status == 200 and took < 1.0, (status, took)
+            assert body["reply"]["status"] == "stopped" and body["reply"]["text"] == "read this"
+            assert fake.closed_streams and fake.closed_streams[0] - started < 1.0
+            end = stream.rest()[-1]
+            assert end[0] == "done" and end[2]["status"] == "stopped" and end[2]["text"] == "read this"
+            fake.default = Reply(parts=["next"])
+            status, sent = call("POST", f"{second}{API}/c1/messages", {"text": "go on"})
+            assert status == 201 and sent["reply"]["text"] == "next"
+            assert [m["status"] for m in call("GET", f"{first}{API}/c1")[1]["messages"][1::2]] == ["stopped", "complete"]
+    finally:
+        gate.set()
+
+
+def _worker_pid(base: str) -> int:
+    """The worker process of a one-worker Gunicorn serving `base`."""
+    bind = f"GUNICORN_BIND={base.removeprefix('http://')}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if bind in (entry / "environ").read_bytes().split(b"\0"):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                found[int(entry.name)] = ppid
+    [worker] = [pid for pid, ppid in found.items() if ppid in found]
+    return worker
+
+
+def test_sigkill_mid_stream_keeps_the_streamed_text(tmp_path, fake):
+    words = [f"w{n} " for n in range(40)]
+    fake.default = Reply(parts=words, chunk_delay_s=0.05)
+    with two_servers(tmp_path, fake) as (first, second):
+        call("POST", f"{first}{API}", {"id": "c1"})
+        stream = Events(first, "POST", f"{API}/c1/messages", {"text": "go", "stream": True})
+        stream.until(lambda e: deltas(stream.seen) == 20)
+        early = text_of(stream.seen)
+        reply_id = stream.seen[1][2]["id"]
+        stream.until(lambda e: deltas(stream.seen) == 30)  # 0.5 s later: two checkpoint windows
+        os.kill(_worker_pid(first), signal.SIGKILL)
+        received = text_of(stream.seen)
+        deadline = time.monotonic() + 15
+        while (reply := call("GET", f"{second}{API}/c1")[1]["messages"][1])["status"] == "streaming":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert reply["status"] == "interrupted"
+        assert reply["text"].startswith(early) and received.startswith(reply["text"])
+        replayed = Events(second, "GET", f"{API}/c1/messages/{reply_id}/events").rest()
+        assert text_of(replayed) == reply["text"]
+        assert replayed[-1][0] == "error" and replayed[-1][2]["reply"]["status"] == "interrupted"
+        # the conversation goes on
+        fake.default = Reply(parts=["fine"])
+        assert call("POST", f"{second}{API}/c1/messages", {"text": "still there?"})[0] == 201
+
+
+def test_twenty_racing_senders_one_winner_and_a_whole_tree(tmp_path, fake):
+    fake.default = Reply(parts=["the answer"], delay_s=0.5)
+    with two_servers(tmp_path, fake) as (first, second):
+        call("POST", f"{first}{API}", {"id": "c1"})
+        barrier = threading.Barrier(20)
+
+        def send(n):
+            barrier.wait(10)
+            return call("POST", f"{(first, second)[n % 2]}{API}/c1/messages", {"text": f"sender {n}"})
+
+        with ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(send, range(20)))
+        codes = sorted(code for code, _ in results)
+        assert codes == [201] + [409] * 19, codes
+        conversation = call("GET", f"{second}{API}/c1")[1]
+        assert [m["role"] for m in conversation["messages"]] == ["user", "model"]
+        assert conversation["messages"][1]["status"] == "complete"
+    document = ConversationStore(tmp_path / "data").read("local", "c1")
+    assert len(document["messages"]) == 2 and document["conversation"]["message_count"] == 2

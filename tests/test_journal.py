@@ -1,0 +1,166 @@
+"""A conversation's file: records appended per turn, torn tails, compaction, the first format."""
+from __future__ import annotations
+
+import json
+import threading
+
+import orjson
+
+from apsara.conversations import store as store_module
+from apsara.conversations.store import ConversationStore, iso_to_ns
+
+API = "/api/v1/conversations"
+
+
+def turn(client, cid, text):
+    response = client.post(f"{API}/{cid}/messages", json={"text": text})
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def lines_of(path):
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_a_turn_appends_records_and_never_rewrites_the_file(chat, settings, fake):
+    chat.post(API, json={"id": "c1"})
+    path = settings.data_dir / "history" / "local" / "c1.json"
+    turn(chat, "c1", "one")
+    before = path.read_bytes()
+    inode = path.stat().st_ino
+    turn(chat, "c1", "two")
+    after = path.read_bytes()
+    assert after.startswith(before) and path.stat().st_ino == inode  # appended, not replaced
+    added = [json.loads(line) for line in after[len(before):].splitlines()]
+    records = [r for r in added if "m" not in r]
+    types = [r["type"] for r in records]
+    assert types[:2] == ["message", "message"] and types[-1] == "reply" and set(types[2:-1]) <= {"progress"}
+    assert [r["seq"] for r in records] == list(range(records[0]["seq"], records[0]["seq"] + len(records)))
+    assert len(after) - len(before) < 3000  # the turn's own bytes, not the conversation's
+    assert "m" in added[-1]  # every append ends with a mark
+
+
+def test_a_torn_last_record_is_ignored_then_cut_off_by_the_next_write(chat, settings, fake):
+    chat.post(API, json={"id": "c1"})
+    first = turn(chat, "c1", "one")
+    path = settings.data_dir / "history" / "local" / "c1.json"
+    whole = chat.get(f"{API}/c1").json
+    with open(path, "ab") as fh:  # a writer killed in the middle of its append
+        fh.write(b'{"seq":99,"type":"message","at":"2026-01-01T00:00:00.000Z","message":{"id":"x","ro')
+    assert chat.get(f"{API}/c1").json == whole
+    assert [c["id"] for c in chat.get(API).json["conversations"]] == ["c1"]
+    assert chat.get(API).json["conversations"][0]["message_count"] == 2
+    turn(chat, "c1", "two")
+    assert all(isinstance(line, dict) for line in lines_of(path))  # every line parses again
+    messages = chat.get(f"{API}/c1").json["messages"]
+    assert [m["text"] for m in messages][:2] == ["one", first["reply"]["text"]] and len(messages) == 4
+
+
+def test_a_lost_mark_loses_no_complete_record(chat, settings, fake):
+    chat.post(API, json={"id": "c1"})
+    turn(chat, "c1", "one")
+    path = settings.data_dir / "history" / "local" / "c1.json"
+    raw = path.read_bytes()
+    cut = raw.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(raw[:cut + 7])  # the reply's record whole, its mark torn
+    shown = chat.get(f"{API}/c1").json
+    assert shown["messages"][1]["status"] == "complete" and shown["message_count"] == 2
+    assert chat.get(API).json["conversations"][0]["message_count"] == 2
+    turn(chat, "c1", "two")
+    assert chat.get(API).json["conversations"][0]["message_count"] == 4
+
+
+def encode_first_format(document: dict) -> bytes:
+    """A conversation file exactly as the first format wrote it: one JSON document, header on line one."""
+    header = orjson.dumps(document["conversation"])
+    rest = {k: v for k, v in document.items() if k != "conversation"}
+    return b'{"schema_version":1,"conversation":%s' % header + b",\n" + orjson.dumps(rest)[1:] + b"\n"
+
+
+def test_first_format_files_load_list_and_take_new_turns(chat, settings, fake):
+    folder = settings.data_dir / "history" / "local"
+    folder.mkdir(parents=True)
+    stamp = "2026-11-30T10:00:00.000Z"
+    document = {"conversation": {"id": "old", "title": "Kept", "created_at": stamp, "updated_at": stamp,
+                                 "model": "gemini-3.8-flash", "system_instruction": "", "tools": [],
+                                 "settings": {}, "message_count": 2},
+                "messages": [{"id": "u1", "role": "user", "parent_id": None, "created_at": stamp,
+                              "parts": [{"type": "text", "text": "hello"}]},
+                             {"id": "r1", "role": "model", "parent_id": "u1", "created_at": stamp,
+                              "parts": [{"type": "text", "text": "hi there"}], "model": "gemini-3.8-flash",
+                              "status": "complete"}],
+                "active": {"": "u1", "u1": "r1"}}
+    path = folder / "old.json"
+    path.write_bytes(encode_first_format(document))
+    import os
+
+    os.utime(path, ns=(iso_to_ns(stamp),) * 2)
+    listed = chat.get(API).json["conversations"]
+    assert [(c["id"], c["title"], c["message_count"]) for c in listed] == [("old", "Kept", 2)]
+    shown = chat.get(f"{API}/old").json
+    assert [m["text"] for m in shown["messages"]] == ["hello", "hi there"]
+    events = chat.get(f"{API}/old/messages/r1/events").get_data(as_text=True)
+    assert "event: done" in events and "hi there" in events
+    turn(chat, "old", "again")  # the first change makes it a snapshot, then appends
+    assert lines_of(path)[0]["schema_version"] == 2
+    assert [m["text"] for m in chat.get(f"{API}/old").json["messages"]][:3] == ["hello", "hi there", "again"]
+    assert fake.last_body()["contents"][0]["parts"][0]["text"] == "hello"
+
+
+def test_compaction_while_readers_read(chat, settings, fake, monkeypatch):
+    monkeypatch.setattr(store_module, "COMPACT_MIN_BYTES", 1500)
+    chat.post(API, json={"id": "c1"})
+    path = settings.data_dir / "history" / "local" / "c1.json"
+    inodes, problems, counts = set(), [], []
+    done = threading.Event()
+
+    def reader():
+        last = 0
+        while not done.is_set():
+            view = chat.get(f"{API}/c1")
+            if view.status_code != 200:
+                problems.append(view.status_code)
+                continue
+            count = len(view.json["messages"])
+            if count < last or count % 2:
+                problems.append(count)
+            last = count
+            listed = chat.get(API).json["conversations"]
+            if listed[0]["message_count"] % 2:
+                problems.append(("listing", listed[0]["message_count"]))
+            counts.append(count)
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    for n in range(25):
+        turn(chat, "c1", f"message {n} " + "padding " * 20)
+        inodes.add(path.stat().st_ino)
+    done.set()
+    for thread in readers:
+        thread.join()
+    assert problems == []
+    assert len(inodes) > 2, "the file was never compacted"
+    assert len(chat.get(f"{API}/c1").json["messages"]) == 50
+    assert chat.get(API).json["conversations"][0]["message_count"] == 50
+    assert ConversationStore(settings.data_dir).read("local", "c1")["conversation"]["message_count"] == 50
+
+
+def test_no_lock_file_is_left_by_a_missing_conversation_or_a_delete(chat, settings, fake):
+    locks = settings.data_dir / "locks"
+    assert chat.post(f"{API}/nope/messages", json={"text": "hi"}).status_code == 404
+    assert chat.patch(f"{API}/nope", json={"title": "x"}).status_code == 404
+    assert chat.delete(f"{API}/nope").status_code == 404
+    assert not list(locks.rglob("*.lock")) if locks.exists() else True
+    chat.post(API, json={"id": "c1"})
+    turn(chat, "c1", "hi")
+    assert chat.delete(f"{API}/c1").status_code == 204
+    assert [p.name for p in locks.rglob("*.lock") if not p.name.startswith(".")] == []
+
+
+def test_token_count_of_an_auto_conversation_uses_the_model_auto_would_pick(chat, fake):
+    chat.post(API, json={"id": "a1", "model": "auto"})
+    turn(chat, "a1", "hello there!")
+    counted = chat.get(f"{API}/a1/tokens")
+    assert counted.status_code == 200, counted.json
+    assert counted.json["model"] != "auto" and counted.json["total_tokens"] > 0
