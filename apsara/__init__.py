@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .gemini.client import GeminiClient
     from .gemini.judge import judge_tier
     from .routing.router import Router
+    from .transfer.service import Transfers
 
 log = logging.getLogger("apsara")
 
@@ -46,6 +47,7 @@ class Services:
     chat: "Chat"
     files: "FileStore"
     router: "Router"
+    transfers: "Transfers"
 
 
 def _settings(config) -> Settings:
@@ -64,6 +66,7 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
     from .jsonio import OrjsonProvider
+    from .transfer.service import Transfers
 
     settings = _settings(config)
     _configure_logging()
@@ -88,8 +91,10 @@ def create_app(config: Settings | dict | None = None) -> Flask:
         def judge(text, previous_tier):
             return judge_tier(gemini, settings.auto_judge_model, text, previous_tier, settings.auto_judge_timeout_s)
     router = Router(catalog, settings.auto_tiers, judge=judge)
+    store.check_search_index()
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,
-                                        Chat(manager, catalog, gemini, files, settings, router), files, router)
+                                        Chat(manager, catalog, gemini, files, settings, router), files, router,
+                                        Transfers(manager, files))
     app.request_class = UploadRequest
 
     register_extensions(app, settings)

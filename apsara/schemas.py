@@ -41,6 +41,15 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class QueryBoolean(fields.Boolean):
+    """A query-string flag: exactly `true` or `false`, nothing looser ("1", "yes", "")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value not in ("true", "false"):
+            raise ValidationError("Must be true or false.")
+        return value == "true"
+
+
 class MaxChars(validate.Validator):
     """A length limit read from the app's settings, so it stays configurable."""
 
@@ -113,11 +122,17 @@ class ConversationCreateSchema(Schema):
     system_instruction = fields.String(validate=MaxChars("max_system_instruction_chars"))
     tools = tool_list()
     settings = fields.Nested(SettingsSchema)
+    temporary = StrictBoolean(metadata={
+        "description": "Left out of listing and search unless asked, and deleted APSARA_TEMPORARY_TTL_H hours "
+                       "after its last message. Set at creation only."})
 
 
 class ConversationPatchSchema(ConversationCreateSchema):
     class Meta:
-        exclude = ("id",)
+        exclude = ("id", "temporary")
+
+    archived = StrictBoolean(metadata={"description": "Left out of the listing unless `?archived=true`."})
+    pinned = StrictBoolean(metadata={"description": "Listed alone with `?pinned=true`."})
 
     @validates_schema
     def not_empty(self, data, **kwargs):
@@ -192,6 +207,32 @@ class EventsQuerySchema(Schema):
 class ListQuerySchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
     cursor = fields.String(validate=validate.Length(1, 500))
+    q = fields.String(validate=validate.Length(1, 500), metadata={
+        "description": "Words that must all occur (whole words, any case) in the title or in one message of "
+                       "any version; each hit carries a `snippet`."})
+    archived = QueryBoolean(load_default=False, metadata={"description": "`true`: only archived conversations."})
+    pinned = QueryBoolean(load_default=False, metadata={"description": "`true`: only pinned conversations."})
+    temporary = QueryBoolean(load_default=False, metadata={"description": "`true`: only temporary conversations."})
+
+
+class ExportQuerySchema(Schema):
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "markdown"]))
+    files = fields.String(validate=validate.OneOf(["inline"]), metadata={
+        "description": "`inline`: each referenced file's bytes, base64, in the JSON export."})
+
+
+class ImportUploadSchema(Schema):
+    file = fields.Raw(required=True, metadata={"type": "string", "format": "binary", "description":
+                                               "An Apsara export, a ChatGPT conversations.json or an Open "
+                                               "WebUI export."})
+
+
+class ForkSchema(Schema):
+    message_id = _id_field(required=True, metadata={
+        "description": "The last message the new conversation holds (with its ancestors)."})
+    id = _id_field(metadata={"description": "The new conversation's id; made up by the server when absent."})
+    title = fields.String(validate=MaxChars("max_title_chars"))
+    temporary = StrictBoolean(load_default=False)
 
 
 # -- responses -------------------------------------------------------------------
@@ -268,6 +309,13 @@ class ConversationSummarySchema(Schema):
     tools = fields.List(fields.String())
     settings = fields.Nested(SettingsSchema)
     message_count = fields.Integer()
+    title_source = fields.String(allow_none=True, validate=validate.OneOf(["user", "auto"]), metadata={
+        "description": "null until a title exists; `user` once a user gave one, `auto` for one the server wrote."})
+    archived = fields.Boolean()
+    pinned = fields.Boolean()
+    temporary = fields.Boolean()
+    snippet = fields.String(metadata={"description": "Search hits only: plain text (at most 300 characters) "
+                                                     "holding the first match."})
 
 
 class ConversationSchema(ConversationSummarySchema):
@@ -311,6 +359,39 @@ class TurnResultSchema(Schema):
 class ConversationListSchema(Schema):
     conversations = fields.List(fields.Nested(ConversationSummarySchema))
     next_cursor = fields.String(allow_none=True)
+
+
+class SkippedSchema(Schema):
+    messages = fields.Integer(metadata={"description": "Nodes not shown to a user (hidden system messages, tool "
+                                                      "traffic, empty or unfinished nodes)."})
+    conversations = fields.Integer(metadata={"description": "Entries with nothing a user saw."})
+
+
+class ImportResultSchema(Schema):
+    conversations = fields.List(fields.Nested(ConversationSummarySchema))
+    skipped = fields.Nested(SkippedSchema)
+
+
+class ExportFileSchema(Schema):
+    id = fields.String()
+    filename = fields.String()
+    mime_type = fields.String()
+    size_bytes = fields.Integer()
+    sha256 = fields.String()
+    created_at = fields.String()
+    data = fields.String(metadata={"description": "The bytes, base64 (`files=inline` only)."})
+
+
+class ConversationExportSchema(Schema):
+    format = fields.String(metadata={"description": "`apsara.conversation`"})
+    version = fields.Integer()
+    exported_at = fields.String()
+    conversation = fields.Nested(ConversationSummarySchema)
+    messages = fields.List(fields.Nested(MessageSchema), metadata={
+        "description": "Every version of every message, parents first."})
+    active = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "For each parent id (\"\" for the root) its active child."})
+    files = fields.List(fields.Nested(ExportFileSchema))
 
 
 class HealthSchema(Schema):

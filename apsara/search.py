@@ -11,7 +11,7 @@ shows up as a difference (`drifted`), and `rebuild` (also
 
 A query is words, all of which must occur in one text (the title or one
 message), matched case-insensitively as whole words (accents folded); hits come newest
-first with the listing's cursor, each with a plain-text snippet around the
+first (ties by id) with the listing's cursor, each with a plain-text snippet around the
 first match.
 """
 from __future__ import annotations
@@ -24,16 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SNIPPET_CHARS = 300
+SCHEMA_VERSION = 2  # another version on disk: the tables are made again and filled from the files
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
     owner TEXT NOT NULL, id TEXT NOT NULL, updated_ns INTEGER NOT NULL, updated_at TEXT NOT NULL,
     archived INTEGER NOT NULL DEFAULT 0, pinned INTEGER NOT NULL DEFAULT 0, temporary INTEGER NOT NULL DEFAULT 0,
+    last_message_ns INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, id));
-CREATE INDEX IF NOT EXISTS conversations_recent ON conversations (owner, updated_ns DESC, id DESC);
+CREATE INDEX IF NOT EXISTS conversations_recent ON conversations (owner, updated_ns DESC, id);
+CREATE INDEX IF NOT EXISTS conversations_temporary ON conversations (temporary, last_message_ns);
 CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5 (
     owner UNINDEXED, conversation UNINDEXED, kind UNINDEXED, body, tokenize = 'unicode61 remove_diacritics 2');
 """
+
+
+def message_text(message: dict) -> str:
+    """What a message offers to search: its text parts."""
+    return "\n".join(p.get("text", "") for p in message.get("parts", ()) if p.get("type") == "text")
 
 
 def words_of(query: str) -> list[str]:
@@ -49,7 +57,7 @@ def _match_expression(words: list[str]) -> str:
 def snippet(text: str, words: list[str]) -> str:
     """At most SNIPPET_CHARS of plain text around the first word that matches."""
     folded = text.lower()
-    starts = [m.start() for word in words if (m := re.search(r"\b" + re.escape(word), folded))]
+    starts = [m.start() for word in words if (m := re.search(r"\b" + re.escape(word) + r"\b", folded))]
     first = min(starts, default=0)
     begin = max(0, min(first - SNIPPET_CHARS // 3, len(text) - SNIPPET_CHARS))
     piece = " ".join(text[begin:begin + SNIPPET_CHARS].split())
@@ -75,7 +83,15 @@ class SearchIndex:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # the history is the durable copy; this can be rebuilt
-            db.executescript(_SCHEMA)
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                db.execute("BEGIN IMMEDIATE")
+                if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # another process won
+                    db.execute("DROP TABLE IF EXISTS texts")
+                    db.execute("DROP TABLE IF EXISTS conversations")
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("COMMIT")
             self._local.db = db
         return db
 
@@ -91,19 +107,43 @@ class SearchIndex:
         db.execute("COMMIT")
 
     # -- keeping in step ----------------------------------------------------------
-    def put(self, owner: str, header: dict, updated_ns: int, texts: list[str]) -> None:
+    def put(self, owner: str, header: dict, updated_ns: int, texts: list[str], last_message_ns: int) -> None:
         """Index a whole conversation (replacing what was there)."""
-        with self._writing() as db:
-            db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ?", (owner, header["id"]))
-            self._insert(db, owner, header["id"], "title", [header.get("title") or ""])
-            self._insert(db, owner, header["id"], "message", texts)
-            self._put_header(db, owner, header, updated_ns)
+        self.put_many([(owner, header, updated_ns, texts, last_message_ns)])
 
-    def add(self, owner: str, header: dict, updated_ns: int, texts: list[str]) -> None:
-        """A conversation grew: new message texts and its new header, nothing rewritten."""
+    def put_many(self, rows) -> None:
+        """Index whole conversations, (owner, header, updated_ns, texts, last_message_ns) each, in one
+        transaction: a rebuild of thousands takes seconds instead of minutes."""
         with self._writing() as db:
-            self._insert(db, owner, header["id"], "message", texts)
-            self._put_header(db, owner, header, updated_ns)
+            for owner, header, updated_ns, texts, last_message_ns in rows:
+                db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ?", (owner, header["id"]))
+                self._insert(db, owner, header["id"], "title", [header.get("title") or ""])
+                self._insert(db, owner, header["id"], "message", texts)
+                self._put_header(db, owner, header, updated_ns)
+                db.execute("UPDATE conversations SET last_message_ns = ? WHERE owner = ? AND id = ?",
+                           (last_message_ns, owner, header["id"]))
+
+    def update(self, owner: str, conversation_id: str, updated_at: str, updated_ns: int, texts: list[str],
+               header: dict | None = None, last_message_ns: int | None = None) -> bool:
+        """A conversation changed: new message texts, its new time, and its header when that changed
+        (title, flags). False when the conversation is not indexed: the caller indexes it whole."""
+        with self._writing() as db:
+            if header is not None:
+                db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ? AND kind = 'title'",
+                           (owner, conversation_id))
+                self._insert(db, owner, conversation_id, "title", [header.get("title") or ""])
+                self._put_header(db, owner, {**header, "id": conversation_id, "updated_at": updated_at},
+                                 updated_ns)
+            else:
+                found = db.execute("UPDATE conversations SET updated_ns = ?, updated_at = ? WHERE owner = ? "
+                                   "AND id = ?", (updated_ns, updated_at, owner, conversation_id)).rowcount
+                if not found:
+                    return False
+            if last_message_ns is not None:
+                db.execute("UPDATE conversations SET last_message_ns = max(last_message_ns, ?) "
+                           "WHERE owner = ? AND id = ?", (last_message_ns, owner, conversation_id))
+            self._insert(db, owner, conversation_id, "message", texts)
+        return True
 
     @staticmethod
     def _insert(db, owner: str, conversation_id: str, kind: str, texts: list[str]) -> None:
@@ -119,23 +159,26 @@ class SearchIndex:
                    (owner, header["id"], updated_ns, header["updated_at"], bool(header.get("archived")),
                     bool(header.get("pinned")), bool(header.get("temporary"))))
 
-    def set_header(self, owner: str, header: dict, updated_ns: int) -> None:
-        """The title or a flag changed (no message did)."""
-        with self._writing() as db:
-            db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ? AND kind = 'title'",
-                       (owner, header["id"]))
-            self._insert(db, owner, header["id"], "title", [header.get("title") or ""])
-            self._put_header(db, owner, header, updated_ns)
-
     def remove(self, owner: str, conversation_id: str) -> None:
         with self._writing() as db:
             db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ?", (owner, conversation_id))
             db.execute("DELETE FROM conversations WHERE owner = ? AND id = ?", (owner, conversation_id))
 
-    def indexed(self) -> dict[tuple[str, str], str]:
-        """(owner, id) -> the `updated_at` each conversation was indexed at."""
-        rows = self._db().execute("SELECT owner, id, updated_at FROM conversations")
-        return {(owner, cid): stamp for owner, cid, stamp in rows}
+    def clear(self) -> None:
+        with self._writing() as db:
+            db.execute("DELETE FROM texts")
+            db.execute("DELETE FROM conversations")
+
+    def expired_temporary(self, cutoff_ns: int) -> list[tuple[str, str]]:
+        """(owner, id) of temporary conversations whose last message is older than the cutoff."""
+        rows = self._db().execute("SELECT owner, id FROM conversations WHERE temporary = 1 AND "
+                                  "last_message_ns < ?", (cutoff_ns,))
+        return [(owner, cid) for owner, cid in rows]
+
+    def indexed(self) -> dict[tuple[str, str], tuple[int, str]]:
+        """(owner, id) -> the (updated_ns, updated_at) each conversation was indexed at."""
+        rows = self._db().execute("SELECT owner, id, updated_ns, updated_at FROM conversations")
+        return {(owner, cid): (ns, stamp) for owner, cid, ns, stamp in rows}
 
     # -- searching ------------------------------------------------------------------
     def search(self, owner: str, query: str, *, limit: int, after: tuple[int, str] | None = None,
@@ -148,13 +191,13 @@ class SearchIndex:
         if pinned:
             where.append("c.pinned = 1")
         if after is not None:
-            where.append("(c.updated_ns < ? OR (c.updated_ns = ? AND c.id < ?))")
+            where.append("(c.updated_ns < ? OR (c.updated_ns = ? AND c.id > ?))")
             params += [after[0], after[0], after[1]]
         # The conversations with a matching text, newest first; then each one's first matching text.
         found = self._db().execute(
             "SELECT c.id, c.updated_ns FROM conversations c WHERE " + " AND ".join(where) +
             " AND c.id IN (SELECT conversation FROM texts WHERE texts MATCH ? AND owner = ?)"
-            " ORDER BY c.updated_ns DESC, c.id DESC LIMIT ?",
+            " ORDER BY c.updated_ns DESC, c.id LIMIT ?",
             [*params, _match_expression(words), owner, limit]).fetchall()
         hits = []
         for conversation_id, updated_ns in found:

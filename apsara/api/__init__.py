@@ -15,6 +15,7 @@ class ApsaraApi(Api):
 
 
 JSON_BODY_LIMIT = 16 * 1024 * 1024
+IMPORT_PATH = "/api/v1/conversations/import"
 
 
 def require_json_body() -> None:
@@ -23,9 +24,17 @@ def require_json_body() -> None:
     Uploads may be as large as APSARA_MAX_UPLOAD_MB; JSON bodies never need more
     than 16 MB, and werkzeug refuses larger ones with 413 before reading them.
     """
-    if request.path != "/api/v1/files":
+    if request.path == IMPORT_PATH:
+        # An export is a document of its own size, JSON or a multipart upload: its own limit.
+        request.max_content_length = current_app.extensions["apsara"].settings.import_limit_bytes + 64 * 1024  # room for multipart framing
+    elif request.path != "/api/v1/files":
         request.max_content_length = min(JSON_BODY_LIMIT, current_app.config["MAX_CONTENT_LENGTH"])
     if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/api/"):
+        return
+    if request.path == IMPORT_PATH:
+        if not (request.is_json or request.mimetype == "multipart/form-data"):
+            raise ApiError(415, "send the export as application/json, or as multipart/form-data in the field "
+                                "'file'")
         return
     if request.path.startswith("/api/v1/files") or not (request.content_length or request.is_json):
         return
