@@ -63,6 +63,7 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     from .gemini.judge import judge_tier
     from .routing.router import Router
     from .conversations import ConversationManager, ConversationStore
+    from .conversations.sweeper import TemporarySweeper
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
     from .jsonio import OrjsonProvider
@@ -92,6 +93,9 @@ def create_app(config: Settings | dict | None = None) -> Flask:
             return judge_tier(gemini, settings.auto_judge_model, text, previous_tier, settings.auto_judge_timeout_s)
     router = Router(catalog, settings.auto_tiers, judge=judge)
     store.check_search_index()
+    if settings.temporary_sweep_s > 0:
+        TemporarySweeper(manager, settings.data_dir / ".temporary-sweep.lock",
+                         settings.temporary_ttl_h).start(settings.temporary_sweep_s)
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,
                                         Chat(manager, catalog, gemini, files, settings, router), files, router,
                                         Transfers(manager, files))

@@ -24,6 +24,7 @@ from .turns import follow
 from .turns.jobs import Job, JobRegistry
 from .turns.planner import TurnPlanner
 from .turns.runner import ReplyRunner
+from .turns.titles import TitleWriter
 
 STOP_WAIT_S = 3.0  # how long a stop waits for another process's writer before storing it itself
 
@@ -38,7 +39,7 @@ class Chat:
         self.planner = TurnPlanner(manager, catalog, gemini, self.attachments, self.function_calls, settings, router)
         self.jobs = JobRegistry(manager)
         self.runner = ReplyRunner(manager, self.planner, gemini, self.attachments, self.function_calls, settings,
-                                  self.jobs)
+                                  self.jobs, TitleWriter(manager, gemini, router, settings))
 
     # -- turns --------------------------------------------------------------------------
     def start(self, owner: str, conversation_id: str, **options) -> Turn:

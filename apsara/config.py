@@ -58,7 +58,8 @@ class Settings:
     auto_judge_timeout_s: float = 1.5
     # The model that draws when a text model calls generate_image.
     image_model: str = "gemini-3.1-flash-image"
-    # The model that writes automatic titles; None: the `lite` tier of the auto router.
+    # Automatic titles, and the model that writes them; None: the `lite` tier of the auto router.
+    auto_titles: bool = True
     title_model: str | None = None
     title_timeout_s: float = 10.0
     # Largest import (MB); None: the upload limit.
@@ -154,6 +155,7 @@ def from_env(env=None) -> Settings:
     if env.get("APSARA_MAX_IMPORT_MB"):
         settings.max_import_mb = _number(env, "APSARA_MAX_IMPORT_MB", None)
     settings.temporary_ttl_h = _number(env, "APSARA_TEMPORARY_TTL_H", 24.0)
+    settings.temporary_sweep_s = min(60.0, _number(env, "APSARA_TEMPORARY_SWEEP_S", 30.0))
     if env.get("APSARA_SECRET_KEY"):
         settings.secret_key = env["APSARA_SECRET_KEY"]
     return settings

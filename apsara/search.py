@@ -206,3 +206,28 @@ class SearchIndex:
                 "ORDER BY kind = 'title' DESC, rowid LIMIT 1", (_match_expression(words), owner, conversation_id)).fetchone()
             hits.append(Hit(conversation_id, updated_ns, snippet(row[0] if row else "", words)))
         return hits
+
+
+def main(argv=None) -> int:
+    """`python -m apsara.search --rebuild`: make the index again from the files;
+    without `--rebuild`, mend only where it differs from them."""
+    import argparse
+
+    from .config import from_env
+    from .conversations.store import ConversationStore
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--rebuild", action="store_true", help="drop the index and index every conversation")
+    args = parser.parse_args(argv)
+    store = ConversationStore(from_env().data_dir)
+    if args.rebuild:
+        count = store.rebuild_search_index()
+        print(f"indexed {count} conversation(s) in {store.search_index.path}")
+    else:
+        count = store.check_search_index()
+        print(f"mended {count} conversation(s) that differed from the files")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

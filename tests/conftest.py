@@ -8,8 +8,10 @@ from apsara.config import Settings
 
 
 def make_settings(tmp_path, **overrides) -> Settings:
+    # Automatic titles run beside a conversation's first reply; tests of other things turn them
+    # off so the events and records they count are only their own (tests of titles turn them on).
     base = dict(data_dir=tmp_path / "data", gemini_api_key=None, secret_key="test-secret",
-                gemini_retry_attempts=1, gemini_timeout_s=10.0)
+                gemini_retry_attempts=1, gemini_timeout_s=10.0, auto_titles=False)
     base.update(overrides)
     return Settings(**base)
 

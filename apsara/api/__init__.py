@@ -26,7 +26,8 @@ def require_json_body() -> None:
     """
     if request.path == IMPORT_PATH:
         # An export is a document of its own size, JSON or a multipart upload: its own limit.
-        request.max_content_length = current_app.extensions["apsara"].settings.import_limit_bytes + 64 * 1024  # room for multipart framing
+        framing = 4096 if request.mimetype == "multipart/form-data" else 0  # the part's own headers
+        request.max_content_length = current_app.extensions["apsara"].settings.import_limit_bytes + framing
     elif request.path != "/api/v1/files":
         request.max_content_length = min(JSON_BODY_LIMIT, current_app.config["MAX_CONTENT_LENGTH"])
     if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/api/"):

@@ -18,7 +18,7 @@ from marshmallow import ValidationError
 from ..clock import new_id, now_iso
 from ..conversations.manager import ConversationManager, conversation_view, summary_view
 from ..conversations.tree import ROOT, MessageTree
-from ..errors import ApiError
+from ..errors import ApiError, _flatten
 from ..files import FileStore
 from . import Imported, UnknownFormat, apsara_format, markdown
 from .importing import InvalidExport, read_export
@@ -38,6 +38,7 @@ def file_ids(messages) -> list[str]:
 
 
 def _refuse(problems: dict) -> ApiError:
+    problems = _flatten(problems)
     first_path, first_messages = next(iter(problems.items()))
     return ApiError(422, f"not a valid export: {first_path}: {first_messages[0]}", problems)
 
