@@ -24,19 +24,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SNIPPET_CHARS = 300
-SCHEMA_VERSION = 2  # another version on disk: the tables are made again and filled from the files
+SCHEMA_VERSION = 3  # another version on disk: the tables are made again and filled from the files
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS conversations (
+CREATE TABLE conversations (
     owner TEXT NOT NULL, id TEXT NOT NULL, updated_ns INTEGER NOT NULL, updated_at TEXT NOT NULL,
     archived INTEGER NOT NULL DEFAULT 0, pinned INTEGER NOT NULL DEFAULT 0, temporary INTEGER NOT NULL DEFAULT 0,
     last_message_ns INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, id));
-CREATE INDEX IF NOT EXISTS conversations_recent ON conversations (owner, updated_ns DESC, id);
-CREATE INDEX IF NOT EXISTS conversations_temporary ON conversations (temporary, last_message_ns);
-CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5 (
-    owner UNINDEXED, conversation UNINDEXED, kind UNINDEXED, body, tokenize = 'unicode61 remove_diacritics 2');
+CREATE INDEX conversations_recent ON conversations (owner, updated_ns DESC, id);
+CREATE INDEX conversations_temporary ON conversations (temporary, last_message_ns);
+CREATE TABLE text_owners (
+    rowid INTEGER PRIMARY KEY, owner TEXT NOT NULL, conversation TEXT NOT NULL, kind TEXT NOT NULL);
+CREATE INDEX text_owners_conversation ON text_owners (owner, conversation);
+CREATE VIRTUAL TABLE texts USING fts5 (body, tokenize = 'unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE terms USING fts5vocab (texts, 'row')
 """
+# Which text belongs to whom lives in a plain table beside the full-text one (same rowid): FTS5
+# finds nothing by an unindexed column without reading every row.
+_TABLES = ("terms", "texts", "text_owners", "conversations")
+# A word in more texts than this is "common": instead of collecting every text that holds it, the
+# newest conversations are checked one by one until the page is full (see `search`).
+COMMON_TEXTS = 5000
 
 
 def message_text(message: dict) -> str:
@@ -86,8 +95,8 @@ class SearchIndex:
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 db.execute("BEGIN IMMEDIATE")
                 if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # another process won
-                    db.execute("DROP TABLE IF EXISTS texts")
-                    db.execute("DROP TABLE IF EXISTS conversations")
+                    for table in _TABLES:
+                        db.execute(f"DROP TABLE IF EXISTS {table}")
                     for statement in filter(str.strip, _SCHEMA.split(";")):
                         db.execute(statement)
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -116,7 +125,7 @@ class SearchIndex:
         transaction: a rebuild of thousands takes seconds instead of minutes."""
         with self._writing() as db:
             for owner, header, updated_ns, texts, last_message_ns in rows:
-                db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ?", (owner, header["id"]))
+                self._delete_texts(db, owner, header["id"])
                 self._insert(db, owner, header["id"], "title", [header.get("title") or ""])
                 self._insert(db, owner, header["id"], "message", texts)
                 self._put_header(db, owner, header, updated_ns)
@@ -129,8 +138,7 @@ class SearchIndex:
         (title, flags). False when the conversation is not indexed: the caller indexes it whole."""
         with self._writing() as db:
             if header is not None:
-                db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ? AND kind = 'title'",
-                           (owner, conversation_id))
+                self._delete_texts(db, owner, conversation_id, kind="title")
                 self._insert(db, owner, conversation_id, "title", [header.get("title") or ""])
                 self._put_header(db, owner, {**header, "id": conversation_id, "updated_at": updated_at},
                                  updated_ns)
@@ -147,8 +155,20 @@ class SearchIndex:
 
     @staticmethod
     def _insert(db, owner: str, conversation_id: str, kind: str, texts: list[str]) -> None:
-        db.executemany("INSERT INTO texts (owner, conversation, kind, body) VALUES (?, ?, ?, ?)",
-                       [(owner, conversation_id, kind, text) for text in texts if text])
+        for text in texts:
+            if text:
+                rowid = db.execute("INSERT INTO text_owners (owner, conversation, kind) VALUES (?, ?, ?)",
+                                   (owner, conversation_id, kind)).lastrowid
+                db.execute("INSERT INTO texts (rowid, body) VALUES (?, ?)", (rowid, text))
+
+    @staticmethod
+    def _delete_texts(db, owner: str, conversation_id: str, kind: str | None = None) -> None:
+        where = "owner = ? AND conversation = ?" + (" AND kind = ?" if kind else "")
+        params = (owner, conversation_id, kind) if kind else (owner, conversation_id)
+        rowids = [r for (r,) in db.execute(f"SELECT rowid FROM text_owners WHERE {where}", params)]
+        if rowids:
+            db.executemany("DELETE FROM texts WHERE rowid = ?", [(r,) for r in rowids])
+            db.execute(f"DELETE FROM text_owners WHERE {where}", params)
 
     @staticmethod
     def _put_header(db, owner: str, header: dict, updated_ns: int) -> None:
@@ -161,13 +181,13 @@ class SearchIndex:
 
     def remove(self, owner: str, conversation_id: str) -> None:
         with self._writing() as db:
-            db.execute("DELETE FROM texts WHERE owner = ? AND conversation = ?", (owner, conversation_id))
+            self._delete_texts(db, owner, conversation_id)
             db.execute("DELETE FROM conversations WHERE owner = ? AND id = ?", (owner, conversation_id))
 
     def clear(self) -> None:
         with self._writing() as db:
-            db.execute("DELETE FROM texts")
-            db.execute("DELETE FROM conversations")
+            for table in _TABLES[1:]:
+                db.execute(f"DELETE FROM {table}")
 
     def expired_temporary(self, cutoff_ns: int) -> list[tuple[str, str]]:
         """(owner, id) of temporary conversations whose last message is older than the cutoff."""
@@ -183,9 +203,15 @@ class SearchIndex:
     # -- searching ------------------------------------------------------------------
     def search(self, owner: str, query: str, *, limit: int, after: tuple[int, str] | None = None,
                archived: bool = False, pinned: bool = False, temporary: bool = False) -> list[Hit]:
+        """Newest first, ties by id. Two ways, whichever reads less: a query with a rare word
+        collects the texts that match and sorts their conversations; one made only of common
+        words walks the conversations newest first and asks each whether a text of it matches,
+        stopping once the page is full."""
         words = words_of(query)
         if not words:
             return []
+        db = self._db()
+        expression = _match_expression(words)
         where = ["c.owner = ?", "c.archived = ?", "c.temporary = ?"]
         params: list = [owner, archived, temporary]
         if pinned:
@@ -193,19 +219,45 @@ class SearchIndex:
         if after is not None:
             where.append("(c.updated_ns < ? OR (c.updated_ns = ? AND c.id > ?))")
             params += [after[0], after[0], after[1]]
-        # The conversations with a matching text, newest first; then each one's first matching text.
-        found = self._db().execute(
-            "SELECT c.id, c.updated_ns FROM conversations c WHERE " + " AND ".join(where) +
-            " AND c.id IN (SELECT conversation FROM texts WHERE texts MATCH ? AND owner = ?)"
-            " ORDER BY c.updated_ns DESC, c.id LIMIT ?",
-            [*params, _match_expression(words), owner, limit]).fetchall()
+        listed = "SELECT c.id, c.updated_ns FROM conversations c WHERE " + " AND ".join(where)
         hits = []
-        for conversation_id, updated_ns in found:
-            row = self._db().execute(
-                "SELECT body FROM texts WHERE texts MATCH ? AND owner = ? AND conversation = ? "
-                "ORDER BY kind = 'title' DESC, rowid LIMIT 1", (_match_expression(words), owner, conversation_id)).fetchone()
-            hits.append(Hit(conversation_id, updated_ns, snippet(row[0] if row else "", words)))
+        if self._rarest(db, words) <= COMMON_TEXTS:
+            found = db.execute(
+                # `+o.owner`: find the texts by the words, never every text of the owner by its index
+                listed + " AND c.id IN (SELECT o.conversation FROM text_owners o WHERE +o.owner = ? AND o.rowid IN"
+                " (SELECT rowid FROM texts WHERE texts MATCH ?)) ORDER BY c.updated_ns DESC, c.id LIMIT ?",
+                [*params, owner, expression, limit]).fetchall()
+            for conversation_id, updated_ns in found:
+                body = self._first_match(db, owner, conversation_id, expression)
+                hits.append(Hit(conversation_id, updated_ns, snippet(body or "", words)))
+            return hits
+        for conversation_id, updated_ns in db.execute(listed + " ORDER BY c.updated_ns DESC, c.id", params):
+            body = self._first_match(db, owner, conversation_id, expression)
+            if body is not None:
+                hits.append(Hit(conversation_id, updated_ns, snippet(body, words)))
+                if len(hits) == limit:
+                    break
         return hits
+
+    @staticmethod
+    def _rarest(db, words: list[str]) -> int:
+        """How many texts hold the rarest of the words (FTS5's own term counts)."""
+        counts = []
+        for word in words:
+            row = db.execute("SELECT doc FROM terms WHERE term = ?", (word,)).fetchone()
+            counts.append(row[0] if row else 0)
+        return min(counts)
+
+    @staticmethod
+    def _first_match(db, owner: str, conversation_id: str, expression: str) -> str | None:
+        """The conversation's first text (the title first) that matches, or None."""
+        rowids = db.execute("SELECT rowid FROM text_owners WHERE owner = ? AND conversation = ? "
+                            "ORDER BY kind = 'title' DESC, rowid", (owner, conversation_id)).fetchall()
+        for (rowid,) in rowids:
+            row = db.execute("SELECT body FROM texts WHERE texts MATCH ? AND rowid = ?", (expression, rowid)).fetchone()
+            if row is not None:
+                return row[0]
+        return None
 
 
 def main(argv=None) -> int:
