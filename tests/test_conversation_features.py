@@ -83,6 +83,9 @@ def test_automatic_title_after_the_first_turn_is_marked_auto_and_streamed(chat, 
     conversation = chat.get(f"{API}/c1").json
     assert (conversation["title"], conversation["title_source"]) == ("Plan A Weekend Trip To", "auto")
     assert len(fake.title_requests()) == 1
+    reply_id = conversation["messages"][1]["id"]
+    replay, _ = parse_sse(chat.get(f"{API}/c1/messages/{reply_id}/events").get_data(as_text=True))
+    assert [e for e in replay if e[0] == "title"] == [e for e in events if e[0] == "title"]  # kept with the reply
     send(chat, "c1", "and the second day?")  # later turns never ask again
     assert len(fake.title_requests()) == 1
 

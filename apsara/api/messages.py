@@ -21,7 +21,8 @@ blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
                 description="Messages, replies and their versions.")
 
 STREAM_DOC = {"200": {"description": "Server-sent events: user_message, reply_start, delta, thought, "
-                                     "part, grounding, then done or error.",
+                                     "part, grounding, title (a new conversation's automatic "
+                                     "title, when ready while the stream is open), then done or error.",
                       "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 

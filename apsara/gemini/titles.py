@@ -32,7 +32,9 @@ def clean_title(answer: str) -> str:
 def write_title(client: GeminiClient, model_id: str, user_text: str, reply_text: str,
                 timeout_s: float) -> tuple[str | None, dict | None]:
     """(the title or None, the call's usage or None)."""
-    prompt = f"User:\n{user_text[:2000]}\n\nAssistant:\n{reply_text[:2000]}"
+    prompt = f"User:\n{user_text[:2000]}"
+    if reply_text:
+        prompt += f"\n\nAssistant:\n{reply_text[:2000]}"
     try:
         response = client.sdk.models.generate_content(
             model=model_id, contents=prompt,
