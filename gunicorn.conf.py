@@ -1,4 +1,4 @@
-"""Gunicorn settings, all from the environment (read when Gunicorn starts).
+"""Gunicorn settings, all from the environment and `.env` (read when Gunicorn starts).
 
 The worker class is gevent: one worker holds hundreds of open reply streams
 while each waits on Gemini, which gthread can only do with a thread per stream
@@ -7,13 +7,49 @@ worker, after the fork.
 """
 import os
 import secrets
+import shutil
+import tempfile
+from pathlib import Path
 
+from dotenv import load_dotenv
+
+from apsara import server as _server
+
+# The same `.env` the app reads (beside this file); real environment variables win.
+load_dotenv(Path(__file__).with_name(".env"), override=False)
 _env = os.environ.get
 
 # File URLs are signed with APSARA_SECRET_KEY. Without one, pick it here, in the
 # master, so every worker signs and checks with the same key (until a restart).
 if not _env("APSARA_SECRET_KEY"):
     os.environ["APSARA_SECRET_KEY"] = secrets.token_hex(32)
+
+# Prometheus' multiprocess mode: each worker writes its samples to files in this
+# folder and /metrics reads them all. It must be set before any worker imports
+# prometheus_client, and emptied at each start (old workers' files would count).
+_own_metrics_dir = not _env("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="apsara-metrics-")
+
+
+def on_starting(server):
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):  # only the samples files: the folder may be the operator's
+        if name.endswith(".db"):
+            os.unlink(os.path.join(folder, name))
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
 
 bind = _env("GUNICORN_BIND") or f"0.0.0.0:{_env('PORT', '8000')}"
 workers = int(_env("WEB_CONCURRENCY", "2"))
@@ -24,10 +60,27 @@ threads = int(_env("GUNICORN_THREADS", "100"))  # gthread
 timeout = int(_env("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = int(_env("GUNICORN_KEEPALIVE", "5"))
-# Behind a reverse proxy: trust its X-Forwarded-* only from the addresses given.
-forwarded_allow_ips = _env("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Behind a reverse proxy: trust its X-Forwarded-* only from the addresses given
+# (addresses or networks, comma separated; `*` trusts any peer). The access log's
+# %(h)s is then the client address the proxy reports.
+forwarded_allow_ips = _env("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 accesslog = _env("GUNICORN_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = _env("LOG_LEVEL", "info")
 # Never log query strings or headers: file URLs carry signatures.
 access_log_format = _env("GUNICORN_ACCESS_FORMAT", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms pid=%(p)s')
+if (_env("APSARA_LOG_FORMAT") or "").lower() == "json":
+    # Gunicorn's own lines (start, worker exits) as JSON objects too.
+    logconfig_dict = {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "apsara.logging_setup.JsonFormatter"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
+                                 "stream": "ext://sys.stderr"}},
+        "loggers": {"gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
+                    "gunicorn.access": {"level": "INFO", "handlers": ["console"] if accesslog else [],
+                                        "propagate": False}},
+    }
+# Access lines with control characters escaped and the forwarded client address.
+logger_class = "apsara.server.AccessLogger"
+# Gunicorn's own answers (414, 431, 400 before the app) in the JSON error envelope.
+_server.answer_errors_in_json()

@@ -7,10 +7,11 @@ can build as many independent apps as it likes.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flask import Flask, Request, current_app
+from flask import Flask, Request, current_app, request
 from flask_cors import CORS
 
 from .config import VERSION, Settings, from_env
@@ -22,17 +23,29 @@ if TYPE_CHECKING:
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
     from .gemini.judge import judge_tier
+    from .ratelimits import RateLimits
     from .routing.router import Router
     from .transfer.service import Transfers
+    from .usage import UsageService
 
 log = logging.getLogger("apsara")
 
 
 class UploadRequest(Request):
-    """Uploads stream straight into the data folder instead of memory or /tmp."""
+    """Uploads stream straight into the data folder instead of memory or /tmp.
+
+    Every temp file made for this request is listed, so it is removed when the
+    request ends, whatever part of the body it held.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.incoming_files: list = []
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        return current_app.extensions["apsara"].files.incoming_file()
+        handle = current_app.extensions["apsara"].files.incoming_file()
+        self.incoming_files.append(handle)
+        return handle
 
 
 @dataclass
@@ -47,6 +60,8 @@ class Services:
     chat: "Chat"
     files: "FileStore"
     router: "Router"
+    usage: "UsageService"
+    rate_limits: "RateLimits"
     transfers: "Transfers"
 
 
@@ -66,11 +81,15 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     from .conversations.sweeper import TemporarySweeper
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
+    from .api.hooks import note_bill
     from .jsonio import OrjsonProvider
+    from .logging_setup import configure_logging
+    from .ratelimits import RateLimits
     from .transfer.service import Transfers
+    from .usage import Budgets, PriceTable, SqliteLedger, UsageService
 
     settings = _settings(config)
-    _configure_logging()
+    configure_logging(settings.log_format)
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     # A doubled slash is a 404, not a redirect to somewhere else.
@@ -84,22 +103,43 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     gemini = GeminiClient(settings)
     catalog = ModelCatalog(gemini.list_models if gemini.configured else None,
                            ttl_s=settings.models_cache_ttl_s)
-    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s)
+    files = FileStore(settings.data_dir, settings.secret_key, settings.file_url_ttl_s, settings.public_url,
+                      settings.upload_sweep_every_s)
     files.sweep_incoming()
     manager = ConversationManager(store, catalog, settings.default_model, files.signed_url)
+    # Every Gemini call is reported to the usage service: ledger, budgets, metrics.
+    usage = UsageService(SqliteLedger(settings.data_dir / "usage.sqlite3"), PriceTable.load(settings.prices_path),
+                         Budgets(settings.budgets))
+    usage.on_new_bill = note_bill
+    gemini.on_call = usage.record
     judge = None
     if settings.auto_judge_model and gemini.configured:
-        def judge(text, previous_tier):
-            return judge_tier(gemini, settings.auto_judge_model, text, previous_tier, settings.auto_judge_timeout_s)
+        def judge(text, previous_tier, billed_to=None):
+            if catalog.get(settings.auto_judge_model) is None:
+                return None  # never ask a model the API does not offer: the local classifier decides
+            return judge_tier(gemini, settings.auto_judge_model, text, previous_tier,
+                              settings.auto_judge_timeout_s, billed_to)
     router = Router(catalog, settings.auto_tiers, judge=judge)
     store.check_search_index()
     if settings.temporary_sweep_s > 0:
         TemporarySweeper(manager, settings.data_dir / ".temporary-sweep.lock",
                          settings.temporary_ttl_h).start(settings.temporary_sweep_s)
-    app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini,
-                                        Chat(manager, catalog, gemini, files, settings, router), files, router,
-                                        Transfers(manager, files))
+    chat = Chat(manager, catalog, gemini, files, settings, router, usage)
+    rate_limits = RateLimits(settings.rate_limits, settings.data_dir, settings.rate_limit_storage)
+    app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini, chat, files, router,
+                                        usage, rate_limits, Transfers(manager, files))
     app.request_class = UploadRequest
+
+    @app.before_request
+    def sweep_upload_leftovers():
+        files.sweep_now_and_then()
+
+    @app.teardown_request
+    def remove_upload_temp_files(_exc=None):
+        handles = getattr(request, "incoming_files", [])
+        for handle in handles:
+            handle.close()
+        files.discard([handle.name for handle in handles])
 
     register_extensions(app, settings)
     register_blueprints(app)
@@ -111,28 +151,39 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     return app
 
 
-def _configure_logging() -> None:
-    # Under Gunicorn the root logger may already be set up; only fill a gap.
-    if not log.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+# Browsers on the allowed origins may call the API and read the health answers.
+CORS_PATHS = re.compile(r"^/(api/.*|health|health/live)$")
+# How long a browser may reuse a preflight answer (Chrome caps it at 2 hours).
+CORS_MAX_AGE_S = 600
 
 
 def register_extensions(app: Flask, settings: Settings) -> None:
     if settings.cors_origins:
-        CORS(app, resources={r"/api/*": {"origins": settings.cors_origins}},
-             expose_headers=["Retry-After", "Content-Disposition"])
+        CORS(app, resources={CORS_PATHS: {"origins": settings.cors_origins}}, max_age=CORS_MAX_AGE_S,
+             expose_headers=["Retry-After", "Content-Disposition", "X-Request-Id"])
+        app.after_request(_vary_on_origin)
+
+
+def _vary_on_origin(response):
+    # Every answer on these paths depends on Origin (allowed or not), so a shared
+    # cache must never hand one origin's answer to another; flask-cors adds Vary
+    # only when several origins are configured.
+    if CORS_PATHS.match(request.path):
+        response.vary.add("Origin")
+    return response
 
 
 def register_blueprints(app: Flask) -> None:
     from .api import register_api
+    from .api.hooks import register_hooks
+    from .api.metrics import register_metrics
     from .auth import register_auth
     from .errors import register_error_handlers
 
     register_auth(app)
+    register_metrics(app)
     register_api(app)
+    register_hooks(app)  # request ids first of all; rate limits after authentication and body limits
     # After flask-smorest, so its default handler is replaced by ours.
     register_error_handlers(app)
 

@@ -2,8 +2,8 @@
 
 With `APSARA_API_KEYS` set, every `/api/` request but the OpenAPI document and
 the docs page needs `Authorization: Bearer <key>`, and the key names the user.
-Without it, everyone is the one local user. Keys are compared in constant time
-and never logged.
+Without it, everyone is the one local user. A key listed in `APSARA_ADMIN_KEYS`
+may also read anyone's usage. Keys are compared in constant time and never logged.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from .config import LOCAL_USER
 from .errors import ApiError
 
 OPEN_PATHS = ("/api/v1/openapi.json", "/api/v1/docs")
+ADMIN_USER = "admin"
+USAGE_PATH = "/api/v1/usage"
 
 
 def _user_for(token: str, keys: dict[str, str]) -> str | None:
@@ -51,11 +53,15 @@ def authenticate() -> None:
     if "Authorization" not in request.headers and (signed := _signed_url_user()):
         g.user = signed
         return
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    g.admin = _admin_key(token, settings.admin_keys)
     if not settings.auth_enabled:
         g.user = LOCAL_USER
         return
-    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
-    user = _user_for(token.strip(), settings.api_keys) if scheme.lower() == "bearer" and token else None
+    user = _user_for(token, settings.api_keys) if token else None
+    if user is None and g.admin and request.path == USAGE_PATH:
+        user = ADMIN_USER  # an admin key that is no user's key only reads usage
     if user is None:
         raise ApiError(401, "a valid 'Authorization: Bearer <key>' header is required",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -64,6 +70,19 @@ def authenticate() -> None:
 
 def current_user() -> str:
     return g.user
+
+
+def is_admin() -> bool:
+    """The request's Bearer key is listed in APSARA_ADMIN_KEYS."""
+    return g.get("admin", False)
+
+
+def _admin_key(token: str, admin_keys: list[str]) -> bool:
+    found = False
+    for key in admin_keys:
+        if token and hmac.compare_digest(token.encode(), key.encode()):
+            found = True
+    return found
 
 
 def register_auth(app: Flask) -> None:

@@ -25,21 +25,24 @@ from .turns.jobs import Job, JobRegistry
 from .turns.planner import TurnPlanner
 from .turns.runner import ReplyRunner
 from .turns.titles import TitleWriter
+from .usage import UsageService
 
 STOP_WAIT_S = 3.0  # how long a stop waits for another process's writer before storing it itself
 
 
 class Chat:
     def __init__(self, manager: ConversationManager, catalog: ModelCatalog, gemini: GeminiClient,
-                 files: FileStore, settings: Settings, router: Router):
+                 files: FileStore, settings: Settings, router: Router, usage: UsageService):
         self.manager = manager
+        self.usage = usage
         self.settings = settings
         self.attachments = Attachments(files, gemini)
         self.function_calls = FunctionCalls(self.attachments, catalog, gemini, settings.image_model)
-        self.planner = TurnPlanner(manager, catalog, gemini, self.attachments, self.function_calls, settings, router)
+        self.planner = TurnPlanner(manager, catalog, gemini, self.attachments, self.function_calls, settings, router,
+                                   usage)
         self.jobs = JobRegistry(manager)
         self.runner = ReplyRunner(manager, self.planner, gemini, self.attachments, self.function_calls, settings,
-                                  self.jobs, TitleWriter(manager, gemini, router, settings))
+                                  self.jobs, TitleWriter(manager, gemini, router, settings, usage))
 
     # -- turns --------------------------------------------------------------------------
     def start(self, owner: str, conversation_id: str, **options) -> Turn:

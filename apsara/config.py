@@ -13,6 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 VERSION = "2.5.0"
 USER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -41,6 +42,8 @@ class Settings:
     max_upload_mb: int = 100
     secret_key: str = field(default_factory=lambda: secrets.token_hex(32))
     file_url_ttl_s: int = 3600
+    # How often a worker sweeps crash leftovers out of the upload folder.
+    upload_sweep_every_s: float = 600.0
     models_cache_ttl_s: float = 300.0
     # Seconds of silence on a stream before a `: ping` comment goes out.
     ping_interval_s: float = 15.0
@@ -72,6 +75,28 @@ class Settings:
     @property
     def import_limit_bytes(self) -> int:
         return int((self.max_import_mb if self.max_import_mb is not None else self.max_upload_mb) * 1024 * 1024)
+    # Usage and limits: a price file replacing the shipped table, budgets
+    # ({"default": {...}, "users": {...}}), keys that may read anyone's usage,
+    # rate limits ({"requests": "120/minute", "streams": 4, "uploads": "60/hour"})
+    # and where their counters live (a `limits` storage URI; unset: SQLite in data_dir).
+    prices_path: str | None = None
+    budgets: dict = field(default_factory=dict)
+    admin_keys: list[str] = field(default_factory=list)
+    rate_limits: dict = field(default_factory=dict)
+    rate_limit_storage: str | None = None
+    # GET /metrics needs this Bearer token; unset: /metrics is 404.
+    metrics_token: str | None = None
+    log_format: str = "text"
+    # Where clients reach this server (`https://api.example.com`): file URLs become absolute.
+    public_url: str | None = None
+    # Which Gemini answers: "gemini" (the API), "vertex" (Vertex AI, the SDK's
+    # GOOGLE_GENAI_USE_VERTEXAI) or "fake" (`make run`'s offline fake).
+    gemini_upstream: str = "gemini"
+
+    def __post_init__(self):
+        # Once, here: every later use (send_file resolves relative paths against the
+        # package folder, not the working directory) sees the same absolute folder.
+        self.data_dir = Path(os.path.abspath(os.path.expanduser(self.data_dir)))
 
     @property
     def history_dir(self) -> Path:
@@ -120,6 +145,22 @@ def _number(env, name, default, kind=float):
     return value
 
 
+def parse_public_url(raw: str) -> str:
+    """`https://host[:port][/prefix]`, without a trailing slash; refuses anything else."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError("APSARA_PUBLIC_URL must look like https://api.example.com (optionally with a path)")
+    return raw.strip().rstrip("/")
+
+
+def _upstream(env) -> str:
+    if env.get("APSARA_OFFLINE_FAKE") == "1":
+        return "fake"
+    if (env.get("GOOGLE_GENAI_USE_VERTEXAI") or "").lower() in ("1", "true"):
+        return "vertex"
+    return "gemini"
+
+
 def from_env(env=None) -> Settings:
     """Build settings from an environment mapping (default: os.environ plus `.env`)."""
     if env is None:
@@ -139,7 +180,10 @@ def from_env(env=None) -> Settings:
         cors_origins=_split(env.get("CORS_ORIGINS")),
         max_upload_mb=_number(env, "APSARA_MAX_UPLOAD_MB", 100, int),
         models_cache_ttl_s=_number(env, "APSARA_MODELS_CACHE_S", 300.0),
+        gemini_upstream=_upstream(env),
     )
+    if env.get("APSARA_PUBLIC_URL"):
+        settings.public_url = parse_public_url(env["APSARA_PUBLIC_URL"])
     if env.get("APSARA_DEFAULT_MODEL"):
         settings.default_model = env["APSARA_DEFAULT_MODEL"]
     for tier in ("lite", "flash", "pro", "image"):
@@ -158,4 +202,24 @@ def from_env(env=None) -> Settings:
     settings.temporary_sweep_s = min(60.0, _number(env, "APSARA_TEMPORARY_SWEEP_S", 30.0))
     if env.get("APSARA_SECRET_KEY"):
         settings.secret_key = env["APSARA_SECRET_KEY"]
+    _usage_settings(settings, env)
     return settings
+
+
+def _usage_settings(settings: Settings, env) -> None:
+    from .ratelimits import RateLimitError, parse_rate_limits
+    from .usage.budgets import BudgetError, parse_budgets
+
+    try:
+        settings.budgets = parse_budgets(env.get("APSARA_BUDGETS"))
+        settings.rate_limits = parse_rate_limits(env.get("APSARA_RATE_LIMITS"))
+    except (BudgetError, RateLimitError) as exc:
+        raise ConfigError(str(exc)) from None
+    settings.prices_path = env.get("APSARA_PRICES") or None
+    settings.admin_keys = _split(env.get("APSARA_ADMIN_KEYS"))
+    settings.rate_limit_storage = env.get("APSARA_RATE_LIMIT_STORAGE") or None
+    settings.metrics_token = env.get("APSARA_METRICS_TOKEN") or None
+    log_format = (env.get("APSARA_LOG_FORMAT") or "text").lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError("APSARA_LOG_FORMAT is text or json")
+    settings.log_format = log_format

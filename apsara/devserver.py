@@ -47,7 +47,8 @@ def main() -> int:
         children.append(subprocess.Popen([sys.executable, "-m", "apsara.testing.fake_gemini",
                                           "--port", str(port)]))
         _wait_until_listening(port)
-        env.update({"gemini": "offline-fake-key", "GEMINI_BASE_URL": f"http://127.0.0.1:{port}"})
+        env.update({"gemini": "offline-fake-key", "GEMINI_BASE_URL": f"http://127.0.0.1:{port}",
+                    "APSARA_OFFLINE_FAKE": "1"})
         print("!" * 76 + "\n"
               f"!!  NO GEMINI KEY: replies come from the OFFLINE FAKE at http://127.0.0.1:{port}\n"
               "!!  It echoes what you send. Set the variable 'gemini' (or put it in .env)\n"

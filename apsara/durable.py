@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .metrics import timed_store_write
+
 TEMP_PREFIX = ".tmp-"
 
 
@@ -22,6 +24,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_atomically(target: Path, data: bytes, mtime_ns: int | None = None) -> None:
+    with timed_store_write():
+        _write_atomically(target, data, mtime_ns)
+
+
+def _write_atomically(target: Path, data: bytes, mtime_ns: int | None) -> None:
     folder = target.parent
     fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=target.suffix, dir=folder)
     try:

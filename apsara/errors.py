@@ -49,8 +49,19 @@ class ApiError(Exception):
         return STATUS_NAMES.get(self.code, "INTERNAL" if self.code >= 500 else "INVALID_ARGUMENT")
 
     def to_dict(self) -> dict:
+        details = {_printable(str(k)): [_printable(str(m)) for m in v] if isinstance(v, list) else v
+                   for k, v in self.details.items()}
         return {"error": {"code": self.code, "status": self.status,
-                          "message": self.message, "details": self.details}}
+                          "message": _printable(self.message), "details": details}}
+
+
+def _printable(text: str) -> str:
+    """Text safe to write as JSON: a lone surrogate echoed from the client becomes '?'."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def not_found(what: str, ident: str) -> ApiError:
@@ -102,7 +113,7 @@ def _from_http_exception(exc: HTTPException) -> ApiError:
         field_name = "request body" if first[0] == "_body" else first[0]
         return ApiError(422, f"invalid request: {field_name}: {first[1][0]}", details)
     if code == 400 and not data:
-        return ApiError(400, "malformed request: the body is not valid JSON")
+        return ApiError(400, "malformed request")
     if code == 404:
         return ApiError(404, "no such resource")
     if code == 405:

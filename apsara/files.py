@@ -4,8 +4,12 @@
 (name, type, size, SHA-256, and the Gemini Files API reference while one is
 alive). Uploads are written straight to `<data>/files/.incoming/` by the
 multipart parser, never held in memory, then hashed, typed from their bytes and
-moved into place. File URLs are signed (HMAC-SHA256 with APSARA_SECRET_KEY) and
-expire, so a browser `<img src>` can load them without a Bearer header.
+moved into place. Every temp file a request made is removed when it ends,
+whatever happened (413 halfway, extra multipart parts, a refused type); what a
+crash leaves there is swept while the server runs, every `sweep_every_s`.
+File URLs are signed (HMAC-SHA256 with APSARA_SECRET_KEY) and expire, so a
+browser `<img src>` can load them without a Bearer header; behind
+APSARA_PUBLIC_URL they are absolute.
 """
 from __future__ import annotations
 
@@ -23,18 +27,28 @@ from .clock import new_id, now_iso
 from .conversations.store import InvalidId, check_id
 from .durable import write_atomically
 from .errors import ApiError
-from .filetypes import sniff
+from .filetypes import sniff, text_encoding
 
 PRIVATE_FIELDS = ("gemini",)
+
 _CHUNK = 1024 * 1024
 
 
 class FileStore:
-    def __init__(self, data_dir: Path, secret_key: str, url_ttl_s: int = 3600):
+    # An upload left in .incoming this long is a crash's leftover, never one in progress
+    # (the parser writes to it as bytes arrive, so an upload still coming keeps it fresh).
+    LEFTOVER_AGE_S = 3600.0
+
+    def __init__(self, data_dir: Path, secret_key: str, url_ttl_s: int = 3600, public_url: str | None = None,
+                 sweep_every_s: float = 600.0):
         self.root = Path(data_dir) / "files"
+        # With APSARA_PUBLIC_URL set, URLs are absolute, so a frontend on another origin uses them as they are.
+        self._url_prefix = public_url or ""
         self.incoming = self.root / ".incoming"
         self._secret = secret_key.encode()
         self._url_ttl_s = url_ttl_s
+        self._sweep_every_s = sweep_every_s
+        self._next_sweep = 0.0
 
     # -- paths -------------------------------------------------------------------
     def _folder(self, owner: str, create: bool = False) -> Path:
@@ -64,6 +78,7 @@ class FileStore:
                 digest.update(chunk)
                 size += len(chunk)
         mime_type = sniff(head, filename)
+        encoding = text_encoding(head) if mime_type and mime_type.startswith("text/") else None
         if mime_type is None:
             raise ApiError(415, "this type of file cannot be read by the models; send an image, PDF, "
                                 "audio, video or text file")
@@ -73,6 +88,8 @@ class FileStore:
         os.replace(temp_path, blob)
         meta = {"id": file_id, "filename": filename or f"{file_id}", "mime_type": mime_type,
                 "size_bytes": size, "sha256": digest.hexdigest(), "created_at": now_iso()}
+        if encoding and encoding != "utf-8":
+            meta["charset"] = encoding  # served with it, so a browser reads UTF-16 text right
         write_atomically(meta_path, orjson.dumps(meta))
         return meta
 
@@ -158,7 +175,7 @@ class FileStore:
         expires = (int(time.time() + self._url_ttl_s) // 300 + 1) * 300
         query = urlencode({"user": owner, "expires": expires,
                            "signature": self._signature(owner, file_id, expires)})
-        return f"/api/v1/files/{file_id}/content?{query}"
+        return f"{self._url_prefix}/api/v1/files/{file_id}/content?{query}"
 
     def verify(self, file_id: str, owner: str, expires: str, signature: str) -> bool:
         try:
@@ -171,10 +188,23 @@ class FileStore:
             return False
         return hmac.compare_digest(self._signature(owner, file_id, expires_at), signature or "")
 
-    def sweep_incoming(self, older_than_s: float = 3600.0) -> None:
+    @staticmethod
+    def discard(paths: list[str]) -> None:
+        """Remove a request's temp files (those adopted are already gone)."""
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
+
+    def sweep_now_and_then(self) -> None:
+        """Sweep .incoming if the last sweep is `sweep_every_s` old; called on requests."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_every_s
+            self.sweep_incoming()
+
+    def sweep_incoming(self, older_than_s: float | None = None) -> None:
         if not self.incoming.is_dir():
             return
-        cutoff = time.time() - older_than_s
+        cutoff = time.time() - (self.LEFTOVER_AGE_S if older_than_s is None else older_than_s)
         for leftover in self.incoming.iterdir():
             try:
                 if leftover.stat().st_mtime < cutoff:

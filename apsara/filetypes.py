@@ -1,32 +1,39 @@
 """What a file is, decided from its bytes (magic numbers), never from its name.
 
-Only types Gemini reads are accepted: images, PDF, audio, video and text. For
-text the bytes decide that it *is* text (UTF-8, no NUL bytes); the name may then
-pick which text type (Markdown, CSV, Python...), since every text type is
-served the same safe way. An executable renamed `.png` is not a PNG.
+Only types Gemini reads are accepted: images, PDF, audio, video and text.
+Binary formats are recognised by puremagic's signature table (a pure-Python
+port of the magic databases, kept up to date on PyPI), then mapped to the one
+name Gemini takes for each format. Text is what decodes: UTF-8 without NUL
+bytes, or UTF-16/UTF-32 that starts with its byte-order mark (puremagic has no
+notion of encodings, and a UTF-16 BOM `FF FE` must never pass as an MPEG frame).
+Once the bytes say it *is* text, the name may pick which text type (Markdown,
+CSV, Python...), since every text type is served the same safe way. An
+executable renamed `.png` is not a PNG.
 """
 from __future__ import annotations
 
-# (offset, signature, mime type); checked in order.
-_SIGNATURES = [
-    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
-    (0, b"\xff\xd8\xff", "image/jpeg"),
-    (0, b"GIF87a", "image/gif"),
-    (0, b"GIF89a", "image/gif"),
-    (0, b"%PDF-", "application/pdf"),
-    (0, b"ID3", "audio/mpeg"),
-    (0, b"fLaC", "audio/flac"),
-    (0, b"OggS", "audio/ogg"),
-    (0, b"\x1a\x45\xdf\xa3", "video/webm"),
-    (0, b"FLV\x01", "video/x-flv"),
-    (0, b"\x00\x00\x01\xba", "video/mpeg"),
-    (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "video/x-ms-wmv"),
-]
-_RIFF = {b"WEBP": "image/webp", b"WAVE": "audio/wav", b"AVI ": "video/x-msvideo"}
-_FTYP = {b"heic": "image/heic", b"heix": "image/heic", b"mif1": "image/heif", b"msf1": "image/heif",
-         b"qt  ": "video/quicktime", b"3gp4": "video/3gpp", b"3gp5": "video/3gpp", b"3g2a": "video/3gpp",
-         b"M4A ": "audio/aac", b"M4B ": "audio/aac"}
-_AIFF = {b"AIFF": "audio/aiff", b"AIFC": "audio/aiff"}
+import codecs
+
+import puremagic
+
+# puremagic's names (or, where it gives none, the extension) -> the one we store.
+_ACCEPTED = {
+    "image/png": "image/png", "image/jpeg": "image/jpeg", "image/gif": "image/gif", "image/webp": "image/webp",
+    "image/heic": "image/heic", "image/heif": "image/heif", ".heic": "image/heic", ".heif": "image/heif",
+    "application/pdf": "application/pdf",
+    "audio/mpeg": "audio/mpeg", ".mp3": "audio/mpeg", "audio/flac": "audio/flac", "audio/ogg": "audio/ogg",
+    "application/ogg": "audio/ogg", ".oga": "audio/ogg", ".ogg": "audio/ogg",
+    "audio/wav": "audio/wav", "audio/wave": "audio/wav", "audio/x-wav": "audio/wav",
+    "audio/aiff": "audio/aiff", "audio/x-aiff": "audio/aiff", "audio/aac": "audio/aac", "audio/mp4": "audio/mp4",
+    ".m4a": "audio/mp4",
+    "video/mp4": "video/mp4", "video/quicktime": "video/quicktime", "video/webm": "video/webm",
+    "video/x-flv": "video/x-flv", "video/mpeg": "video/mpeg", "video/x-ms-wmv": "video/x-ms-wmv",
+    "video/x-ms-asf": "video/x-ms-wmv", "video/avi": "video/x-msvideo", "video/x-msvideo": "video/x-msvideo",
+    "video/3gpp": "video/3gpp", ".3gp": "video/3gpp",
+}
+# Byte-order marks of the wider Unicode encodings (UTF-32 first: its LE mark starts like UTF-16's).
+_BOMS = [(codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")]
 
 TEXT_BY_EXTENSION = {
     "md": "text/markdown", "markdown": "text/markdown", "csv": "text/csv", "tsv": "text/tab-separated-values",
@@ -43,43 +50,55 @@ INPUT_KIND = {"image": "image", "audio": "audio", "video": "video"}
 
 
 def sniff_binary(head: bytes) -> str | None:
-    for offset, signature, mime in _SIGNATURES:
-        if head[offset:offset + len(signature)] == signature:
-            return mime
-    if head[:4] == b"RIFF" and head[8:12] in _RIFF:
-        return _RIFF[head[8:12]]
-    if head[:4] == b"FORM" and head[8:12] in _AIFF:
-        return _AIFF[head[8:12]]
-    if head[4:8] == b"ftyp":
-        return _FTYP.get(head[8:12], "video/mp4")
-    if len(head) > 1 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
-        return "audio/aac"  # ADTS
-    if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        return "audio/mpeg"  # MPEG audio frame sync
+    """The accepted binary type puremagic finds in these first bytes, or None."""
+    try:
+        found = puremagic.magic_string(head)
+    except (puremagic.PureError, ValueError):
+        return None
+    # Strongest match first; among equals puremagic's own order (longest signature first).
+    for match in sorted(found, key=lambda m: -m.confidence):
+        accepted = _ACCEPTED.get(match.mime_type) or _ACCEPTED.get(match.extension.lower())
+        if accepted:
+            return accepted
     return None
 
 
-def is_text(sample: bytes) -> bool:
-    """UTF-8 without NUL bytes. `sample` may end inside a multi-byte character."""
+def text_encoding(sample: bytes) -> str | None:
+    """The encoding these bytes are text in ("utf-8", "utf-16-le"...), or None if not text.
+
+    `sample` may end inside a multi-byte character.
+    """
+    for bom, encoding in _BOMS:
+        if sample.startswith(bom):
+            decoder = codecs.getincrementaldecoder(encoding)()
+            try:
+                text = decoder.decode(sample[len(bom):], final=False)
+            except UnicodeDecodeError:
+                return None
+            return encoding if "\x00" not in text else None
     if b"\x00" in sample:
-        return False
+        return None
     try:
         sample.decode("utf-8")
-        return True
+        return "utf-8"
     except UnicodeDecodeError as exc:
-        return exc.start >= len(sample) - 3 and exc.reason == "unexpected end of data"
+        return "utf-8" if exc.start >= len(sample) - 3 and exc.reason == "unexpected end of data" else None
 
 
 def sniff(head: bytes, filename: str = "") -> str | None:
     """The mime type of a file from its first bytes (4 KiB or more), or None if unsupported."""
-    binary = sniff_binary(head)
+    encoding = text_encoding(head) if head else None
+    # A byte-order mark settles it: UTF-16 text starting FF FE is not audio.
+    binary = None if encoding and encoding != "utf-8" else sniff_binary(head)
     if binary:
         return binary
-    if not head or not is_text(head):
+    if not head or encoding is None:
         return None
     extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
     if extension in TEXT_BY_EXTENSION:
         return TEXT_BY_EXTENSION[extension]
+    if encoding != "utf-8":
+        return "text/plain"
     stripped = head.lstrip().lower()
     if stripped.startswith((b"<!doctype html", b"<html")):
         return "text/html"

@@ -66,7 +66,7 @@ class FunctionCalls:
             parts.append({"inline_data": {"mime_type": previous["mime_type"],
                                           "data": self.files.read_bytes(owner, previous["file_id"])}})
         try:
-            response = draw(self.gemini, image_model.id, parts)
+            response = draw(self.gemini, image_model.id, parts, billed_to=turn.bill)
         except Exception as exc:  # reported to the model, which can tell the user
             return {"error": f"the image model failed: {to_api_error(exc, self.gemini.secret).message}"}, []
         images = ReplyBuilder(on_inline=self.attachments.image_saver(owner))

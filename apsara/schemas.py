@@ -7,12 +7,18 @@ Response schemas document the API (the OpenAPI document is built from them).
 """
 from __future__ import annotations
 
+import re
+
+import orjson
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .conversations.output import MIME_TYPES, SAFETY_CATEGORIES, SAFETY_THRESHOLDS
 
 ID_REGEX = r"^[A-Za-z0-9_-]{1,64}$"
+# Stored in the conversation's header line, which every listing reads: kept small.
+MAX_RESPONSE_SCHEMA_BYTES = 32 * 1024
+MAX_RESPONSE_SCHEMA_DEPTH = 32
 THINKING_LEVELS = ["minimal", "low", "medium", "high"]
 
 
@@ -71,8 +77,38 @@ class MaxItems(MaxChars):
         return value
 
 
+def _whole_id(value: str) -> None:
+    # fullmatch: `$` alone also matches before a trailing newline ("nl-1\n").
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        raise ValidationError("Must be 1 to 64 letters, digits, _ or -.")
+
+
 def _id_field(**kwargs):
-    return fields.String(validate=validate.Regexp(ID_REGEX, error="Must be 1 to 64 letters, digits, _ or -."), **kwargs)
+    metadata = {"pattern": ID_REGEX, **kwargs.pop("metadata", {})}
+    return fields.String(validate=_whole_id, metadata=metadata, **kwargs)
+
+
+def _json_depth(value) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _bounded_schema(value) -> None:
+    if value is None:
+        return
+    if _json_depth(value) > MAX_RESPONSE_SCHEMA_DEPTH:
+        raise ValidationError(f"Nested deeper than {MAX_RESPONSE_SCHEMA_DEPTH} levels.")
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError as exc:  # an integer beyond 64 bits: it could not be stored either
+        raise ValidationError(f"Cannot be stored: {exc}.") from None
+    if size > MAX_RESPONSE_SCHEMA_BYTES:
+        raise ValidationError(f"Larger than {MAX_RESPONSE_SCHEMA_BYTES} bytes as JSON.")
 
 
 # -- requests --------------------------------------------------------------------
@@ -95,8 +131,9 @@ class SettingsSchema(Schema):
     thinking_budget = StrictInteger(allow_none=True, validate=validate.Range(-1, 32768))
     include_thoughts = StrictBoolean(allow_none=True)
     response_mime_type = fields.String(allow_none=True, validate=validate.OneOf(MIME_TYPES))
-    response_schema = fields.Dict(allow_none=True, metadata={
-        "description": "Gemini's schema (OpenAPI subset) for structured output; needs a JSON or enum mime type."})
+    response_schema = fields.Dict(allow_none=True, validate=_bounded_schema, metadata={
+        "description": "Gemini's schema (OpenAPI subset) for structured output; needs a JSON or enum mime type. "
+                       f"At most {MAX_RESPONSE_SCHEMA_DEPTH} levels deep and {MAX_RESPONSE_SCHEMA_BYTES} bytes."})
     safety_settings = fields.List(fields.Nested(SafetySettingSchema), allow_none=True,
                                   validate=validate.Length(max=len(SAFETY_CATEGORIES)))
 
@@ -112,7 +149,10 @@ def _known_tools(value):
 
 
 def tool_list(**kwargs):
-    return fields.List(fields.String(validate=validate.Length(1, 64)), validate=_known_tools, **kwargs)
+    from .gemini.tools import TOOL_DESCRIPTIONS
+
+    return fields.List(fields.String(validate=validate.Length(1, 64), metadata={"enum": list(TOOL_DESCRIPTIONS)}),
+                       validate=_known_tools, **kwargs)
 
 
 class ConversationCreateSchema(Schema):
@@ -152,7 +192,8 @@ class TurnOptionsSchema(Schema):
 
 class SendSchema(TurnOptionsSchema):
     text = fields.String(validate=MaxChars("max_message_chars"))
-    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"))
+    files = fields.List(fields.String(validate=validate.Length(1, 64), metadata={"pattern": ID_REGEX}),
+                        validate=MaxItems("max_files_per_message"))
 
     @validates_schema
     def has_content(self, data, **kwargs):
@@ -163,8 +204,16 @@ class SendSchema(TurnOptionsSchema):
 class EditSchema(TurnOptionsSchema):
     text = fields.String(validate=MaxChars("max_message_chars"),
                          metadata={"description": "The new text; omitted keeps the old text."})
-    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"),
+    files = fields.List(fields.String(validate=validate.Length(1, 64), metadata={"pattern": ID_REGEX}),
+                        validate=MaxItems("max_files_per_message"),
                         metadata={"description": "Omitted keeps the old files; [] drops them."})
+
+    @validates_schema
+    def not_empty(self, data, **kwargs):
+        # The body is required: an edit with nothing in it is a mistake, not a resend.
+        if not data:
+            raise ValidationError("Give at least one field: text, files, model, tools, settings or stream.",
+                                  "_body")
 
 
 class RegenerateSchema(TurnOptionsSchema):
@@ -175,7 +224,8 @@ class GenerateSchema(TurnOptionsSchema):
     """One stateless turn: nothing is stored."""
 
     text = fields.String(validate=MaxChars("max_message_chars"))
-    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"))
+    files = fields.List(fields.String(validate=validate.Length(1, 64), metadata={"pattern": ID_REGEX}),
+                        validate=MaxItems("max_files_per_message"))
     system_instruction = fields.String(validate=MaxChars("max_system_instruction_chars"))
 
     @validates_schema
@@ -186,7 +236,8 @@ class GenerateSchema(TurnOptionsSchema):
 
 class RouteSchema(Schema):
     text = fields.String(required=True, validate=MaxChars("max_message_chars"))
-    files = fields.List(fields.String(validate=validate.Length(1, 64)), validate=MaxItems("max_files_per_message"))
+    files = fields.List(fields.String(validate=validate.Length(1, 64), metadata={"pattern": ID_REGEX}),
+                        validate=MaxItems("max_files_per_message"))
     tools = tool_list()
     conversation_id = _id_field(metadata={"description": "Route as the next turn of this conversation."})
 
@@ -237,10 +288,14 @@ class ForkSchema(Schema):
 
 # -- responses -------------------------------------------------------------------
 class ErrorBodySchema(Schema):
-    code = fields.Integer()
-    status = fields.String()
-    message = fields.String()
-    details = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    code = fields.Integer(metadata={"description": "The HTTP status."})
+    status = fields.String(metadata={"description": "INVALID_ARGUMENT (400), UNAUTHENTICATED (401), NOT_FOUND "
+                                                    "(404), ..., UNPROCESSABLE (422), RESOURCE_EXHAUSTED (429)..."})
+    message = fields.String(metadata={"description": "What went wrong, in words; never a trace, path or key."})
+    details = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), metadata={
+        "description": "On a 422: each dotted field path (`settings.temperature`, `settings.response_schema."
+                       "properties.age.type`) mapped to its messages. On a 429: `retry_after`, the seconds "
+                       "to wait (as the Retry-After header). Else empty."})
 
 
 class ErrorSchema(Schema):
@@ -308,7 +363,9 @@ class ConversationSummarySchema(Schema):
     system_instruction = fields.String()
     tools = fields.List(fields.String())
     settings = fields.Nested(SettingsSchema)
-    message_count = fields.Integer()
+    message_count = fields.Integer(metadata={"description": (
+        "Messages on the active path (what `messages` holds), not every stored version: editing the "
+        "first message of a 6-message conversation makes it 2.")})
     title_source = fields.String(allow_none=True, validate=validate.OneOf(["user", "auto"]), metadata={
         "description": "null until a title exists; `user` once a user gave one, `auto` for one the server wrote."})
     archived = fields.Boolean()
@@ -334,7 +391,8 @@ class FileSchema(Schema):
     sha256 = fields.String()
     created_at = fields.String()
     generated = fields.Boolean(metadata={"description": "Made by a model, not uploaded."})
-    url = fields.String(metadata={"description": "Signed, expiring URL of the bytes."})
+    url = fields.String(metadata={"description": "Signed, expiring URL of the bytes: a path on this server, "
+                                                 "or an absolute URL when the server sets APSARA_PUBLIC_URL."})
 
 
 class TokenCountSchema(Schema):
@@ -395,10 +453,20 @@ class ConversationExportSchema(Schema):
 
 
 class HealthSchema(Schema):
-    status = fields.String()
+    status = fields.String(validate=validate.OneOf(["ok", "degraded"]),
+                           metadata={"description": "`degraded` (503): this server cannot serve a chat now."})
     version = fields.String()
-    gemini = fields.String()
-    storage = fields.String()
+    gemini = fields.String(validate=validate.OneOf(["gemini", "vertex", "fake", "missing"]), metadata={
+        "description": "Which upstream answers: the Gemini API, Vertex AI, `make run`'s offline fake, "
+                       "or `missing` (no key configured)."})
+    storage = fields.String(validate=validate.OneOf(["ok", "unwritable"]))
+    default_model = fields.String(metadata={"description": "The default model in use."})
+    default_model_note = fields.String(metadata={
+        "description": "Present when APSARA_DEFAULT_MODEL is not offered and another model stands in."})
+
+
+class LivenessSchema(Schema):
+    status = fields.String(validate=validate.OneOf(["ok"]))
 
 
 class ModelSchema(Schema):
@@ -417,6 +485,8 @@ class ModelSchema(Schema):
 class ModelListSchema(Schema):
     default = fields.String()
     source = fields.String(metadata={"description": "live (from the Gemini API) or bundled"})
+    default_note = fields.String(metadata={
+        "description": "Present when APSARA_DEFAULT_MODEL is not offered and `default` stands in for it."})
     models = fields.List(fields.Nested(ModelSchema))
 
 
@@ -427,3 +497,113 @@ class ToolSchema(Schema):
 
 class ToolListSchema(Schema):
     tools = fields.List(fields.Nested(ToolSchema))
+
+
+# -- usage -----------------------------------------------------------------------
+class UsageQuerySchema(Schema):
+    from_ = fields.Date(data_key="from", format="%Y-%m-%d")
+    to = fields.Date(format="%Y-%m-%d")
+    group_by = fields.String(validate=validate.OneOf(["day", "model", "conversation", "user"]))
+    user = fields.String(validate=validate.Regexp(r"^(\*|[A-Za-z0-9_-]{1,64})$"),
+                         metadata={"description": "Admin keys only: a user's name, or * for everyone."})
+
+    @validates_schema
+    def _ordered(self, data, **kwargs):
+        if data.get("from_") and data.get("to") and data["from_"] > data["to"]:
+            raise ValidationError("'from' is after 'to'.", "from")
+
+
+class UsageTotalsSchema(Schema):
+    calls = fields.Integer()
+    prompt_tokens = fields.Integer()
+    output_tokens = fields.Integer()
+    thought_tokens = fields.Integer()
+    cached_tokens = fields.Integer()
+    total_tokens = fields.Integer()
+    cost_usd = fields.Float(metadata={"description": "Estimated from the price table (APSARA_PRICES)."})
+
+
+class UsageGroupSchema(UsageTotalsSchema):
+    key = fields.String(allow_none=True, metadata={
+        "description": "The day, model, conversation id (null: calls outside a conversation) or user."})
+    user = fields.String(metadata={"description": "With user=* and group_by=conversation: whose conversation."})
+
+
+class UsageReportSchema(Schema):
+    from_ = fields.String(data_key="from")
+    to = fields.String()
+    user = fields.String()
+    totals = fields.Nested(UsageTotalsSchema)
+    groups = fields.List(fields.Nested(UsageGroupSchema))
+
+
+# -- server-sent events (documented here; OpenAPI 3.0 has no schema for a stream) ---------------
+STREAM_EVENTS = {
+    "user_message": ("Message", "the stored user message (send and edit only)"),
+    "reply_start": (None, '`{"id", "model", "routing"?}`: the reply being written'),
+    "delta": (None, '`{"text"}`: more of the reply\'s text'),
+    "thought": (None, '`{"text"}`: a thought summary (with settings.include_thoughts)'),
+    "part": ("Part", "a non-text part: code, code_result, file, function_call, function_response"),
+    "grounding": ("Grounding", '`{"queries", "sources"}`: what the answer is grounded in'),
+    "done": ("Message", "the stored reply (complete, stopped or blocked); the stream ends"),
+    "error": (None, '`{"error": {code, status, message, details}, "reply": the partial reply as stored}` '
+                    "(status error or interrupted); the stream ends"),
+}
+
+
+def stream_content(with_user: bool = True) -> dict:
+    """The `text/event-stream` content of a streamed turn, its events described."""
+    events = {name: doc for name, doc in STREAM_EVENTS.items() if with_user or name != "user_message"}
+    lines = "\n".join(f"- `{name}`: {text}" for name, (_, text) in events.items())
+    description = ("Server-sent events, each `event: <name>`, `id: <1, 2, 3...>` and one line of JSON "
+                   "`data:`; `: ping` comments while nothing else goes out. Events, in order:\n" + lines)
+    return {"text/event-stream": {
+        "schema": {"type": "string", "description": description},
+        "example": 'event: reply_start\nid: 1\ndata: {"id": "m1", "model": "gemini-3.8-flash"}\n\n'
+                   'event: delta\nid: 2\ndata: {"text": "Hello"}\n\n',
+        "x-events": {name: ({"$ref": f"#/components/schemas/{ref}"} if ref else {"type": "object"})
+                     for name, (ref, _) in events.items()},
+    }}
+
+
+def stream_response(with_user: bool = True) -> dict:
+    return {"200": {"description": "The turn as server-sent events (`stream: true`, or "
+                                   "`Accept: text/event-stream` with no `stream`).",
+                    "content": stream_content(with_user)}}
+
+
+# -- links: which answer feeds which request (for clients, and for stateful testing) ------------
+def _operation(path: str, method: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+_CONVERSATION = "/api/v1/conversations/{conversation_id}"
+_MESSAGE = _CONVERSATION + "/messages/{message_id}"
+
+
+def _links(spec: dict[str, tuple[str, str, dict]]) -> dict:
+    return {name: {"operationRef": _operation(path, method), "parameters": parameters}
+            for name, (path, method, parameters) in spec.items()}
+
+
+CONVERSATION_LINKS = {201: {"links": _links({
+    "GetConversation": (_CONVERSATION, "get", {"conversation_id": "$response.body#/id"}),
+    "ChangeConversation": (_CONVERSATION, "patch", {"conversation_id": "$response.body#/id"}),
+    "DeleteConversation": (_CONVERSATION, "delete", {"conversation_id": "$response.body#/id"}),
+    "CountTokens": (_CONVERSATION + "/tokens", "get", {"conversation_id": "$response.body#/id"}),
+    "SendMessage": (_CONVERSATION + "/messages", "post", {"conversation_id": "$response.body#/id"}),
+})}}
+
+TURN_LINKS = {201: {"links": _links({
+    "EditUserMessage": (_MESSAGE, "put", {"conversation_id": "$request.path.conversation_id",
+                                         "message_id": "$response.body#/user_message/id"}),
+    "RegenerateReply": (_MESSAGE + "/regenerate", "post", {"conversation_id": "$request.path.conversation_id",
+                                                          "message_id": "$response.body#/reply/id"}),
+    "SelectVersion": (_MESSAGE + "/select", "post", {"conversation_id": "$request.path.conversation_id",
+                                                    "message_id": "$response.body#/user_message/id"}),
+})}}
+
+FILE_LINKS = {201: {"links": _links({
+    "GetFile": ("/api/v1/files/{file_id}", "get", {"file_id": "$response.body#/id"}),
+    "GetFileContent": ("/api/v1/files/{file_id}/content", "get", {"file_id": "$response.body#/id"}),
+})}}

@@ -17,9 +17,11 @@ first match.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +75,41 @@ def snippet(text: str, words: list[str]) -> str:
     return piece[:SNIPPET_CHARS]
 
 
+class _Shared:
+    """One index file's connection in this process (made again after a fork), shared by its
+    threads and greenlets under the lock, as the usage ledger's is: SQLite calls never yield
+    to gevent, so more connections would only hold more file descriptors."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.connection: sqlite3.Connection | None = None
+        self.pid: int | None = None
+
+
+_OPEN: "OrderedDict[Path, _Shared]" = OrderedDict()
+_OPEN_LOCK = threading.Lock()
+MAX_OPEN = 4  # a server has one index; a test process makes many, and each connection holds 3 files
+
+
+def _shared(path: Path) -> _Shared:
+    with _OPEN_LOCK:
+        shared = _OPEN.get(path)
+        if shared is None:
+            shared = _OPEN[path] = _Shared()
+        _OPEN.move_to_end(path)
+        for old_path in list(_OPEN)[:-MAX_OPEN]:
+            old = _OPEN[old_path]
+            if old.lock.acquire(blocking=False):  # never close one in use
+                try:
+                    if old.connection is not None and old.pid == os.getpid():
+                        old.connection.close()
+                    old.connection = None  # a thread that took this entry just before connects again
+                    del _OPEN[old_path]
+                finally:
+                    old.lock.release()
+        return shared
+
+
 @dataclass
 class Hit:
     id: str
@@ -83,37 +120,41 @@ class Hit:
 class SearchIndex:
     def __init__(self, path: Path):
         self.path = path
-        self._local = threading.local()  # one connection per thread: sqlite3 objects are not shared
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # the history is the durable copy; this can be rebuilt
-            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                db.execute("BEGIN IMMEDIATE")
-                if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # another process won
-                    for table in _TABLES:
-                        db.execute(f"DROP TABLE IF EXISTS {table}")
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                db.execute("COMMIT")
-            self._local.db = db
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # the history is the durable copy; this can be rebuilt
+        if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # another process won
+                for table in _TABLES:
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
         return db
 
     @contextlib.contextmanager
+    def _reading(self):
+        shared = _shared(self.path)
+        with shared.lock:
+            if shared.connection is None or shared.pid != os.getpid():
+                shared.connection, shared.pid = self._connect(), os.getpid()
+            yield shared.connection
+
+    @contextlib.contextmanager
     def _writing(self):
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._reading() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     # -- keeping in step ----------------------------------------------------------
     def put(self, owner: str, header: dict, updated_ns: int, texts: list[str], last_message_ns: int) -> None:
@@ -191,13 +232,15 @@ class SearchIndex:
 
     def expired_temporary(self, cutoff_ns: int) -> list[tuple[str, str]]:
         """(owner, id) of temporary conversations whose last message is older than the cutoff."""
-        rows = self._db().execute("SELECT owner, id FROM conversations WHERE temporary = 1 AND "
-                                  "last_message_ns < ?", (cutoff_ns,))
+        with self._reading() as db:
+            rows = db.execute("SELECT owner, id FROM conversations WHERE temporary = 1 AND last_message_ns < ?",
+                              (cutoff_ns,)).fetchall()
         return [(owner, cid) for owner, cid in rows]
 
     def indexed(self) -> dict[tuple[str, str], tuple[int, str]]:
         """(owner, id) -> the (updated_ns, updated_at) each conversation was indexed at."""
-        rows = self._db().execute("SELECT owner, id, updated_ns, updated_at FROM conversations")
+        with self._reading() as db:
+            rows = db.execute("SELECT owner, id, updated_ns, updated_at FROM conversations").fetchall()
         return {(owner, cid): (ns, stamp) for owner, cid, ns, stamp in rows}
 
     # -- searching ------------------------------------------------------------------
@@ -210,7 +253,11 @@ class SearchIndex:
         words = words_of(query)
         if not words:
             return []
-        db = self._db()
+        with self._reading() as db:
+            return self._search(db, owner, words, limit, after, archived, pinned, temporary)
+
+    def _search(self, db, owner: str, words: list[str], limit: int, after, archived: bool, pinned: bool,
+                temporary: bool) -> list[Hit]:
         expression = _match_expression(words)
         where = ["c.owner = ?", "c.archived = ?", "c.temporary = ?"]
         params: list = [owner, archived, temporary]

@@ -1,16 +1,29 @@
 """Fixtures: a fresh app with its own data folder per test, clients, and users."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from apsara import create_app
 from apsara.config import Settings
 
 
+def data_dir(tmp_path) -> Path:
+    """A test's data folder; relative to the working directory under APSARA_TEST_RELATIVE_DATA_DIR=1.
+
+    test_data_dir.py runs part of the suite that way from another working
+    directory, as `make run`'s default `data` is relative.
+    """
+    folder = tmp_path / "data"
+    return Path(os.path.relpath(folder)) if os.environ.get("APSARA_TEST_RELATIVE_DATA_DIR") == "1" else folder
+
+
 def make_settings(tmp_path, **overrides) -> Settings:
     # Automatic titles run beside a conversation's first reply; tests of other things turn them
     # off so the events and records they count are only their own (tests of titles turn them on).
-    base = dict(data_dir=tmp_path / "data", gemini_api_key=None, secret_key="test-secret",
+    base = dict(data_dir=data_dir(tmp_path), gemini_api_key=None, secret_key="test-secret",
                 gemini_retry_attempts=1, gemini_timeout_s=10.0, auto_titles=False)
     base.update(overrides)
     return Settings(**base)

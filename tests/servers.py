@@ -40,7 +40,7 @@ def gunicorn(env: dict, workers: int = 2, worker_class: str = "gevent", log_path
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(base + "/health")
+        wait_for(base + "/health/live")
         yield base
     finally:
         with contextlib.suppress(ProcessLookupError):

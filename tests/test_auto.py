@@ -89,17 +89,18 @@ def test_image_request_with_a_photo_goes_to_the_image_model(chat, fake):
 
 def test_enabled_tools_move_the_turn_to_a_model_that_has_them(tmp_path, fake):
     # lite tier configured with a model that has no tools: a search turn moves up
-    fake.models = fake.models + [{"name": "models/gemini-x-lite-tts", "displayName": "x",
+    fake.models = fake.models + [{"name": "models/gemini-x-lite-audio", "displayName": "x",
                                   "inputTokenLimit": 100000, "outputTokenLimit": 100,
                                   "supportedGenerationMethods": ["generateContent"]}]
     app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url,
-                                   auto_tiers={"lite": ["gemini-x-lite-tts"]}))
+                                   auto_tiers={"lite": ["gemini-x-lite-audio"]}))
     client = app.test_client()
     client.post(API, json={"id": "c1", "model": "auto"})
-    assert send(client, "hi!")["model"] == "gemini-x-lite-tts"
+    assert send(client, "hi!")["model"] == "gemini-x-lite-audio"
     client.patch(f"{API}/c1", json={"tools": ["google_search"]})
     reply = send(client, "hi again!")
     assert reply["model"] == "gemini-3.8-flash" and "moved up" in reply["routing"]["reason"]
+    assert "gemini-x-lite-audio cannot use google_search" in reply["routing"]["reason"]
 
 
 def test_a_long_conversation_moves_past_a_small_context(tmp_path, fake):
@@ -188,3 +189,13 @@ def test_judge_failure_falls_back_to_the_local_classifier(judged, fake, judge_re
     reply = send(judged, "thanks!")
     assert reply["routing"]["classifier"] == "local-logistic-v1" and reply["routing"]["tier"] == "lite"
     assert reply["status"] == "complete"
+
+
+def test_a_judge_model_the_api_does_not_offer_is_never_asked(tmp_path, fake):
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url,
+                                   auto_judge_model="gemini-0-gone", auto_judge_timeout_s=0.3))
+    client = app.test_client()
+    client.post(API, json={"id": "c1", "model": "auto"})
+    reply = send(client, "thanks!")
+    assert reply["routing"]["classifier"] == "local-logistic-v1"
+    assert [r["model"] for r in fake.generate_requests()] == [reply["model"]]

@@ -254,3 +254,59 @@ def test_upload_path_is_in_the_openapi_document(client):
     spec = client.get("/api/v1/openapi.json").json
     assert {"/api/v1/files", "/api/v1/files/{file_id}", "/api/v1/files/{file_id}/content"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/api/v1/files"]["post"]["requestBody"]["content"]
+
+
+def test_a_picture_of_random_bytes_reaches_gemini_whole(chat, fake):
+    """The SDK sends inline data in URL-safe base64; real pictures have bytes that need `-` and `_`."""
+    import os
+
+    picture = png_bytes() + os.urandom(3000)  # a PNG header, then bytes like any photo's
+    image = upload(chat, picture, "photo.png").json
+    chat.post(API, json={"id": "c1"})
+    result = chat.post(f"{API}/c1/messages", json={"text": "What is this?", "files": [image["id"]]})
+    assert result.status_code == 201, result.json
+    part = fake.last_body()["contents"][0]["parts"][1]
+    sent = (part.get("inlineData") or part.get("inline_data"))["data"]
+    assert set(sent) & set("-_"), "the encoding should use the URL-safe characters"
+    assert base64.urlsafe_b64decode(sent + "=" * (-len(sent) % 4)) == picture
+
+
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode,
+                                    lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=")])
+def test_the_fake_reads_both_base64_alphabets(encode):
+    import os
+
+    from apsara.testing.fake_gemini import inline_bytes
+
+    raw = os.urandom(1001)
+    assert inline_bytes(encode(raw).decode()) == raw
+
+
+def test_downloads_are_never_kept_by_shared_caches(users):
+    alice, nobody = users["alice"], users["nobody"]
+    meta = upload(alice, png_bytes(), "a.png").json
+    for response in (alice.get(f"{FILES}/{meta['id']}/content"), nobody.get(meta["url"])):
+        assert response.status_code == 200
+        cache = response.cache_control
+        assert cache.private and not cache.public and cache.max_age == 300
+        assert "Authorization" in response.vary
+
+
+def test_file_urls_are_absolute_behind_a_public_url(tmp_path):
+    from apsara.config import from_env
+
+    settings = from_env({"APSARA_DATA_DIR": str(tmp_path / "data"),
+                         "APSARA_PUBLIC_URL": "https://api.example.com/apsara/"})
+    client = create_app(settings).test_client()
+    meta = upload(client, PDF, "paper.pdf").json
+    assert meta["url"].startswith("https://api.example.com/apsara/api/v1/files/")
+    path = meta["url"].removeprefix("https://api.example.com/apsara")
+    assert client.get(path).data == PDF  # what the proxy forwards, without its prefix
+
+
+@pytest.mark.parametrize("bad", ["api.example.com", "ftp://x", "https://x/?a=1", "https://"])
+def test_a_bad_public_url_is_refused_at_start(bad):
+    from apsara.config import ConfigError, from_env
+
+    with pytest.raises(ConfigError, match="APSARA_PUBLIC_URL"):
+        from_env({"APSARA_PUBLIC_URL": bad})

@@ -61,7 +61,9 @@ def test_no_key_or_wrong_key_is_401(users):
 
 
 def test_open_paths_need_no_key(users):
-    assert users["nobody"].get("/health").status_code == 200
+    assert users["nobody"].get("/health").status_code != 401  # 503 here: no Gemini key
+    assert users["nobody"].get("/health/live").status_code == 200
+    assert users["nobody"].get("/api/v1/docs").status_code == 200
     assert users["nobody"].get("/api/v1/openapi.json").status_code == 200
 
 

@@ -48,12 +48,31 @@ def test_list_is_cached(tmp_path, fake):
     assert sum(1 for r in fake.requests if r["method"] == "GET") == 1
 
 
-def test_bundled_table_when_gemini_unreachable(tmp_path, fake):
+def test_bundled_table_when_gemini_unreachable(tmp_path, fake, caplog):
     fake.list_error = (503, "down")
     app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url))
     body = app.test_client().get(API).json
     assert body["source"] == "bundled"
     assert "gemini-3.8-flash" in [m["id"] for m in body["models"]]
+    assert any("serving the bundled model table" in r.getMessage() for r in caplog.records)
+
+
+def test_every_page_is_read(tmp_path, fake):
+    # 100 per page (an empty last page is replayed from a real listing in test_replay.py)
+    fake.models = [_live(f"gemini-3.{n}-flash-lite") for n in range(199)] + [_live("gemini-3.8-flash")]
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url))
+    body = app.test_client().get(API).json
+    assert body["source"] == "live" and len(body["models"]) == 201  # and auto
+    pages = [r["path"] for r in fake.requests if r["method"] == "GET"]
+    assert len(pages) == 2
+
+
+def test_speech_and_music_models_are_not_chat_models(tmp_path, fake):
+    fake.models = [_live("gemini-3.8-flash"), _live("gemini-3.1-flash-tts-preview"), _live("lyria-3-pro-preview"),
+                   _live("gemini-2.5-pro-preview-tts"), _live("gemini-embedding-2"), _live("aqa")]
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url))
+    ids = [m["id"] for m in app.test_client().get(API).json["models"]]
+    assert ids == ["gemini-3.8-flash", "auto"]
 
 
 def test_bundled_table_without_key(client):

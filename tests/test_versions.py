@@ -199,3 +199,18 @@ def test_two_edits_at_once_through_gunicorn(tmp_path, fake):
     from apsara.conversations.store import ConversationStore
 
     assert len(ConversationStore(tmp_path / "data").read("local", "c1")["messages"]) == 2 + 2 * codes.count(201)
+
+
+def test_message_count_counts_the_active_path_and_is_documented(chat, fake):
+    ids = converse(chat, 3)
+    assert chat.get(f"{API}/c1").json["message_count"] == 6
+    chat.put(f"{API}/c1/messages/{ids[0]}", json={"text": "u1 again"})
+    conversation = chat.get(f"{API}/c1").json
+    assert conversation["message_count"] == len(conversation["messages"]) == 2
+    listed = chat.get(API).json["conversations"][0]
+    assert listed["message_count"] == 2
+    chat.post(f"{API}/c1/messages/{ids[0]}/select")  # the old branch comes back whole
+    assert chat.get(f"{API}/c1").json["message_count"] == 6
+    spec = chat.get("/api/v1/openapi.json").json
+    described = spec["components"]["schemas"]["Conversation"]["properties"]["message_count"]["description"]
+    assert "active path" in described

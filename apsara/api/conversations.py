@@ -3,16 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 from flask import Response, current_app, jsonify, request
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from ..auth import current_user
 from ..conversations.filters import ListFilters
 from ..errors import ApiError
-from ..schemas import (ConversationCreateSchema, ConversationExportSchema, ConversationListSchema,
-                       ConversationPatchSchema, ConversationSchema, ErrorSchema, ExportQuerySchema, ForkSchema,
-                       ImportResultSchema, ImportUploadSchema, ListQuerySchema, TokenCountSchema)
+from ..schemas import (CONVERSATION_LINKS, ConversationCreateSchema, ConversationExportSchema,
+                       ConversationListSchema, ConversationPatchSchema, ConversationSchema, ErrorSchema,
+                       ExportQuerySchema, ForkSchema, ImportResultSchema, ImportUploadSchema, ListQuerySchema,
+                       TokenCountSchema)
+from .bodies import parse_json_body
 
 blp = Blueprint("conversations", __name__, url_prefix="/api/v1/conversations",
                 description="Conversations (sessions) and their settings.")
@@ -31,6 +33,7 @@ def created(body, status=201):
 @blp.route("", methods=["POST"])
 @blp.arguments(ConversationCreateSchema, required=False)
 @blp.response(201, ConversationSchema)
+@blp.doc(responses=CONVERSATION_LINKS)
 @blp.alt_response(409, schema=ErrorSchema, description="The id is taken.")
 @blp.alt_response(422, schema=ErrorSchema, description="Invalid field, or a model/tool/thinking choice that does not fit.")
 def new(body):
@@ -39,7 +42,7 @@ def new(body):
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(ListQuerySchema, location="query")
+@blp.arguments(ListQuerySchema, location="query", unknown=RAISE)
 @blp.response(200, ConversationListSchema)
 def all(query):
     """List conversations, newest `updated_at` first, `limit` at a time; `q` searches them.
@@ -73,12 +76,9 @@ def import_(*_args):
 
 
 def _export_document():
-    """The uploaded document: the JSON body itself, or the multipart field `file`."""
+    """The uploaded document: the JSON body itself (already checked), or the multipart field `file`."""
     if request.is_json:
-        try:
-            return orjson.loads(request.get_data())
-        except orjson.JSONDecodeError:
-            raise ApiError(400, "malformed request: the body is not valid JSON") from None
+        return parse_json_body(request.get_data(cache=True))
     unexpected = sorted(set(request.form) | (set(request.files) - {"file"}))
     if unexpected:
         raise ApiError(422, f"unknown field '{unexpected[0]}'", {name: ["Unknown field."] for name in unexpected})
@@ -94,10 +94,9 @@ def _export_document():
         if temp_path is not None:
             temp_path.unlink(missing_ok=True)
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(422, "the file is not JSON: send an Apsara, ChatGPT or Open WebUI export",
-                       {"file": ["not JSON"]}) from None
+        return parse_json_body(raw)
+    except ApiError as refused:
+        raise ApiError(422, f"the file cannot be imported: {refused.message}", {"file": [refused.message]}) from None
 
 
 @blp.route("/<conversation_id>/export", methods=["GET"])

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import current_app, jsonify, send_file
+from flask import current_app, jsonify, request, send_file
 from flask_smorest import Blueprint
 
 from ..auth import current_user
 from ..errors import ApiError
 from ..filetypes import ACTIVE_TYPES
-from ..schemas import ErrorSchema, FileSchema, UploadSchema
+from ..schemas import FILE_LINKS, ErrorSchema, FileSchema, UploadSchema
 
 blp = Blueprint("files", __name__, url_prefix="/api/v1/files", description="Uploaded and generated files.")
 
@@ -25,13 +25,26 @@ def _meta_or_404(file_id: str) -> dict:
     return meta
 
 
+def _refuse_other_fields() -> None:
+    """Only one part, `file`: anything else would be read and thrown away."""
+    unknown = sorted((set(request.form) | set(request.files)) - {"file"})
+    details = {name: ["Unknown field."] for name in unknown}
+    if len(request.files.getlist("file")) > 1:
+        details["file"] = ["Send one file per upload."]
+    if details:
+        first = next(iter(details))
+        raise ApiError(422, f"invalid request: {first}: {details[first][0]}", details)
+
+
 @blp.route("", methods=["POST"])
 @blp.arguments(UploadSchema, location="files")
 @blp.response(201, FileSchema)
+@blp.doc(responses=FILE_LINKS)
 @blp.alt_response(413, schema=ErrorSchema, description="Larger than APSARA_MAX_UPLOAD_MB.")
 @blp.alt_response(415, schema=ErrorSchema, description="Not a type the models can read (decided from the bytes).")
 def upload(form):
-    """Upload a file (multipart field `file`); its type is decided from its bytes."""
+    """Upload a file (multipart field `file`, and nothing else); its type is decided from its bytes."""
+    _refuse_other_fields()
     incoming = form["file"]
     temp_path = Path(incoming.stream.name) if hasattr(incoming.stream, "name") else None
     try:
@@ -76,7 +89,12 @@ def content(file_id):
                          as_attachment=active, download_name=meta["filename"] or file_id,
                          conditional=True, max_age=300)
     if mime.startswith("text/"):
-        response.headers["Content-Type"] = f"{mime}; charset=utf-8"
+        response.headers["Content-Type"] = f"{mime}; charset={meta.get('charset', 'utf-8')}"
+    # A user's file: browsers may keep it a while, shared caches (a CDN, a proxy) never,
+    # and the answer depends on who asks (the key, or the signature in the URL).
+    response.cache_control.public = False
+    response.cache_control.private = True
+    response.vary.add("Authorization")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     return response

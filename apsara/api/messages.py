@@ -13,17 +13,16 @@ from flask_smorest import Blueprint
 from ..auth import current_user
 from ..errors import ApiError
 from ..schemas import (ConversationSchema, EditSchema, ErrorSchema, EventsQuerySchema, RegenerateSchema,
-                       ReplyResultSchema, SendSchema, TurnResultSchema)
+                       ReplyResultSchema, SendSchema, TURN_LINKS, TurnResultSchema, stream_content,
+                       stream_response)
 from ..streaming import sse_response
 from ..turns.follow import from_job
 
 blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
                 description="Messages, replies and their versions.")
 
-STREAM_DOC = {"200": {"description": "Server-sent events: user_message, reply_start, delta, thought, "
-                                     "part, grounding, title (a new conversation's automatic "
-                                     "title, when ready while the stream is open), then done or error.",
-                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+STREAM_DOC = {**stream_response(with_user=True), **TURN_LINKS}
+REGENERATE_STREAM_DOC = stream_response(with_user=False)
 
 
 def wants_stream(body: dict) -> bool:
@@ -93,7 +92,7 @@ def edit(body, conversation_id, message_id):
 @blp.route("/<conversation_id>/messages/<message_id>/regenerate", methods=["POST"])
 @blp.arguments(RegenerateSchema, required=False)
 @blp.response(201, TurnResultSchema)
-@blp.doc(responses=STREAM_DOC)
+@blp.doc(responses=REGENERATE_STREAM_DOC)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
 @blp.alt_response(422, schema=ErrorSchema, description="Not a model reply.")
 def regenerate(body, conversation_id, message_id):
@@ -113,9 +112,9 @@ def select(conversation_id, message_id):
     return jsonify(services.manager.select(current_user(), conversation_id, message_id))
 
 
-EVENTS_DOC = {"200": {"description": "Server-sent events of the reply from reply_start on (after the given id), "
-                                     "live until it ends with done or error.",
-                      "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+EVENTS_DOC = {"200": {"description": "The reply's events from reply_start on (those after the given id), with the "
+                                     "ids its stream gave them, then live until it ends with done or error.",
+                      "content": stream_content(with_user=False)}}
 
 
 @blp.route("/<conversation_id>/messages/<reply_id>/events", methods=["GET"])

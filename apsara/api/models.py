@@ -18,8 +18,11 @@ def all_models():
     services = current_app.extensions["apsara"]
     models = [m.to_dict() for m in services.catalog.models()]
     models.append(auto_model(services.catalog).to_dict())
-    return jsonify({"default": services.manager.default_model(),
-                    "source": services.catalog.source, "models": models})
+    default, note = services.catalog.default_model(services.settings.default_model)
+    body = {"default": default, "source": services.catalog.source, "models": models}
+    if note:
+        body["default_note"] = note
+    return jsonify(body)
 
 
 @blp.route("/tools", methods=["GET"])

@@ -33,11 +33,32 @@ def record(seq: int, kind: str, at: str, **payload) -> dict:
 
 
 class Replay:
-    """Applies records to a document (`conversation`, `messages`, `active`) in order."""
+    """Applies records to a document (`conversation`, `messages`, `active`) in order.
+
+    Messages are never changed in place: one about to change is copied first, so a
+    document can share its message dicts with the store's cache of earlier reads."""
 
     def __init__(self, document: dict):
         self.document = document
         self.tree = MessageTree.of(document)
+        self._owned: set[int] = set()
+        self._index: dict[str, int] | None = None
+
+    def _writable(self, message_id: str | None) -> dict | None:
+        message = self.tree.get(message_id)
+        if message is None or id(message) in self._owned:
+            return message
+        copy = dict(message)
+        copy["parts"] = [dict(p) for p in message.get("parts", ())]
+        for key in ("_events", "_writer"):
+            if key in copy:
+                copy[key] = type(copy[key])(copy[key])
+        if self._index is None:
+            self._index = {m["id"]: n for n, m in enumerate(self.document["messages"])}
+        self.document["messages"][self._index[message_id]] = copy
+        self.tree.by_id[message_id] = copy
+        self._owned.add(id(copy))
+        return copy
 
     def apply(self, rec: dict) -> None:
         kind = rec.get("type")
@@ -53,16 +74,22 @@ class Replay:
         elif kind == "message":
             message = rec["message"]
             if tree.get(message["id"]) is None and (not message["parent_id"] or tree.get(message["parent_id"])):
+                message = dict(message)
                 tree.add(message)
+                if self._index is not None:
+                    self._index[message["id"]] = len(self.document["messages"]) - 1
+                self._owned.add(id(message))
         elif kind == "progress":
             reply = tree.get(rec.get("id"))
             if reply is not None and reply.get("status") == "streaming":
+                reply = self._writable(reply["id"])
                 fold(reply, rec.get("events") or ())
                 if "_writer" in reply:
                     reply["_writer"] = {**reply["_writer"], "seen": rec["at"]}
         elif kind == "reply":
             reply = tree.get(rec.get("id"))
             if reply is not None and reply.get("status") == "streaming":  # the first end wins
+                reply = self._writable(reply["id"])
                 fold(reply, rec.get("events") or ())
                 reply.update(rec.get("fields") or {})
                 reply["_ended_at"] = rec["at"]
@@ -74,6 +101,7 @@ class Replay:
         elif kind == "stop":
             reply = tree.get(rec.get("id"))
             if reply is not None and reply.get("status") == "streaming":
+                reply = self._writable(reply["id"])
                 reply["_stop"] = rec["at"]
         if kind in TOUCHING:
             header = document["conversation"]

@@ -25,7 +25,7 @@ from ..gemini.catalog import ModelCatalog
 from .filters import ListFilters
 from .journal import Replay, record
 from .options import check_choice
-from .parts import PRIVATE_PART_FIELDS, public_part  # noqa: F401 (part of this module's interface)
+from .parts import public_part
 from .store import ConversationStore, InvalidId, LockTimeout, Missing
 from .tree import MessageTree
 
@@ -180,6 +180,8 @@ class Turn:
     error: ApiError | None = None      # the ApiError a failed reply ended with
     persist: bool = True               # False for /generate: nothing is stored
     request: tuple | None = field(default=None, repr=False)  # (contents, config) ready to send
+    position: tuple | None = None      # (inode, offset) of the file just after the turn's records
+    bill: object = None                # the usage bill this turn's Gemini calls go on
 
 
 class ConversationManager:
@@ -198,12 +200,8 @@ class ConversationManager:
 
     # -- choices ---------------------------------------------------------------
     def default_model(self) -> str:
-        """The configured default, or the first text Flash model the catalog offers."""
-        ids = self.catalog.ids()
-        if self._default_model in ids or not ids:
-            return self._default_model
-        flash = [m.id for m in self.catalog.models() if "flash" in m.id and not m.makes_images]
-        return (flash or ids)[0]
+        """The configured default when the catalog offers it, else the best Flash it offers."""
+        return self.catalog.default_model(self._default_model)[0]
 
     # -- reading ---------------------------------------------------------------
     def load(self, owner: str, conversation_id: str) -> dict:
@@ -443,8 +441,8 @@ class ConversationManager:
                 raise ApiError(404, f"message '{target_id}' not found")
             wanted = "user" if kind == "edit" else "model"
             if target["role"] != wanted:
-                verb = "edit" if kind == "edit" else "regenerate"
-                raise ApiError(422, f"only {wanted} messages can be {verb}ed; message "
+                verb = "edited" if kind == "edit" else "regenerated"
+                raise ApiError(422, f"only {wanted} messages can be {verb}; message "
                                     f"'{target_id}' is a {target['role']} message",
                                {"message_id": [f"not a {wanted} message"]})
             parent_id = target["parent_id"]
@@ -491,7 +489,8 @@ class ConversationManager:
                 records.append(record(0, "message", stamp, message=turn.stored_user))
             reply = {**turn.stored_reply, "_writer": new_writer()}
             records.append(record(0, "message", stamp, message=reply))
-            self._append(owner, conversation_id, document, records, on_written=on_written)
+            mark = self._append(owner, conversation_id, document, records, on_written=on_written)
+            turn.position = (mark["inode"], mark["size"])
             tree = MessageTree.of(document)
             link = self.link(owner)
             turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None
@@ -545,6 +544,8 @@ class ConversationManager:
             if reply.get("status") == "streaming":
                 self._append(owner, conversation_id, document,
                              [record(0, "reply", now_iso(), id=reply_id, fields={"status": "stopped"})])
+                tree = MessageTree.of(document)
+                reply = tree.get(reply_id)
             return message_view(reply, tree, self.link(owner))
 
     @staticmethod

@@ -13,16 +13,14 @@ PRIVATE_PART_FIELDS = ("thought_signature", "gemini_file")
 def merge_part(parts: list[dict], new: dict) -> bool:
     """Append `new` to `parts`, merging stream text into the previous part of its kind.
 
-    Returns True when it merged. Never merges two signed parts: each signature must
-    go back attached to its own part.
+    Returns True when it merged. A signed part is never merged into another: its
+    signature goes back on a part of its own, as Gemini sent it (Gemini 3 often
+    signs an empty text part at the end of a stream).
     """
-    if parts and new["type"] in ("text", "thought") and parts[-1]["type"] == new["type"]:
-        last = parts[-1]
-        if not (last.get("thought_signature") and new.get("thought_signature")):
-            last["text"] += new["text"]
-            if new.get("thought_signature"):
-                last["thought_signature"] = new["thought_signature"]
-            return True
+    if (parts and new["type"] in ("text", "thought") and parts[-1]["type"] == new["type"]
+            and not new.get("thought_signature")):
+        parts[-1]["text"] += new["text"]
+        return True
     parts.append(new)
     return False
 

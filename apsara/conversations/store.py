@@ -44,6 +44,7 @@ import re
 import sqlite3
 import tempfile
 import time
+from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 
@@ -52,6 +53,7 @@ import orjson
 from ..durable import TEMP_PREFIX, fsync, fsync_dir, write_atomically
 from ..search import SearchIndex, message_text
 from .filters import ListFilters
+from ..metrics import timed_store_write
 from .journal import TOUCHING, replay
 from .recency import RecencyIndex, _scan
 
@@ -65,6 +67,7 @@ _TAIL = 4096
 # Records are folded into a new snapshot once they outgrow it (and this floor):
 # the bytes rewritten stay proportional to the bytes appended.
 COMPACT_MIN_BYTES = 256 * 1024
+CACHED_CONVERSATIONS = 256
 
 LOCK_TIMEOUT_S = 30.0
 
@@ -184,6 +187,12 @@ def _parse_lines(raw: bytes, conversation_id: str):
     return document, records, end, mark
 
 
+def _fresh(document: dict) -> dict:
+    """A document with containers of its own (message dicts are shared, never changed in place)."""
+    return {**document, "conversation": dict(document["conversation"]),
+            "messages": list(document.get("messages", ())), "active": dict(document.get("active", {}))}
+
+
 def _ordered(keys: list, first: int):
     head = heapq.nsmallest(first, keys)
     yield from head
@@ -206,6 +215,8 @@ class ConversationStore:
         self.locks_dir = Path(data_dir) / "locks"
         self._recency: dict[str, RecencyIndex] = {}
         self.search_index = SearchIndex(Path(data_dir) / "search" / "index.sqlite")
+        # path -> (inode, offset read to, document): conversations this process read lately
+        self._cache: OrderedDict = OrderedDict()
 
     def recency(self, owner: str) -> RecencyIndex:
         index = self._recency.get(owner)
@@ -280,13 +291,54 @@ class ConversationStore:
         return loaded[0] if loaded else None
 
     def load(self, owner: str, conversation_id: str):
-        """(document, position) or None; `position` = (inode, offset) for `follow()`."""
+        """(document, position) or None; `position` = (inode, offset) for `follow()`.
+
+        A conversation read before by this process is brought up to date from the
+        bytes appended since (its file was not replaced): a turn reads only its own
+        records, however long the conversation. The document's containers are its
+        own; its message dicts may be shared with the cache, so change a conversation
+        through records (or copy a message before changing it)."""
+        path = self.path(owner, conversation_id)
         try:
-            with open(self.path(owner, conversation_id), "rb") as fh:
-                raw = fh.read()
+            with open(path, "rb") as fh:
                 inode = os.fstat(fh.fileno()).st_ino
+                cached = self._cache.get(path)
+                if cached is not None and cached[0] == inode:
+                    fh.seek(cached[1])
+                    return self._brought_up_to_date(path, cached, fh.read(), conversation_id)
+                raw = fh.read()
         except FileNotFoundError:
+            self._cache.pop(path, None)
             return None
+        loaded = self._parse(raw, inode, conversation_id)
+        self._remember(path, loaded)
+        return _fresh(loaded[0]), loaded[1]
+
+    def _brought_up_to_date(self, path, cached, chunk: bytes, conversation_id: str):
+        inode, offset, document = cached
+        end = chunk.rfind(b"\n") + 1
+        records = []
+        for line in chunk[:end].split(b"\n")[:-1]:
+            if not line.startswith(_MARK):
+                try:
+                    records.append(orjson.loads(line))
+                except ValueError:
+                    log.warning("conversation %s: skipped an unreadable record", conversation_id)
+        document = _fresh(document)
+        if records:
+            replay(document, records)
+            self._remember(path, (document, (inode, offset + end)))
+            return _fresh(document), (inode, offset + end)
+        return document, (inode, offset + end)
+
+    def _remember(self, path, loaded) -> None:
+        document, (inode, offset) = loaded
+        self._cache[path] = (inode, offset, document)
+        self._cache.move_to_end(path)
+        while len(self._cache) > CACHED_CONVERSATIONS:
+            self._cache.popitem(last=False)
+
+    def _parse(self, raw: bytes, inode: int, conversation_id: str):
         if _is_v1(raw[:32]):
             try:
                 document = orjson.loads(raw)
@@ -387,6 +439,7 @@ class ConversationStore:
         target = self.path(owner, conversation_id)
         self._user_dir(owner, create=True)
         mtime_ns = iso_to_ns(document["conversation"]["updated_at"])
+        self._cache.pop(target, None)
         write_atomically(target, encode(document), mtime_ns)
         self.recency(owner).record(conversation_id, mtime_ns)
         self._indexing(self.search_index.put_many, [_index_row(owner, document)])
@@ -408,6 +461,7 @@ class ConversationStore:
                 self._migrate(owner, conversation_id)
                 fd = os.open(path, os.O_RDWR | os.O_APPEND)
             size = self._repair(fd, conversation_id)
+            inode = os.fstat(fd).st_ino
             mark = self._mark_at_end(fd, size) or self._rebuild_mark(fd, conversation_id)
             lines, offset, seq = [], size, mark["seq"]
             updated_at = mark["updated_at"]
@@ -432,7 +486,8 @@ class ConversationStore:
             if on_written is not None:
                 on_written()
             if sync:
-                fsync(fd)
+                with timed_store_write():
+                    fsync(fd)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -440,6 +495,7 @@ class ConversationStore:
             self.recency(owner).record(conversation_id, mtime_ns)
             self._indexing(self._index_appended, owner, conversation_id, records, updated_at)
         mark["size"] = size + len(data)
+        mark["inode"] = inode
         return mark
 
     def _repair(self, fd: int, conversation_id: str) -> int:
@@ -483,6 +539,7 @@ class ConversationStore:
 
     def delete(self, owner: str, conversation_id: str) -> bool:
         target = self.path(owner, conversation_id)
+        self._cache.pop(target, None)
         try:
             target.unlink()
         except FileNotFoundError:

@@ -4,10 +4,18 @@ The live `models.list()` decides which models exist; a bundled table describes
 the ones we know (inputs, tools, thinking); for a model the table does not know,
 the live fields plus its family's defaults (read from the name: 3.x takes
 thinking levels, 2.5 a thinking budget, `-image` makes pictures) describe it.
-When the API cannot be reached, the bundled table alone is served.
+When the API cannot be reached, the bundled table alone is served (and the
+log says so).
+
+Only models that hold a text conversation through generateContent are offered:
+the live list also names speech, music, embedding, Imagen and Veo models, which
+either have no generateContent or answer it with audio. The configured default
+model is used only when it is offered; otherwise the best offered Flash model
+stands in, and the catalog says so (once in the log, and in `default_note`).
 """
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -15,6 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from .tools import SERVER_FUNCTIONS
+
+log = logging.getLogger("apsara.models")
 
 ALL_INPUTS = ["text", "image", "audio", "video", "pdf"]
 TEXT_MODEL_TOOLS = ["google_search", "url_context", "code_execution", "image_generation",
@@ -127,6 +137,34 @@ def describe(live: dict) -> ModelInfo:
     return info
 
 
+# Offered by models.list with generateContent, but not for a text conversation:
+# text-to-speech and music models answer with audio; the others lack generateContent
+# today and are kept out by name too, should a listing ever claim otherwise.
+_NOT_CONVERSATION = re.compile(r"(^|-)(tts)(-|$)|^lyria-|embedding|^aqa$|^imagen-|^veo-")
+
+
+def holds_conversation(live: dict) -> bool:
+    """Can this live `models.list()` entry hold a text conversation through generateContent?"""
+    actions = live.get("actions") or ["generateContent"]
+    return "generateContent" in actions and not _NOT_CONVERSATION.search(live["id"])
+
+
+_PLAIN_FLASH = re.compile(r"^gemini-(?P<major>\d+)(?:\.(?P<minor>\d+))?-flash(?P<preview>-preview)?$")
+
+
+def best_flash(models: list[ModelInfo]) -> str | None:
+    """The newest plain Flash model, stable before preview (not -lite, -image or an alias)."""
+    ranked = []
+    for model in models:
+        match = _PLAIN_FLASH.match(model.id)
+        if match:
+            ranked.append((match["preview"] is None, int(match["major"]), int(match["minor"] or 0), model.id))
+    if ranked:
+        return max(ranked)[3]
+    flash = [m.id for m in models if "flash" in m.id and not m.makes_images]
+    return flash[0] if flash else (models[0].id if models else None)
+
+
 class ModelCatalog:
     """The live model list, cached for `ttl_s`; the bundled table when the API is out of reach.
 
@@ -144,16 +182,21 @@ class ModelCatalog:
         self._models: list[ModelInfo] | None = None
         self._source = "bundled"
         self._expires = 0.0
+        self._fallback_said: tuple[str, str] | None = None
 
     def _refresh(self) -> None:
         models, source, ttl = list(BUNDLED), "bundled", self.FAILURE_TTL_S
         if self._lister is not None:
             try:
-                live = [m for m in self._lister() if "generateContent" in (m.get("actions") or ["generateContent"])]
+                live = [m for m in self._lister() if holds_conversation(m)]
                 if live:
                     models, source, ttl = [describe(m) for m in live], "live", self._ttl_s
-            except Exception:  # any failure to reach the API: serve the table
-                pass
+                else:
+                    log.warning("the Gemini API listed no conversation models; serving the bundled "
+                                "model table for %.0f s", ttl)
+            except Exception as exc:  # any failure to reach the API: serve the table
+                log.warning("the live model list could not be read (%s); serving the bundled model "
+                            "table for %.0f s", type(exc).__name__, ttl)
         self._models, self._source, self._expires = models, source, time.monotonic() + ttl
 
     def models(self) -> list[ModelInfo]:
@@ -176,5 +219,27 @@ class ModelCatalog:
     def models_with_tool(self, tool: str) -> list[str]:
         return [m.id for m in self.models() if tool in m.tools]
 
+    def default_model(self, configured: str, refresh: bool = True) -> tuple[str, str | None]:
+        """(the default model in use, a note saying why it is not `configured`, or None).
 
-__all__ = ["ModelCatalog", "ModelInfo", "BUNDLED", "describe", "family_defaults"]
+        With refresh=False only what is already loaded is consulted (for /health,
+        which must stay cheap); nothing loaded yet means the configured one.
+        """
+        if refresh:
+            models = self.models()
+        else:
+            with self._lock:
+                models = list(self._models or [])
+        if not models or any(m.id == configured for m in models):
+            return configured, None
+        chosen = best_flash(models)
+        where = "the Gemini API" if self._source == "live" else "the bundled model table"
+        note = f"APSARA_DEFAULT_MODEL '{configured}' is not offered by {where}; using '{chosen}' instead"
+        if self._fallback_said != (configured, chosen):
+            self._fallback_said = (configured, chosen)
+            log.warning(note)
+        return chosen, note
+
+
+__all__ = ["ModelCatalog", "ModelInfo", "BUNDLED", "describe", "family_defaults", "holds_conversation",
+           "best_flash"]

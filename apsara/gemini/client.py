@@ -15,10 +15,13 @@ from google import genai
 from google.genai import types
 
 from ..config import Settings
+from . import metering
 from .upstream import StoppableTransport
 
 # Statuses worth another try before the first byte: the SDK never retries mid-stream.
 RETRY_STATUSES = [408, 429, 500, 502, 503, 504]
+# A bound on models.list pages (100 models each), in case a page token never ends.
+MAX_MODEL_PAGES = 20
 
 
 class GeminiClient:
@@ -27,6 +30,8 @@ class GeminiClient:
         self._lock = threading.Lock()
         self._client: genai.Client | None = None
         self._pid: int | None = None
+        # Told about every generate call when it ends (the usage ledger and metrics).
+        self.on_call = None
 
     @property
     def configured(self) -> bool:
@@ -65,17 +70,36 @@ class GeminiClient:
                     self._pid = pid
         return self._client
 
+    def generate(self, model: str, contents, config=None, *, billed_to=None, purpose: str = "reply"):
+        """One generate call, reported to `on_call` when it ends."""
+        return metering.generate(self.sdk, self.on_call, model, contents, config,
+                                 billed_to=billed_to, purpose=purpose)
+
+    def stream(self, model: str, contents, config=None, *, billed_to=None, purpose: str = "reply"):
+        """A streamed generate call, reported to `on_call` when it ends, stopped or not."""
+        return metering.stream(self.sdk, self.on_call, model, contents, config,
+                               billed_to=billed_to, purpose=purpose)
+
     def list_models(self) -> list[dict]:
-        """The live model list as plain dicts for the catalog."""
+        """The live model list as plain dicts for the catalog, every page of it.
+
+        Paged by hand: the SDK's own iterator raises IndexError when the listing
+        ends with an empty page, which Gemini sends when the last page is full.
+        """
         found = []
-        for model in self.sdk.models.list(config={"page_size": 100}):
-            found.append({
-                "id": (model.name or "").removeprefix("models/"),
-                "display_name": model.display_name,
-                "description": model.description,
-                "input_token_limit": model.input_token_limit,
-                "output_token_limit": model.output_token_limit,
-                "actions": model.supported_actions,
-                "thinking": model.thinking,
-            })
+        pager = self.sdk.models.list(config={"page_size": 100})
+        for _page in range(MAX_MODEL_PAGES):
+            for model in pager.page:
+                found.append({
+                    "id": (model.name or "").removeprefix("models/"),
+                    "display_name": model.display_name,
+                    "description": model.description,
+                    "input_token_limit": model.input_token_limit,
+                    "output_token_limit": model.output_token_limit,
+                    "actions": model.supported_actions,
+                    "thinking": model.thinking,
+                })
+            if not pager.config.get("page_token"):
+                break
+            pager.next_page()
         return found

@@ -77,11 +77,23 @@ def to_contents(turns: list[tuple[str, list[dict]]]) -> list[dict]:
     return contents
 
 
+def _unicode(text: str) -> str:
+    """Text safe to store and send on: the SDK's JSON parser lets a lone surrogate
+    escape ("\\ud800") through, which no JSON writer will write back."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
 def from_sdk_part(part: types.Part) -> dict | None:
     """One SDK response part -> a stored part (None for parts we do not keep)."""
     out: dict | None = None
+    if part.text == "" and not part.thought_signature:
+        return None  # an empty, unsigned stream chunk carries nothing
     if part.text is not None:
-        out = {"type": "thought" if part.thought else "text", "text": part.text}
+        out = {"type": "thought" if part.thought else "text", "text": _unicode(part.text)}
     elif part.executable_code is not None:
         language = part.executable_code.language
         out = {"type": "code", "language": (getattr(language, "value", language) or "PYTHON").lower(),

@@ -1,10 +1,15 @@
 """Gemini failures -> the service's ApiError, with Gemini's message and never the key.
 
-429 keeps Retry-After; Gemini 503 or an unreachable API -> 503; our read timeout
+429 keeps Retry-After: Gemini's header when it sends one, else the `retryDelay`
+of the RetryInfo in the error's details (whole seconds, rounded up), also put in
+the error body's details; Gemini 503 or an unreachable API -> 503; our read timeout
 -> 504; a rejected key or any other upstream fault -> 502; a Gemini 400 caused by
 what the request asked for -> 422.
 """
 from __future__ import annotations
+
+import math
+import re
 
 import httpx2
 from google.genai import errors as genai_errors
@@ -21,6 +26,30 @@ def _scrub(message: str, secret: str | None) -> str:
     return message[:2000]
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def _error_details(exc: genai_errors.APIError) -> list:
+    body = exc.details if isinstance(exc.details, dict) else {}
+    error = body.get("error", body)
+    details = error.get("details") if isinstance(error, dict) else None
+    return details if isinstance(details, list) else []
+
+
+def retry_after_s(exc: genai_errors.APIError) -> int | None:
+    """Seconds to wait, from a Retry-After header or RetryInfo.retryDelay ("58s", "0.5s")."""
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    if header and header.strip().isdigit():
+        return int(header.strip())
+    for detail in _error_details(exc):
+        if isinstance(detail, dict) and detail.get("@type", "").endswith("google.rpc.RetryInfo"):
+            match = _DURATION.match(str(detail.get("retryDelay", "")))
+            if match:
+                return max(1, math.ceil(float(match[1])))
+    return None
+
+
 def to_api_error(exc: BaseException, secret: str | None = None) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
@@ -30,9 +59,11 @@ def to_api_error(exc: BaseException, secret: str | None = None) -> ApiError:
         if code in (401, 403) or any(p in message for p in _KEY_PROBLEMS):
             return ApiError(502, "Gemini rejected the configured API key (check the variable 'gemini')")
         if code == 429:
-            retry_after = exc.response.headers.get("retry-after") if getattr(exc, "response", None) is not None else None
-            return ApiError(429, f"Gemini rate limit: {message}",
-                            headers={"Retry-After": retry_after} if retry_after else None)
+            wait = retry_after_s(exc)
+            if wait is None:
+                return ApiError(429, f"Gemini rate limit: {message}")
+            return ApiError(429, f"Gemini rate limit: {message}", {"retry_after": [str(wait)]},
+                            headers={"Retry-After": str(wait)})
         if code == 503:
             return ApiError(503, f"Gemini is unavailable: {message}")
         if code == 504:

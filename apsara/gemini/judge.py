@@ -21,11 +21,11 @@ INSTRUCTION = (
 
 
 def judge_tier(client: GeminiClient, model_id: str, text: str, previous_tier: str | None,
-               timeout_s: float) -> str | None:
+               timeout_s: float, billed_to=None) -> str | None:
     prompt = (f"Previous turn's tier: {previous_tier}.\n" if previous_tier else "") + f"Message:\n{text[:4000]}"
     try:
-        response = client.sdk.models.generate_content(
-            model=model_id, contents=prompt,
+        response = client.generate(
+            model_id, prompt, billed_to=billed_to, purpose="judge",
             config=types.GenerateContentConfig(
                 system_instruction=INSTRUCTION, temperature=0.0, max_output_tokens=5,
                 response_mime_type="text/x.enum", response_schema={"type": "STRING", "enum": TIERS},

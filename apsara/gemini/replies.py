@@ -1,11 +1,17 @@
 """Turning Gemini's answers (whole, or a stream of chunks) into one stored reply.
 
 `ReplyBuilder.feed()` takes each response as it arrives and returns the events
-it implies (`delta`, `thought`, `part`, `grounding`) in stored form: thought
-signatures kept, so that replaying the events rebuilds exactly these parts
-(a bare signature is a `delta` with empty text, which clients never see).
-`outcome()` says what the finished reply is: complete, blocked, or an error
-that explains itself.
+it implies (`delta`, `thought`, `part`, `grounding`) in stored form (thought
+signatures kept, so replaying the events rebuilds exactly these parts; a bare
+signature is a `delta` with empty text that clients never see); `outcome()` says
+what the finished reply is: complete, blocked, interrupted, or an error that
+explains itself.
+
+A stream is cut when it ends without a finishReason (Gemini always sends one in
+its last chunk): what arrived is kept as `interrupted`, never as a complete
+reply, so it is never sent back as context. A reply whose whole output budget
+went to thinking (MAX_TOKENS, no parts) is complete and empty: the client sees
+why from its finish_reason.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from google.genai import types
 from ..errors import ApiError
 from ..conversations.parts import apply_event
 from .convert import from_sdk_part
+from .metering import usage_of
 
 BLOCKING_FINISH = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                    "LANGUAGE", "IMAGE_PROHIBITED_CONTENT"}
@@ -23,16 +30,6 @@ BLOCKING_FINISH = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "S
 
 def _value(enum_or_str):
     return getattr(enum_or_str, "value", enum_or_str)
-
-
-def usage_of(meta: types.GenerateContentResponseUsageMetadata) -> dict:
-    usage = {"prompt_tokens": meta.prompt_token_count or 0,
-             "output_tokens": meta.candidates_token_count or 0,
-             "thought_tokens": meta.thoughts_token_count or 0,
-             "total_tokens": meta.total_token_count or 0}
-    if meta.cached_content_token_count:
-        usage["cached_tokens"] = meta.cached_content_token_count
-    return usage
 
 
 def grounding_of(meta: types.GroundingMetadata) -> dict | None:
@@ -59,7 +56,17 @@ class ReplyBuilder:
         self.grounding: dict | None = None
         self.block_reason: str | None = None
         self.safety_ratings: list | None = None
+        self.cut = False  # the last stream ended without a finish reason
         self._on_inline = on_inline
+
+    def begin_request(self) -> None:
+        """A new request to Gemini (a function-call round): its own finish reason counts."""
+        self.finish_reason = None
+        self.cut = False
+
+    def end_stream(self) -> None:
+        """The stream closed: without a finish reason (or a block) it was cut short."""
+        self.cut = self.finish_reason is None and self.block_reason is None
 
     def feed(self, response: types.GenerateContentResponse) -> list[tuple[str, dict]]:
         events: list[tuple[str, dict]] = []
@@ -117,13 +124,16 @@ class ReplyBuilder:
             fields["safety_ratings"] = self.safety_ratings
         if self.block_reason:
             return {**fields, "parts": [], "status": "blocked", "finish_reason": self.block_reason}, None
+        if self.cut:
+            return {**fields, "status": "interrupted"}, ApiError(
+                502, "Gemini's stream ended before the reply was finished (no finish reason); "
+                     "what arrived is kept but not used as context: regenerate the reply")
         if self.has_content():
             return {**fields, "status": "complete"}, None
         if self.finish_reason in BLOCKING_FINISH:
             return {**fields, "status": "blocked"}, None
         if self.finish_reason == "MAX_TOKENS":
-            error = ApiError(502, "the model reached max_output_tokens before writing any answer; "
-                                  "raise settings.max_output_tokens or lower the thinking level")
-        else:
-            error = ApiError(502, f"Gemini returned an empty reply (finish reason {self.finish_reason})")
+            # Thinking used the whole output budget: an empty answer, not a failure.
+            return {**fields, "status": "complete"}, None
+        error = ApiError(502, f"Gemini returned an empty reply (finish reason {self.finish_reason})")
         return {**fields, "status": "error"}, error

@@ -7,6 +7,7 @@ contents), sends it (streamed or whole), counts tokens, draws pictures for
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 from google.genai import errors as genai_errors
@@ -15,6 +16,8 @@ from google.genai import types
 from .client import GeminiClient
 from .convert import generation_config, to_contents
 from .replies import ReplyBuilder
+
+log = logging.getLogger("apsara.gemini")
 
 BUILT_IN = {
     "google_search": lambda: types.Tool(google_search=types.GoogleSearch()),
@@ -43,15 +46,26 @@ def uses_cache(config: types.GenerateContentConfig) -> bool:
     return bool(config.cached_content)
 
 
-def send(client: GeminiClient, model_id: str, contents, config, builder: ReplyBuilder,
-         stream: bool) -> Iterator[tuple[str, dict]]:
-    """One request; yields the events of what Gemini answers (stored form)."""
-    sdk = client.sdk
-    if not stream:
-        yield from builder.feed(sdk.models.generate_content(model=model_id, contents=contents, config=config))
-        return
-    for response in sdk.models.generate_content_stream(model=model_id, contents=contents, config=config):
-        yield from builder.feed(response)
+def send(client: GeminiClient, model_id: str, contents, config, builder: ReplyBuilder, stream: bool,
+         bill=None) -> Iterator[tuple[str, dict]]:
+    """One request, billed to the turn; yields the events of what Gemini answers (stored form).
+
+    A stream cut before it sent anything is asked for once more.
+    """
+    for attempt in (1, 2):
+        builder.begin_request()
+        if not stream:
+            yield from builder.feed(client.generate(model_id, contents, config, billed_to=bill))
+            return
+        sent = False
+        for response in client.stream(model_id, contents, config, billed_to=bill):
+            for event in builder.feed(response):
+                sent = True
+                yield event
+        builder.end_stream()
+        if not builder.cut or sent or attempt == 2:
+            return
+        log.warning("Gemini's stream ended before any output and without a finish reason; asking again")
 
 
 def count_tokens(client: GeminiClient, model_id: str, contents: list[dict]) -> int:
@@ -75,8 +89,8 @@ def stale_reference(exc: BaseException) -> str | None:
     return None
 
 
-def draw(client: GeminiClient, model_id: str, parts: list[dict]):
+def draw(client: GeminiClient, model_id: str, parts: list[dict], billed_to=None):
     """generate_image's call: a picture model answers the prompt (and the picture to change)."""
-    return client.sdk.models.generate_content(
-        model=model_id, contents=[{"role": "user", "parts": parts}],
-        config=types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"]))
+    return client.generate(model_id, [{"role": "user", "parts": parts}],
+                           types.GenerateContentConfig(response_modalities=["TEXT", "IMAGE"]),
+                           billed_to=billed_to, purpose="image")

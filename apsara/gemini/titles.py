@@ -30,14 +30,15 @@ def clean_title(answer: str) -> str:
 
 
 def write_title(client: GeminiClient, model_id: str, user_text: str, reply_text: str,
-                timeout_s: float) -> tuple[str | None, dict | None]:
-    """(the title or None, the call's usage or None)."""
+                timeout_s: float, billed_to=None) -> tuple[str | None, dict | None]:
+    """(the title or None, the call's usage or None). The call is metered like any other
+    (purpose "title", on `billed_to`)."""
     prompt = f"User:\n{user_text[:2000]}"
     if reply_text:
         prompt += f"\n\nAssistant:\n{reply_text[:2000]}"
     try:
-        response = client.sdk.models.generate_content(
-            model=model_id, contents=prompt,
+        response = client.generate(
+            model_id, prompt, billed_to=billed_to, purpose="title",
             config=types.GenerateContentConfig(
                 # Room for a thinking model's minimal thoughts as well as the few words of the title.
                 system_instruction=INSTRUCTION, temperature=0.2, max_output_tokens=256,

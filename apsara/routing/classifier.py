@@ -20,7 +20,7 @@ WEIGHTS_PATH = Path(__file__).with_name("weights.json")
 class Scored:
     tier: str
     probabilities: dict[str, float]
-    top_features: list[tuple[str, float]]  # what pushed the winner most, with its contribution
+    top_features: list[tuple[str, float]]  # what pushed the winner, strongest first, with its contribution
 
 
 class Classifier:
@@ -42,7 +42,7 @@ class Classifier:
         contributions = sorted(((name, (self.weights[tier].get(name, 0.0) - mean[name]) * value)
                                 for name, value in f.items() if value and name != "bias"),
                                key=lambda item: -item[1])
-        return Scored(tier, probabilities, [c for c in contributions if c[1] > 0][:3])
+        return Scored(tier, probabilities, [c for c in contributions if c[1] > 0])
 
 
 def fit(samples: list[tuple[dict[str, float], str]], epochs: int = 2500, rate: float = 0.5,

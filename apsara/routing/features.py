@@ -3,8 +3,8 @@
 Each feature is a number, most of them counts of words from a small lexicon
 (greetings, proofs, system design, drawing...) squashed to 0..1, plus the shape
 of the text (length, code, lines) and of the conversation (the tier of the
-previous turn, an attached image). The classifier weighs them; the names come
-back in the `reason` of a routing decision.
+previous turn, an attached image). The classifier weighs them; `reasons.py`
+says the strongest of them in plain words, quoting the words that matched.
 """
 from __future__ import annotations
 
@@ -84,11 +84,41 @@ def _squash(count: float, scale: float = 1.0) -> float:
 def _count(text: str, words: set[str], phrases: tuple[str, ...]) -> int:
     total = 0
     for phrase in phrases:
-        if " " in phrase or "-" in phrase or not phrase.isalnum():
+        if " " in phrase or "-" in phrase or not phrase.isalnum():  # as _is_phrase, inline: this is hot
             total += text.count(phrase)
         elif phrase in words:
             total += 1
     return total
+
+
+def _is_phrase(phrase: str) -> bool:
+    """Matched anywhere in the text (several words, hyphens, symbols), not as one whole word."""
+    return " " in phrase or "-" in phrase or not phrase.isalnum()
+
+
+def _pattern(phrase: str) -> re.Pattern:
+    # A phrase may sit inside longer words ("design a" in "design an"): quote those whole.
+    return re.compile(rf"[a-z0-9']*{re.escape(phrase)}[a-z0-9']*" if _is_phrase(phrase)
+                      else rf"(?<![a-z0-9']){re.escape(phrase)}(?![a-z0-9'])")
+
+
+_PATTERNS = {name: [_pattern(phrase) for phrase in phrases] for name, phrases in LEXICONS.items()}
+
+
+def matched_words(text: str, lexicon: str, limit: int = 3) -> list[str]:
+    """The words of `text` a lexicon matched, as the user wrote them, in order (for reasons)."""
+    lowered = text.lower()
+    source = text if len(text) == len(lowered) else lowered  # a few letters change length when lowered
+    found: dict[str, int] = {}
+    for pattern in _PATTERNS[lexicon]:
+        if match := pattern.search(lowered):
+            found.setdefault(source[match.start():match.end()], match.start())
+    return sorted(found, key=found.get)[:limit]
+
+
+def word_count(text: str) -> int:
+    """Words as a person counts them (between spaces), for reasons."""
+    return len(text.split())
 
 
 def features(text: str, *, previous_tier: str | None = None, has_image: bool = False,

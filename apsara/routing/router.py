@@ -19,6 +19,7 @@ from ..filetypes import input_kind
 from ..gemini.catalog import ModelCatalog, ModelInfo
 from .classifier import Classifier
 from .features import features
+from .reasons import explain
 
 DEFAULT_TIER_MODELS = {
     "lite": ["gemini-3.5-flash-lite", "gemini-3.1-flash-lite", "gemini-2.5-flash-lite"],
@@ -27,15 +28,6 @@ DEFAULT_TIER_MODELS = {
     "image": ["gemini-3.1-flash-image", "gemini-3-pro-image", "gemini-3.1-flash-lite-image"],
 }
 ESCALATION = ["lite", "flash", "pro"]
-LABELS = {"greeting": "small talk", "small_task": "a small, one-fact task", "everyday": "an everyday task",
-          "reasoning": "multi-step reasoning", "system_design": "system design", "debugging": "intricate debugging",
-          "code": "code", "image": "a picture to make", "image_edit": "a change to a picture",
-          "image_edit_with_image": "a change to the picture at hand", "multi_step": "several steps",
-          "math": "mathematics", "math_symbols": "mathematical notation", "short": "a short message",
-          "length": "a long message", "very_long": "a very long message", "code_block": "pasted code",
-          "questions": "questions", "has_image": "an attached image", "follow_lite": "a follow-up to a light turn",
-          "follow_flash": "a follow-up to an everyday turn", "follow_pro": "a follow-up to a hard turn",
-          "follow_image": "a follow-up to a picture", "hedge": "polite padding"}
 
 
 @dataclass
@@ -56,12 +48,27 @@ class Router:
         self.catalog = catalog
         self.tier_models = {**DEFAULT_TIER_MODELS, **(tier_models or {})}
         self.classifier = classifier or Classifier.load()
-        # judge(text, previous_tier) -> tier or None; when set it is asked first.
+        # judge(text, previous_tier, billed_to) -> tier or None; when set it is asked first.
         self.judge = judge
 
     def _fits(self, model: ModelInfo, kinds: set[str], tools: list[str], tokens: int) -> bool:
         return (kinds <= set(model.inputs) | {"text"} and all(t in model.tools for t in tools)
                 and tokens <= model.input_token_limit)
+
+    def _shortfall(self, tier: str, available: dict[str, ModelInfo], kinds: set[str], tools: list[str],
+                   tokens: int) -> str:
+        """What the tier's first available model lacks for this turn, in plain words."""
+        model = next((available[i] for i in self.tier_models[tier] if i in available), None)
+        if model is None:
+            return f"no {tier} model is available"
+        lacks = []
+        if unreadable := sorted(kinds - set(model.inputs) - {"text"}):
+            lacks.append(f"cannot read {' or '.join(unreadable)}")
+        if missing := [t for t in tools if t not in model.tools]:
+            lacks.append(f"cannot use {', '.join(missing)}")
+        if tokens > model.input_token_limit:
+            lacks.append(f"cannot hold this conversation ({tokens:,} tokens, at most {model.input_token_limit:,})")
+        return f"{model.id} " + " and ".join(lacks or ["does not fit this turn"])
 
     def _pick(self, tier: str, kinds: set[str], tools: list[str], tokens: int) -> tuple[ModelInfo | None, str]:
         """The first model of the tier (or a higher one) that fits; with why it moved."""
@@ -82,8 +89,8 @@ class Router:
             for model_id in self.tier_models[name]:
                 model = available.get(model_id)
                 if model and self._fits(model, kinds, tools, tokens):
-                    note = moved if step == 0 else f"{moved}; moved up to {name}: the {tier} models cannot " \
-                                                    "read these files, hold this context or use these tools"
+                    note = moved if step == 0 else \
+                        f"{moved}; moved up to {name}: {self._shortfall(tier, available, kinds, tools, tokens)}"
                     return model, note
         for model in available.values():
             if not model.makes_images and self._fits(model, kinds, tools, tokens):
@@ -96,7 +103,8 @@ class Router:
         return model.id if model else None
 
     def route(self, text: str, *, file_types: list[str] = (), tools: list[str] = (), context_tokens: int = 0,
-              previous_tier: str | None = None, history_turns: int = 0) -> Routing:
+              previous_tier: str | None = None, history_turns: int = 0, billed_to=None) -> Routing:
+        """`billed_to`: the bill the judge's call goes on (see apsara.usage)."""
         started = time.perf_counter()
         has_image = any(t.startswith("image/") for t in file_types)
         found = features(text, previous_tier=previous_tier, has_image=has_image,
@@ -104,7 +112,7 @@ class Router:
                          history_turns=history_turns)
         scored = self.classifier.score(found)
         tier, classifier = scored.tier, "local-logistic-v1"
-        judged = self.judge(text, previous_tier) if self.judge is not None else None
+        judged = self.judge(text, previous_tier, billed_to) if self.judge is not None else None
         if judged is not None:
             tier, classifier = judged, "llm-judge"
         kinds = {input_kind(t) for t in file_types}
@@ -119,7 +127,7 @@ class Router:
         if judged is not None:
             reason = f"{proposed}: the judge model's choice (local classifier: {scored.tier}){note}"
         else:
-            why = ", ".join(LABELS.get(name, name) for name, _ in scored.top_features) or "nothing stands out"
+            why = explain(scored.top_features, text, has_image=has_image, history_turns=history_turns)
             reason = f"{proposed} ({scored.probabilities[proposed]:.0%}): {why}{note}"
         return Routing(model_id, tier, reason, classifier, round((time.perf_counter() - started) * 1000, 3))
 

@@ -4,8 +4,10 @@ Real HTTP on a loopback port, the same JSON (camelCase, with the snake_case
 nested objects the SDK sends), and real SSE framing (`data: <json>` + blank
 line, no terminator), so the real google-genai SDK talks to it unchanged.
 Tests script it (`fake.push(Reply(...))`) and read what it received
-(`fake.requests`); with nothing scripted it answers by echoing the user, which
-is what `make run` uses when there is no key.
+(`fake.requests`) and what it billed (`fake.billed`: per answered call, the last
+usage it sent; a stream reports a running total on every chunk, as Gemini does,
+and stops, billing no more, when its client has gone); with nothing scripted it
+answers by echoing the user, which is what `make run` uses when there is no key.
 
 Run alone: `python -m apsara.testing.fake_gemini --port 8765`.
 """
@@ -65,6 +67,7 @@ class Reply:
     safety_ratings: list | None = None
     extra_candidate: dict | None = None
     hold: threading.Event | None = None  # a stream waits here after its first chunk
+    sign: bool = True  # False: send the parts' own thoughtSignature fields, adding none
 
     def wire_parts(self) -> list[dict]:
         return [{"text": p} if isinstance(p, str) else p for p in self.parts]
@@ -108,6 +111,12 @@ def _thinking(body: dict) -> dict:
     return config.get("thinkingConfig") or config.get("thinking_config") or {}
 
 
+def inline_bytes(data: str) -> bytes:
+    """Base64 as Gemini takes it: the SDK sends the URL-safe alphabet (`-`, `_`), others the standard one."""
+    data = data.replace("+", "-").replace("/", "_")
+    return base64.b64decode(data + "=" * (-len(data) % 4), altchars=b"-_", validate=True)
+
+
 def _part_tokens(part: dict, files: dict) -> int:
     """Words of text; a text file's words (inline or uploaded); 258 for any other file."""
     if "text" in part:
@@ -118,7 +127,7 @@ def _part_tokens(part: dict, files: dict) -> int:
     raw = None
     if inline:
         mime = inline.get("mimeType") or inline.get("mime_type") or ""
-        raw = base64.b64decode(inline.get("data") or "")
+        raw = inline_bytes(inline.get("data") or "")
     elif data:
         uri = data.get("fileUri") or data.get("file_uri") or ""
         record = files.get("files/" + uri.rsplit("/files/", 1)[-1])
@@ -175,6 +184,8 @@ class FakeGemini:
         self.signature_counter = 0
         # time.monotonic() of each stream whose client closed it before the end (a stopped reply)
         self.closed_streams: list[float] = []
+        # One entry per answered generate call: {"model", "usage"} with the last usage sent.
+        self.billed: list[dict] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
@@ -208,6 +219,21 @@ class FakeGemini:
 
     def last_body(self) -> dict:
         return self.generate_requests()[-1]["json"]
+
+    def billed_totals(self) -> dict:
+        """What the fake billed, summed, in the API's token field names."""
+        with self._lock:
+            entries = list(self.billed)
+        totals = {"calls": len(entries), "prompt_tokens": 0, "output_tokens": 0, "thought_tokens": 0,
+                  "cached_tokens": 0, "total_tokens": 0}
+        for entry in entries:
+            usage = entry["usage"]
+            totals["prompt_tokens"] += usage.get("promptTokenCount", 0)
+            totals["output_tokens"] += usage.get("candidatesTokenCount", 0)
+            totals["thought_tokens"] += usage.get("thoughtsTokenCount", 0)
+            totals["cached_tokens"] += usage.get("cachedContentTokenCount", 0)
+        totals["total_tokens"] = totals["prompt_tokens"] + totals["output_tokens"] + totals["thought_tokens"]
+        return totals
 
     def expire_caches(self) -> None:
         for record in self.caches.values():
@@ -392,9 +418,28 @@ class FakeGemini:
                 if reply.error:
                     headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
                     return self._error(reply.error[0], reply.error[1], reply.error_status, headers)
+                bill = {"model": match["model"], "usage": {}}
                 if match["method"] == "generateContent":
-                    return self._send_json(200, self._whole(reply, body))
-                return self._stream(reply, body)
+                    whole = self._whole(reply, body)
+                    self._bill(bill, whole.get("usageMetadata"))  # billed as generated, before it is read
+                    return self._send_json(200, whole)
+                return self._stream(reply, body, bill)
+
+            def _bill(self, bill: dict, usage: dict | None):
+                """Record the usage about to be sent as what this call is billed (the last one counts)."""
+                if usage is None:
+                    return
+                with fake._lock:
+                    if not bill["usage"]:
+                        fake.billed.append(bill)
+                    bill["usage"] = dict(usage)
+
+            def _client_gone(self) -> bool:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                try:
+                    return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
 
             def _upload_chunk(self, session_id: str):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -439,9 +484,11 @@ class FakeGemini:
                     usage["thoughtsTokenCount"] = thoughts
                 return usage
 
-            def _signed(self, parts: list) -> list:
+            def _signed(self, parts: list, reply: Reply) -> list:
                 # Gemini 3 signs the first part of a turn (and every function call).
                 signed = [dict(p) for p in parts]
+                if not reply.sign:
+                    return signed
                 for index, part in enumerate(signed):
                     if index == 0 or "functionCall" in part:
                         part["thoughtSignature"] = fake.next_signature()
@@ -466,11 +513,11 @@ class FakeGemini:
                 if reply.block_reason:
                     return {"promptFeedback": {"blockReason": reply.block_reason},
                             "usageMetadata": {"promptTokenCount": _count_tokens(body, fake.files), "totalTokenCount": _count_tokens(body, fake.files)}}
-                parts = self._signed(reply.wire_parts())
+                parts = self._signed(reply.wire_parts(), reply)
                 return {"candidates": [self._candidate(reply, parts, True)],
                         "usageMetadata": self._usage(reply, body, parts), "modelVersion": "fake"}
 
-            def _stream(self, reply: Reply, body: dict):
+            def _stream(self, reply: Reply, body: dict, bill: dict):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
@@ -483,21 +530,30 @@ class FakeGemini:
 
                 try:
                     if reply.block_reason:
-                        send(self._whole(reply, body))
+                        whole = self._whole(reply, body)
+                        self._bill(bill, whole["usageMetadata"])
+                        send(whole)
                         return
-                    parts = self._signed(reply.wire_parts())
+                    parts = self._signed(reply.wire_parts(), reply)
                     if not parts:
-                        send({"candidates": [self._candidate(reply, [], True)],
-                              "usageMetadata": self._usage(reply, body, parts)})
+                        usage = self._usage(reply, body, parts)
+                        self._bill(bill, usage)
+                        send({"candidates": [self._candidate(reply, [], True)], "usageMetadata": usage})
                         return
                     for index, part in enumerate(parts):
+                        if index and self._client_gone():
+                            return  # Gemini stops generating (and billing) for a client that left
                         if reply.fail_after is not None and index == reply.fail_after:
                             send({"error": {"code": 500, "message": "stream broke", "status": "INTERNAL"}})
                             return
                         last = index == len(parts) - 1
                         chunk = {"candidates": [self._candidate(reply, [part], last)], "modelVersion": "fake"}
-                        if last:
-                            chunk["usageMetadata"] = self._usage(reply, body, parts)
+                        # A running total on every chunk; a scripted usage only at the end.
+                        usage = self._usage(reply, body, parts) if last else (
+                            None if reply.usage is not None else self._usage(reply, body, parts[:index + 1]))
+                        if usage is not None:
+                            chunk["usageMetadata"] = usage
+                        self._bill(bill, usage)
                         send(chunk)
                         if reply.chunk_delay_s and not last and not self._open_after(reply.chunk_delay_s):
                             return

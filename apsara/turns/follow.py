@@ -15,7 +15,6 @@ from typing import Iterator
 from ..conversations.journal import Replay
 from ..conversations.manager import ConversationManager, message_view, writer_alive
 from ..conversations.parts import public_event_data
-from ..conversations.tree import MessageTree
 from .jobs import Job
 
 IDLE = None
@@ -83,8 +82,8 @@ def from_file(manager: ConversationManager, owner: str, conversation_id: str, re
               ping_interval_s: float) -> Iterator:
     link = manager.link(owner)
     document, position = manager.load_with_position(owner, conversation_id)
-    tree = MessageTree.of(document)
     applier = Replay(document)
+    tree = applier.tree
     reply = manager.reply_of(tree, reply_id)
     kept = reply.get("_events")
     if kept is None and reply.get("status") != "streaming":
@@ -120,12 +119,14 @@ def from_file(manager: ConversationManager, owner: str, conversation_id: str, re
         records, position = manager.store.follow(owner, conversation_id, position)
         if records is None:  # compacted (or deleted): read it whole again
             document, position = manager.load_with_position(owner, conversation_id)
-            tree, applier = MessageTree.of(document), Replay(document)
+            applier = Replay(document)
+            tree = applier.tree
             reply = manager.reply_of(tree, reply_id)
             kept, index = reply.get("_events") or synthesized(reply), 0
             continue
         for rec in records:
             applier.apply(rec)
+        reply = applier.tree.get(reply_id)  # a changed message is a new dict (journal.Replay)
         kept = reply.get("_events") or kept
         if not records and time.monotonic() - quiet_since >= ping_interval_s:
             quiet_since = time.monotonic()

@@ -27,7 +27,11 @@ from ..gemini.client import GeminiClient
 from ..gemini.convert import to_contents
 from ..gemini.errors import to_api_error
 from ..gemini.requests import count_tokens, request_config
+from .. import metrics
 from ..routing.router import Router, translate_thinking
+from ..usage import Bill, UsageService
+
+JUDGE_OUTPUT_TOKENS = 5  # the judge answers one word (its max_output_tokens)
 
 
 @dataclass
@@ -43,8 +47,10 @@ class Choice:
 
 class TurnPlanner:
     def __init__(self, manager: ConversationManager, catalog: ModelCatalog, gemini: GeminiClient,
-                 attachments: Attachments, function_calls: FunctionCalls, settings: Settings, router: Router):
+                 attachments: Attachments, function_calls: FunctionCalls, settings: Settings, router: Router,
+                 usage: UsageService):
         self.manager = manager
+        self.usage = usage
         self.catalog = catalog
         self.gemini = gemini
         self.attachments = attachments
@@ -67,16 +73,27 @@ class TurnPlanner:
         self.catalog.models()  # refresh the model list now, once
         file_parts = self.attachments.parts_for(owner, files) if files is not None else None
         document, tree, parent_id, target = self.manager.turn_basis(owner, conversation_id, kind, target_id)
+        # Usage hook: this turn's Gemini calls go on this bill; the runner settles it.
+        bill = self.usage.bill(owner, conversation_id)
+        try:
+            return self._plan(owner, conversation_id, kind, document, tree, parent_id, target, text, file_parts,
+                              model, tools, settings, bill)
+        except BaseException:
+            bill.settle()
+            raise
+
+    def _plan(self, owner, conversation_id, kind, document, tree, parent_id, target, text, file_parts,
+              model, tools, settings, bill: Bill) -> Turn:
         header = dict(document["conversation"])
         parts = None if kind == "regenerate" else self._user_parts(target, text, file_parts)
         context = context_path(tree, parent_id)
         turn = Turn(header, None, None, context, None, conversation_id=conversation_id, kind=kind,
-                    parent_id=parent_id)
+                    parent_id=parent_id, bill=bill)
         probe = {"id": new_id("m"), "role": "user", "parent_id": parent_id, "created_at": now_iso(),
                  "parts": parts} if parts is not None else None
         if probe is not None:
             context = context + [probe]
-        turn.choice = self.choose(owner, header, context, model, tools, settings)
+        turn.choice = self.choose(owner, header, context, model, tools, settings, bill)
         self.manager.new_messages(turn, parts, turn.choice)
         if turn.stored_user is not None:
             context[-1] = turn.stored_user
@@ -95,8 +112,8 @@ class TurnPlanner:
                            {"text": ["empty message"]})
         return texts + kept
 
-    def choose(self, owner: str, header: dict, context: list[dict], model_override: str | None = None,
-               tools_override: list[str] | None = None, settings_override: dict | None = None) -> Choice:
+    def choose(self, owner: str, header: dict, context: list[dict], model_override: str | None,
+               tools_override: list[str] | None, settings_override: dict | None, bill: Bill) -> Choice:
         """Model, tools and settings for a turn whose newest message ends `context`; refuses
         (422) what the model cannot take and a context over its input limit."""
         tools = tools_override if tools_override is not None else header["tools"]
@@ -107,8 +124,12 @@ class TurnPlanner:
             else:
                 settings[key] = value
         routing = None
+        input_tokens = self._estimate_tokens(header["system_instruction"], context)
         if (model_override or header["model"]) == AUTO:
-            routing = self.route_turn(context, tools, header["system_instruction"])
+            # Budget hook: reserve for the dearest model `auto` may pick, before its judge is asked.
+            bill.hold(self._auto_candidates(), input_tokens, settings.get("max_output_tokens"))
+            routing = self.route_turn(context, tools, header["system_instruction"], bill)
+            metrics.auto_decision(routing)
             model = resolve_model(self.catalog, routing.model or AUTO)
             tools = [t for t in tools if t in model.tools]
             settings = translate_thinking(settings, model)
@@ -118,12 +139,19 @@ class TurnPlanner:
         check_thinking(model, settings)
         check_output(settings)
         self._check_inputs(model, context)
+        # Budget hook: reserve this turn's worst case (or refuse with 429) before Gemini is called.
+        bill.hold([model], input_tokens, settings.get("max_output_tokens"))
         choice = Choice(model, tools, settings, header["system_instruction"],
                         routing.to_dict() if routing else None)
         self._check_size(owner, choice, context)
         return choice
 
-    def route_turn(self, context: list[dict], tools: list[str], system_instruction: str = ""):
+    def _auto_candidates(self) -> list[ModelInfo]:
+        listed = {model_id for ids in self.router.tier_models.values() for model_id in ids}
+        return [m for m in self.catalog.models() if m.id in listed] or self.catalog.models()
+
+    def route_turn(self, context: list[dict], tools: list[str], system_instruction: str = "",
+                   bill: Bill | None = None):
         """The `auto` decision for a turn whose newest message ends `context`."""
         newest = context[-1] if context else {"parts": []}
         text = "".join(p.get("text", "") for p in newest["parts"] if p["type"] == "text")
@@ -132,7 +160,7 @@ class TurnPlanner:
                          if m["role"] == "model" and m.get("routing")), None)
         tokens = self._estimate_tokens(system_instruction, context)
         return self.router.route(text, file_types=file_types, tools=tools, context_tokens=tokens,
-                                 previous_tier=previous, history_turns=len(context) // 2)
+                                 previous_tier=previous, history_turns=len(context) // 2, billed_to=bill)
 
     def _check_inputs(self, model: ModelInfo, context: list[dict]) -> None:
         for message in context:
@@ -216,7 +244,15 @@ class TurnPlanner:
             tools = tools if tools is not None else header["tools"]
             system_instruction = header["system_instruction"]
         context = context + [{"id": "preview", "role": "user", "parent_id": None, "parts": parts}]
-        return self.route_turn(context, tools or [], system_instruction).to_dict()
+        # The judge, when there is one, is a Gemini call: billed and held against the budget too.
+        bill = self.usage.bill(owner, body.get("conversation_id"))
+        judge = self.catalog.get(self.settings.auto_judge_model) if self.router.judge else None
+        try:
+            if judge is not None:
+                bill.hold([judge], self._estimate_tokens(system_instruction, context[-1:]), JUDGE_OUTPUT_TOKENS)
+            return self.route_turn(context, tools or [], system_instruction, bill).to_dict()
+        finally:
+            bill.settle()
 
     # -- one stateless turn ---------------------------------------------------------------
     def plan_stateless(self, owner: str, body: dict) -> Turn:
@@ -228,11 +264,20 @@ class TurnPlanner:
                   "settings": {}, "system_instruction": body.get("system_instruction") or ""}
         stamp = now_iso()
         user = {"id": new_id("m"), "role": "user", "parent_id": None, "created_at": stamp, "parts": parts}
-        choice = self.choose(owner, header, [user], None, None, body.get("settings"))
-        turn = Turn(header, None, None, [user], choice, persist=False)
+        bill = self.usage.bill(owner)  # usage hook, as in plan()
+        try:
+            choice = self.choose(owner, header, [user], None, None, body.get("settings"), bill)
+        except BaseException:
+            bill.settle()
+            raise
+        turn = Turn(header, None, None, [user], choice, persist=False, bill=bill)
         turn.stored_reply = {"id": new_id("m"), "role": "model", "parent_id": user["id"], "created_at": stamp,
                              "parts": [], "model": choice.model.id, "status": "streaming"}
-        turn.request = self.request_for(owner, turn)
+        try:
+            turn.request = self.request_for(owner, turn)
+        except BaseException:
+            bill.settle()
+            raise
         return turn
 
     # -- the request -------------------------------------------------------------------------

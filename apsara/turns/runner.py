@@ -66,9 +66,12 @@ class ReplyRunner:
         try:
             self.manager.commit_turn(owner, turn, on_written=thread.start)
         except BaseException:
-            if thread.is_alive() or thread.ident is not None:
+            if thread.ident is not None:
                 job.stop()  # written but not made durable: nothing to show for it
+            elif turn.bill is not None:
+                turn.bill.settle()  # refused (409, 404): free what the plan reserved
             raise
+        job.position = turn.position  # the watcher reads on from here, not the whole file
         self.jobs.add(job)
         if self.titles is not None:
             self.titles.start(owner, turn, job)
@@ -103,6 +106,8 @@ class ReplyRunner:
                 fields["status"] = "error"
         if job.stop_requested:
             fields, error = {**self._partial(builder), "status": "stopped"}, None
+        if turn.bill is not None:
+            turn.bill.settle()  # budget hook: the calls are in the ledger; free the rest before the end is told
         try:
             self._finish(owner, turn, job, builder, fields, error)
         except Exception:  # a job must end whatever happens, or its followers wait forever
@@ -125,10 +130,10 @@ class ReplyRunner:
             try:
                 for step in range(self.settings.max_function_steps + 1):
                     first_new = len(builder.parts)
-                    yield from send(self.gemini, choice.model.id, contents, config, builder, stream)
+                    yield from send(self.gemini, choice.model.id, contents, config, builder, stream, turn.bill)
                     step_parts = builder.parts[first_new:]
                     calls = [p for p in step_parts if p["type"] == "function_call"]
-                    if not calls or job.stop_requested:
+                    if not calls or builder.cut or job.stop_requested:
                         return
                     last_round = step == self.settings.max_function_steps - 1
                     results, pictures = [], []
