@@ -411,3 +411,15 @@ def test_fork_options_and_refusals(chat, fake):
     assert refused.status_code == 422 and "extra" in refused.json["error"]["details"]
     assert chat.post(f"{API}/src/fork", json={}).status_code == 422
     assert sorted(listing(chat)) == ["src"] and listing(chat, "temporary=true") == ["copy"]
+
+
+def test_title_calls_are_counted_in_usage(chat, fake):
+    chat.post(API, json={"id": "billed"})
+    send(chat, "billed", "count this title too")
+    wait_until(lambda: chat.get(f"{API}/billed").json["title_source"] == "auto")
+    wait_until(lambda: chat.get("/api/v1/usage").json["totals"]["calls"] == 2)
+    totals = chat.get("/api/v1/usage").json["totals"]
+    assert totals["total_tokens"] == fake.billed_totals()["total_tokens"]
+    conversation = chat.get("/api/v1/usage?group_by=conversation").json["groups"]
+    assert [(g["key"], g["calls"]) for g in conversation] == [("billed", 2)]
+
