@@ -545,6 +545,8 @@ STREAM_EVENTS = {
     "thought": (None, '`{"text"}`: a thought summary (with settings.include_thoughts)'),
     "part": ("Part", "a non-text part: code, code_result, file, function_call, function_response"),
     "grounding": ("Grounding", '`{"queries", "sources"}`: what the answer is grounded in'),
+    "title": (None, '`{"title"}`: the automatic title of a new conversation, when it is ready while the '
+                    "stream is open (send only; else read it from the conversation)"),
     "done": ("Message", "the stored reply (complete, stopped or blocked); the stream ends"),
     "error": (None, '`{"error": {code, status, message, details}, "reply": the partial reply as stored}` '
                     "(status error or interrupted); the stream ends"),
@@ -553,7 +555,8 @@ STREAM_EVENTS = {
 
 def stream_content(with_user: bool = True) -> dict:
     """The `text/event-stream` content of a streamed turn, its events described."""
-    events = {name: doc for name, doc in STREAM_EVENTS.items() if with_user or name != "user_message"}
+    events = {name: doc for name, doc in STREAM_EVENTS.items()
+              if with_user or name not in ("user_message", "title")}
     lines = "\n".join(f"- `{name}`: {text}" for name, (_, text) in events.items())
     description = ("Server-sent events, each `event: <name>`, `id: <1, 2, 3...>` and one line of JSON "
                    "`data:`; `: ping` comments while nothing else goes out. Events, in order:\n" + lines)
