@@ -151,8 +151,8 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     return app
 
 
-# Browsers on the allowed origins may call the API and read the health answers.
-CORS_PATHS = re.compile(r"^/(api/.*|health|health/live)$")
+# Browsers on the allowed origins may call the API (the OpenAI-compatible one too) and read the health answers.
+CORS_PATHS = re.compile(r"^/(api/.*|v1/.*|health|health/live)$")
 # How long a browser may reuse a preflight answer (Chrome caps it at 2 hours).
 CORS_MAX_AGE_S = 600
 

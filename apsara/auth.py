@@ -46,7 +46,8 @@ def _signed_url_user() -> str | None:
 
 def authenticate() -> None:
     settings = current_app.extensions["apsara"].settings
-    if not request.path.startswith("/api/") or request.path.startswith(OPEN_PATHS):
+    # /v1/ is the OpenAI-compatible API: the same keys, the same users.
+    if not request.path.startswith(("/api/", "/v1/")) or request.path.startswith(OPEN_PATHS):
         return
     if request.method == "OPTIONS":  # CORS preflight carries no credentials
         return

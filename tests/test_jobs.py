@@ -173,3 +173,16 @@ def test_unknown_reply_and_user_message_ids_are_404_on_both_endpoints(chat, fake
     assert bad.status_code == 422
     assert chat.get(f"{API}/c1/messages/{sent['reply']['id']}/events?after=-1").status_code == 422
 
+
+
+def test_deleting_the_conversation_stops_its_reply(chat, fake):
+    new_conversation(chat)
+    gate = threading.Event()
+    fake.push(Reply(parts=["one", " two"], hold=gate))
+    stream = Streaming(chat, "c1", "go")
+    wait_until(lambda: any(e[0] == "delta" for e in stream.events()))
+    assert chat.delete(f"{API}/c1").status_code == 204
+    wait_until(lambda: fake.closed_streams)  # Gemini stops writing (and billing) a reply nobody can see
+    assert stream.finish()[-1][0] == "done"
+    gate.set()
+    assert chat.get(f"{API}/c1").status_code == 404

@@ -164,3 +164,28 @@ def test_token_count_of_an_auto_conversation_uses_the_model_auto_would_pick(chat
     counted = chat.get(f"{API}/a1/tokens")
     assert counted.status_code == 200, counted.json
     assert counted.json["model"] != "auto" and counted.json["total_tokens"] > 0
+
+
+def test_a_reply_compacted_long_after_it_ended_still_replays(chat, settings, fake, monkeypatch):
+    from apsara.conversations import manager as manager_module
+
+    monkeypatch.setattr(store_module, "COMPACT_MIN_BYTES", 1500)
+    monkeypatch.setattr(manager_module, "RESUME_WINDOW_S", 0.0)
+    chat.post(API, json={"id": "c1"})
+    first = turn(chat, "c1", "the first question")["reply"]
+    original = chat.get(f"{API}/c1/messages/{first['id']}/events").get_data(as_text=True)
+    path = settings.data_dir / "history" / "local" / "c1.json"
+    inode = path.stat().st_ino
+    n = 0
+    while path.stat().st_ino == inode:  # until a compaction
+        turn(chat, "c1", f"more {n} " + "padding " * 30)
+        n += 1
+    snapshot = lines_of(path)[1]["messages"]
+    assert "_events" not in next(m for m in snapshot if m["id"] == first["id"])  # left behind
+    replayed = chat.get(f"{API}/c1/messages/{first['id']}/events").get_data(as_text=True)
+    from tests.conftest import parse_sse
+
+    before, after = parse_sse(original)[0], parse_sse(replayed)[0]
+    assert after[0] == before[0]  # reply_start, with its id
+    assert after[-1] == before[-1]  # done, with its id and the stored reply
+    assert "".join(d["text"] for e, _, d in after if e == "delta") == first["text"]

@@ -37,3 +37,6 @@ def register_api(app: Flask) -> None:
     api = ApsaraApi(app)
     for module in (health, models, conversations, messages, files, generate, route, usage):
         api.register_blueprint(module.blp)
+    # OpenAI's API: a plain blueprint, kept out of this OpenAPI document (its contract is OpenAI's).
+    from . import openai
+    app.register_blueprint(openai.blp)

@@ -22,7 +22,8 @@ from .metrics import observe_request, route_of
 log = logging.getLogger("apsara.request")
 SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 NEVER_LIMITED = ("/health", "/metrics", "/api/v1/openapi.json", "/api/v1/docs")
-TURN_ENDPOINTS = {"messages.send", "messages.edit", "messages.regenerate", "generate.generate"}
+TURN_ENDPOINTS = {"messages.send", "messages.edit", "messages.regenerate", "generate.generate",
+                  "openai.chat_completions"}
 
 
 def _services():

@@ -106,6 +106,8 @@ def conversation_view(document: dict, with_messages: bool = True, link=None) -> 
 # checkpoint; writers checkpoint at least every HEARTBEAT_S while they live.
 WRITER_SILENCE_S = 15.0
 HEARTBEAT_S = 5.0
+# How long after its end a reply keeps its own events through a compaction, for clients resuming it.
+RESUME_WINDOW_S = 600.0
 HOST = socket.gethostname()
 
 
@@ -262,8 +264,19 @@ class ConversationManager:
         for rec in records:
             document["seq"] = max(document.get("seq", 0), rec["seq"])
         if self.store.needs_compaction(mark):
-            self.store.write(owner, conversation_id, document)
+            self._compact(owner, conversation_id, document)
         return mark
+
+    def _compact(self, owner: str, conversation_id: str, document: dict) -> None:
+        """Fold the records into a new snapshot. Replies that ended more than RESUME_WINDOW_S
+        ago leave their events behind (they replay as one event per part)."""
+        def pruned(message: dict) -> dict:
+            if "_events" in message and message.get("status") != "streaming" \
+                    and _age_s(message.get("_ended_at")) > RESUME_WINDOW_S:
+                return {k: v for k, v in message.items() if k != "_events"}
+            return message
+        snapshot = {**document, "messages": [pruned(m) for m in document["messages"]]}
+        self.store.write(owner, conversation_id, snapshot)
 
     @contextlib.contextmanager
     def editing(self, owner: str, conversation_id: str):
@@ -515,8 +528,7 @@ class ConversationManager:
                 mark = self.store.append(owner, conversation_id, [record(0, "reply", now_iso(), id=reply_id,
                                                                          events=events, fields=fields)])
                 if self.store.needs_compaction(mark):
-                    document = self.store.read(owner, conversation_id)
-                    self.store.write(owner, conversation_id, document)
+                    self._compact(owner, conversation_id, self.store.read(owner, conversation_id))
             return True
         except (Missing, LockTimeout):
             return False

@@ -67,7 +67,8 @@ _TAIL = 4096
 # Records are folded into a new snapshot once they outgrow it (and this floor):
 # the bytes rewritten stay proportional to the bytes appended.
 COMPACT_MIN_BYTES = 256 * 1024
-CACHED_CONVERSATIONS = 256
+# Parsed conversations kept per worker process (a 1,000-message one is a few MB in memory).
+CACHED_CONVERSATIONS = 64
 
 LOCK_TIMEOUT_S = 30.0
 

@@ -10,6 +10,9 @@ and stops, billing no more, when its client has gone); with nothing scripted it
 answers by echoing the user, which is what `make run` uses when there is no key.
 
 Run alone: `python -m apsara.testing.fake_gemini --port 8765`.
+
+Like Gemini, it signs the parts it sends (`thoughtSignature`) and, for Gemini 3
+models, refuses a function-call turn whose signature was dropped or altered.
 """
 from __future__ import annotations
 
@@ -176,6 +179,7 @@ class FakeGemini:
              "thinking": m.thinking is not None}
             for m in BUNDLED]
         self.list_error: tuple[int, str] | None = None
+        self.issued_signatures: set[str] = set()  # what a Gemini 3 model accepts back on its calls
         # Files API: name ("files/abc") -> {"bytes", "mime_type", "expired"}; sessions in progress.
         self.files: dict[str, dict] = {}
         self._sessions: dict[str, dict] = {}
@@ -255,7 +259,27 @@ class FakeGemini:
     def next_signature(self) -> str:
         with self._lock:
             self.signature_counter += 1
-            return base64.b64encode(f"sig-{self.signature_counter}".encode()).decode()
+            signature = base64.b64encode(f"sig-{self.signature_counter}".encode()).decode()
+            self.issued_signatures.add(signature)
+            return signature
+
+    def unsigned_call(self, model: str, body: dict) -> str | None:
+        """What Gemini 3 refuses: a function call of the current turn sent back without the signature
+        it came with. The current turn is everything after the last user message with text; the first
+        call of each model step there must carry a signature this fake issued, unchanged."""
+        if not model.startswith("gemini-3"):
+            return None
+        contents = body.get("contents") or []
+        user_texts = [n for n, c in enumerate(contents)
+                      if c.get("role", "user") == "user" and any("text" in p for p in c.get("parts", []))]
+        for content in contents[(user_texts[-1] + 1) if user_texts else 0:]:
+            calls = [p for p in content.get("parts", []) if "functionCall" in p or "function_call" in p]
+            if content.get("role") == "model" and calls:
+                signature = calls[0].get("thoughtSignature") or calls[0].get("thought_signature")
+                if signature not in self.issued_signatures:
+                    name = (calls[0].get("functionCall") or calls[0].get("function_call") or {}).get("name")
+                    return f"function call `{name}`"
+        return None
 
     def _next_reply(self, body: dict) -> Reply:
         text = _contents_text(body) or "(nothing)"
@@ -266,7 +290,11 @@ class FakeGemini:
             return Reply(parts=[" ".join(first[:5]).title() or "New conversation"])
         with self._lock:
             if self.script:
-                return self.script.popleft()
+                reply = self.script.popleft()
+                # Signatures a test scripted (recorded from Gemini, say) are the fake's own too.
+                self.issued_signatures.update(p["thoughtSignature"] for p in reply.wire_parts()
+                                              if p.get("thoughtSignature"))
+                return reply
         if self.default is not None:
             return self.default
         words = f"Echo: {text}".split(" ")
@@ -404,6 +432,10 @@ class FakeGemini:
                     if body.get("systemInstruction") or body.get("tools") or body.get("toolConfig"):
                         return self._error(400, "CachedContent can not be used with GenerateContent request "
                                                 "setting system_instruction, tools or tool_config.")
+                unsigned = fake.unsigned_call(match["model"], body)
+                if unsigned:
+                    return self._error(400, "Function call is missing a thought_signature in functionCall "
+                                            f"parts. This is required for tools to work correctly: {unsigned}.")
                 missing = self._missing_file(body)
                 if missing:
                     return self._error(403, f"You do not have permission to access the File {missing} "

@@ -10,7 +10,8 @@ watcher thread:
   Gemini is silent, so other processes see the reply grow and know its writer
   lives; a killed process loses at most the last window;
 - stop requests another process recorded in the conversation's file (a `stop`
-  record) close the job's Gemini request within a watcher period.
+  record), or the conversation's deletion, close the job's Gemini request
+  within a watcher period.
 """
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ class JobRegistry:
         if (pending and now - job.last_flush >= CHECKPOINT_S) or now - job.last_flush >= HEARTBEAT_S:
             self.checkpoint(job)
         if not job.stop_requested and self._stop_recorded(job):
-            log.info("reply %s stopped from another process", job.reply_id)
+            log.info("reply %s stopped from another process (or its conversation deleted)", job.reply_id)
             job.stop()
 
     def checkpoint(self, job: Job) -> None:
@@ -158,12 +159,13 @@ class JobRegistry:
             self.manager.checkpoint(job.owner, job.conversation_id, job.reply_id, batch)
 
     def _stop_recorded(self, job: Job) -> bool:
-        """Whether a `stop` record for this reply was appended since we last looked."""
+        """Whether a `stop` record for this reply was appended since we last looked, or
+        the conversation was deleted (nobody can see the reply: stop Gemini writing it)."""
         store = self.manager.store
         if job.position is None:
             loaded = store.load(job.owner, job.conversation_id)
             if loaded is None:
-                return False
+                return True
             document, job.position = loaded
             reply = next((m for m in document["messages"] if m["id"] == job.reply_id), None)
             return bool(reply and reply.get("_stop"))
@@ -171,7 +173,7 @@ class JobRegistry:
         try:
             stat = os.stat(store.path(job.owner, job.conversation_id))
         except FileNotFoundError:
-            return False
+            return True
         if stat.st_ino == inode and stat.st_size <= offset:
             return False
         records, job.position = store.follow(job.owner, job.conversation_id, job.position)
