@@ -179,11 +179,13 @@ def register_blueprints(app: Flask) -> None:
     from .api.metrics import register_metrics
     from .auth import register_auth
     from .errors import register_error_handlers
+    from .playground import register_playground
 
     register_auth(app)
     register_metrics(app)
     register_api(app)
     register_hooks(app)  # request ids first of all; rate limits after authentication and body limits
+    register_playground(app)
     # After flask-smorest, so its default handler is replaced by ours.
     register_error_handlers(app)
 

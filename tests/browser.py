@@ -2,13 +2,15 @@
 
 `browser` is a session-wide Playwright Chromium, the system's `chromium` (Debian's package;
 .ci/run installs it), so nothing is downloaded. The `visit` fixture is a function:
-`visit(url)` opens the page in a fresh browser context that records every request the
+`visit(url, **context_options)` opens the page in a fresh browser context (a phone's
+viewport, say) that records every request the
 page makes and lets only those to the page's own server through: anything else is
 refused and listed in `.foreign`, so a test can assert that a page works with no
 request leaving the server. Contexts close when the test ends (no connection stays
 open to delay the server's shutdown).
 
-Use it from a test module with `from tests.browser import browser, visit  # noqa: F401`.
+conftest.py offers both fixtures to every test module: one definition, so one browser for
+the whole session (two session-wide Playwrights in one process cannot run).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class Visit:
     requests: list[str] = field(default_factory=list)   # every URL the page asked for, in order
     foreign: list[str] = field(default_factory=list)    # those to any other server (refused)
     errors: list[str] = field(default_factory=list)     # uncaught script errors
+    console: list[str] = field(default_factory=list)    # errors the page logged (failed loads included)
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -51,8 +54,8 @@ def _origin(url: str) -> tuple[str, str]:
 def visit(browser):
     contexts = []
 
-    def open_page(url: str, timeout_s: float = 20.0) -> Visit:
-        context = browser.new_context()
+    def open_page(url: str, timeout_s: float = 20.0, **context_options) -> Visit:
+        context = browser.new_context(**context_options)
         contexts.append(context)
         return _open(context, url, timeout_s)
 
@@ -79,5 +82,6 @@ def _open(context, url: str, timeout_s: float) -> Visit:
 
     page.route("**/*", route)
     page.on("pageerror", lambda error: seen.errors.append(str(error)))
+    page.on("console", lambda message: message.type == "error" and seen.console.append(message.text))
     page.goto(url)
     return seen

@@ -71,6 +71,10 @@ def users(tmp_path):
             "nobody": UserClient(raw, None), "app": app}
 
 
+# -- pages in a real browser (one Chromium for the session) ---------------------------
+from tests.browser import browser, visit  # noqa: E402,F401
+
+
 # -- chat against the wire-level Gemini fake -----------------------------------------
 from apsara.testing.fake_gemini import FakeGemini  # noqa: E402
 

@@ -16,7 +16,7 @@ from apsara.devserver import free_port  # noqa: F401 (tests import it from here)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(url: str, timeout: float = 20.0) -> None:
+def wait_for(url: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -5,7 +5,6 @@ import re
 
 import pytest
 
-from tests.browser import browser, visit  # noqa: F401 (fixtures)
 from tests.servers import call, gunicorn
 
 @pytest.fixture(scope="module")
@@ -40,14 +39,6 @@ def test_docs_page_renders_every_operation_offline(visit, server):
     assert seen.errors == []
 
 
-@pytest.mark.slow
-def test_home_leads_to_the_docs_page(visit, server):
-    seen = visit(f"{server}/")
-    assert seen.page.url == f"{server}/api/v1/docs"
-    seen.page.wait_for_selector(".opblock")
-    assert seen.foreign == []
-
-
 def test_the_page_names_only_this_servers_assets(client):
     page = client.get("/api/v1/docs").get_data(as_text=True)
     assets = re.findall(r'(?:src|href)="([^"]+)"', page)
@@ -56,5 +47,3 @@ def test_the_page_names_only_this_servers_assets(client):
         response = client.get(url)
         assert response.status_code == 200 and response.cache_control.max_age >= 86400
     assert client.get(assets[0].rsplit("/", 1)[0] + "/index.html").status_code == 404  # only what the page loads
-    home = client.get("/")
-    assert home.status_code == 302 and home.headers["Location"] == "/api/v1/docs"

@@ -1,4 +1,4 @@
-"""The browsable docs page's assets, served by the app itself, and `/` pointing to it.
+"""The browsable docs page's assets, served by the app itself.
 
 flask-smorest renders `/api/v1/docs`; the Swagger UI scripts and styles it loads
 come from the pinned `swagger-ui-bundle-v2` package, so the page works with no
@@ -7,7 +7,7 @@ UI version, so browsers may keep them for a year.
 """
 from __future__ import annotations
 
-from flask import Flask, redirect, send_from_directory
+from flask import Flask, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
 from ..errors import ApiError
@@ -26,14 +26,8 @@ def asset(name: str):
     return send_from_directory(swagger_ui_path, name, max_age=YEAR_S)
 
 
-def home():
-    # Until the service has a page of its own, `/` shows the API.
-    return redirect(DOCS_PATH, code=302)
-
-
 def register_docs(app: Flask) -> None:
     app.config.update(OPENAPI_SWAGGER_UI_PATH="docs", OPENAPI_SWAGGER_UI_URL=ASSETS_URL,
                       # No call to Swagger's online validator: the page must work offline.
                       OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None})
     app.add_url_rule(f"{ASSETS_URL}<name>", "docs_asset", asset)
-    app.add_url_rule("/", "home", home)
