@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .gemini.judge import judge_tier
     from .ratelimits import RateLimits
     from .routing.router import Router
+    from .transfer.service import Transfers
     from .usage import UsageService
 
 log = logging.getLogger("apsara")
@@ -61,6 +62,7 @@ class Services:
     router: "Router"
     usage: "UsageService"
     rate_limits: "RateLimits"
+    transfers: "Transfers"
 
 
 def _settings(config) -> Settings:
@@ -76,11 +78,13 @@ def create_app(config: Settings | dict | None = None) -> Flask:
     from .stores import open_stores
     from .routing.router import Router
     from .conversations import ConversationManager
+    from .conversations.sweeper import TemporarySweeper
     from .gemini.catalog import ModelCatalog
     from .gemini.client import GeminiClient
     from .api.hooks import note_bill
     from .jsonio import OrjsonProvider
     from .logging_setup import configure_logging
+    from .transfer.service import Transfers
     from .usage import Budgets, PriceTable, UsageService
 
     settings = _settings(config)
@@ -110,10 +114,14 @@ def create_app(config: Settings | dict | None = None) -> Flask:
             return judge_tier(gemini, settings.auto_judge_model, text, previous_tier,
                               settings.auto_judge_timeout_s, billed_to)
     router = Router(catalog, settings.auto_tiers, judge=judge)
+    store.check_search_index()
+    if settings.temporary_sweep_s > 0:
+        TemporarySweeper(manager, settings.data_dir / ".temporary-sweep.lock",
+                         settings.temporary_ttl_h).start(settings.temporary_sweep_s)
     chat = Chat(manager, catalog, gemini, files, settings, router, usage)
     rate_limits = stores.rate_limits
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini, chat, files, router,
-                                        usage, rate_limits)
+                                        usage, rate_limits, Transfers(manager, files))
     app.request_class = UploadRequest
 
     @app.before_request

@@ -24,6 +24,7 @@ from .turns import follow
 from .turns.jobs import Job, JobRegistry
 from .turns.planner import TurnPlanner
 from .turns.runner import ReplyRunner
+from .turns.titles import TitleWriter
 from .usage import UsageService
 
 STOP_WAIT_S = 3.0  # how long a stop waits for another process's writer before storing it itself
@@ -41,7 +42,7 @@ class Chat:
                                    usage)
         self.jobs = JobRegistry(manager)
         self.runner = ReplyRunner(manager, self.planner, gemini, self.attachments, self.function_calls, settings,
-                                  self.jobs)
+                                  self.jobs, TitleWriter(manager, gemini, router, settings, usage))
 
     # -- turns --------------------------------------------------------------------------
     def start(self, owner: str, conversation_id: str, **options) -> Turn:

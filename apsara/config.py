@@ -63,6 +63,20 @@ class Settings:
     auto_judge_timeout_s: float = 1.5
     # The model that draws when a text model calls generate_image.
     image_model: str = "gemini-3.1-flash-image"
+    # Automatic titles, and the model that writes them; None: the `lite` tier of the auto router.
+    auto_titles: bool = True
+    title_model: str | None = None
+    title_timeout_s: float = 10.0
+    # Largest import (MB); None: the upload limit.
+    max_import_mb: float | None = None
+    # Hours after its last message that a temporary conversation is deleted, and how often
+    # the server looks (0: never; the server's default looks twice a minute).
+    temporary_ttl_h: float = 24.0
+    temporary_sweep_s: float = 30.0
+
+    @property
+    def import_limit_bytes(self) -> int:
+        return int((self.max_import_mb if self.max_import_mb is not None else self.max_upload_mb) * 1024 * 1024)
     # Usage and limits: a price file replacing the shipped table, budgets
     # ({"default": {...}, "users": {...}}), keys that may read anyone's usage,
     # rate limits ({"requests": "120/minute", "streams": 4, "uploads": "60/hour"})
@@ -183,6 +197,12 @@ def from_env(env=None) -> Settings:
         settings.auto_judge_timeout_s = _number(env, "APSARA_AUTO_JUDGE_TIMEOUT_S", 1.5)
     if env.get("APSARA_IMAGE_MODEL"):
         settings.image_model = env["APSARA_IMAGE_MODEL"]
+    if env.get("APSARA_TITLE_MODEL"):
+        settings.title_model = env["APSARA_TITLE_MODEL"]
+    if env.get("APSARA_MAX_IMPORT_MB"):
+        settings.max_import_mb = _number(env, "APSARA_MAX_IMPORT_MB", None)
+    settings.temporary_ttl_h = _number(env, "APSARA_TEMPORARY_TTL_H", 24.0)
+    settings.temporary_sweep_s = min(60.0, _number(env, "APSARA_TEMPORARY_SWEEP_S", 30.0))
     if env.get("APSARA_SECRET_KEY"):
         settings.secret_key = env["APSARA_SECRET_KEY"]
     elif settings.database_url:

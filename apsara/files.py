@@ -113,6 +113,28 @@ class FileStore:
         write_atomically(meta_path, orjson.dumps(meta))
         return meta
 
+    def restore(self, owner: str, record: dict, data: bytes) -> dict | None:
+        """Store an imported file's bytes, typed from the bytes, under its id when that is free
+        (a new id otherwise). The same bytes already stored under that id are reused.
+        None when the models cannot read this type."""
+        mime_type = sniff(data[:8192], record.get("filename") or "")
+        if mime_type is None:
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        file_id = record["id"]
+        existing = self.get(owner, file_id)
+        if existing is not None:
+            if existing.get("sha256") == digest:
+                return existing
+            file_id = new_id("f")
+        blob, meta_path = self._paths(owner, file_id)
+        self._folder(owner, create=True)
+        write_atomically(blob, data)
+        meta = {"id": file_id, "filename": (record.get("filename") or file_id)[:255], "mime_type": mime_type,
+                "size_bytes": len(data), "sha256": digest, "created_at": record.get("created_at") or now_iso()}
+        write_atomically(meta_path, orjson.dumps(meta))
+        return {**meta, "restored": True}
+
     def set_gemini_ref(self, owner: str, file_id: str, ref: dict | None) -> None:
         """Remember (or forget) this file's upload to the Gemini Files API."""
         meta = self.get(owner, file_id)

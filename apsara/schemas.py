@@ -47,6 +47,15 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class QueryBoolean(fields.Boolean):
+    """A query-string flag: exactly `true` or `false`, nothing looser ("1", "yes", "")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if value not in ("true", "false"):
+            raise ValidationError("Must be true or false.")
+        return value == "true"
+
+
 class MaxChars(validate.Validator):
     """A length limit read from the app's settings, so it stays configurable."""
 
@@ -153,11 +162,17 @@ class ConversationCreateSchema(Schema):
     system_instruction = fields.String(validate=MaxChars("max_system_instruction_chars"))
     tools = tool_list()
     settings = fields.Nested(SettingsSchema)
+    temporary = StrictBoolean(metadata={
+        "description": "Left out of listing and search unless asked, and deleted APSARA_TEMPORARY_TTL_H hours "
+                       "after its last message. Set at creation only."})
 
 
 class ConversationPatchSchema(ConversationCreateSchema):
     class Meta:
-        exclude = ("id",)
+        exclude = ("id", "temporary")
+
+    archived = StrictBoolean(metadata={"description": "Left out of the listing unless `?archived=true`."})
+    pinned = StrictBoolean(metadata={"description": "Listed alone with `?pinned=true`."})
 
     @validates_schema
     def not_empty(self, data, **kwargs):
@@ -243,6 +258,32 @@ class EventsQuerySchema(Schema):
 class ListQuerySchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
     cursor = fields.String(validate=validate.Length(1, 500))
+    q = fields.String(validate=validate.Length(1, 500), metadata={
+        "description": "Words that must all occur (whole words, any case) in the title or in one message of "
+                       "any version; each hit carries a `snippet`."})
+    archived = QueryBoolean(load_default=False, metadata={"description": "`true`: only archived conversations."})
+    pinned = QueryBoolean(load_default=False, metadata={"description": "`true`: only pinned conversations."})
+    temporary = QueryBoolean(load_default=False, metadata={"description": "`true`: only temporary conversations."})
+
+
+class ExportQuerySchema(Schema):
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "markdown"]))
+    files = fields.String(validate=validate.OneOf(["inline"]), metadata={
+        "description": "`inline`: each referenced file's bytes, base64, in the JSON export."})
+
+
+class ImportUploadSchema(Schema):
+    file = fields.Raw(required=True, metadata={"type": "string", "format": "binary", "description":
+                                               "An Apsara export, a ChatGPT conversations.json or an Open "
+                                               "WebUI export."})
+
+
+class ForkSchema(Schema):
+    message_id = _id_field(required=True, metadata={
+        "description": "The last message the new conversation holds (with its ancestors)."})
+    id = _id_field(metadata={"description": "The new conversation's id; made up by the server when absent."})
+    title = fields.String(validate=MaxChars("max_title_chars"))
+    temporary = StrictBoolean(load_default=False)
 
 
 # -- responses -------------------------------------------------------------------
@@ -325,6 +366,13 @@ class ConversationSummarySchema(Schema):
     message_count = fields.Integer(metadata={"description": (
         "Messages on the active path (what `messages` holds), not every stored version: editing the "
         "first message of a 6-message conversation makes it 2.")})
+    title_source = fields.String(allow_none=True, validate=validate.OneOf(["user", "auto"]), metadata={
+        "description": "null until a title exists; `user` once a user gave one, `auto` for one the server wrote."})
+    archived = fields.Boolean()
+    pinned = fields.Boolean()
+    temporary = fields.Boolean()
+    snippet = fields.String(metadata={"description": "Search hits only: plain text (at most 300 characters) "
+                                                     "holding the first match."})
 
 
 class ConversationSchema(ConversationSummarySchema):
@@ -369,6 +417,39 @@ class TurnResultSchema(Schema):
 class ConversationListSchema(Schema):
     conversations = fields.List(fields.Nested(ConversationSummarySchema))
     next_cursor = fields.String(allow_none=True)
+
+
+class SkippedSchema(Schema):
+    messages = fields.Integer(metadata={"description": "Nodes not shown to a user (hidden system messages, tool "
+                                                      "traffic, empty or unfinished nodes)."})
+    conversations = fields.Integer(metadata={"description": "Entries with nothing a user saw."})
+
+
+class ImportResultSchema(Schema):
+    conversations = fields.List(fields.Nested(ConversationSummarySchema))
+    skipped = fields.Nested(SkippedSchema)
+
+
+class ExportFileSchema(Schema):
+    id = fields.String()
+    filename = fields.String()
+    mime_type = fields.String()
+    size_bytes = fields.Integer()
+    sha256 = fields.String()
+    created_at = fields.String()
+    data = fields.String(metadata={"description": "The bytes, base64 (`files=inline` only)."})
+
+
+class ConversationExportSchema(Schema):
+    format = fields.String(metadata={"description": "`apsara.conversation`"})
+    version = fields.Integer()
+    exported_at = fields.String()
+    conversation = fields.Nested(ConversationSummarySchema)
+    messages = fields.List(fields.Nested(MessageSchema), metadata={
+        "description": "Every version of every message, parents first."})
+    active = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "For each parent id (\"\" for the root) its active child."})
+    files = fields.List(fields.Nested(ExportFileSchema))
 
 
 class HealthSchema(Schema):
@@ -464,6 +545,8 @@ STREAM_EVENTS = {
     "thought": (None, '`{"text"}`: a thought summary (with settings.include_thoughts)'),
     "part": ("Part", "a non-text part: code, code_result, file, function_call, function_response"),
     "grounding": ("Grounding", '`{"queries", "sources"}`: what the answer is grounded in'),
+    "title": (None, '`{"title"}`: the automatic title of a new conversation, when it is ready while the '
+                    "stream is open (send only; else read it from the conversation)"),
     "done": ("Message", "the stored reply (complete, stopped or blocked); the stream ends"),
     "error": (None, '`{"error": {code, status, message, details}, "reply": the partial reply as stored}` '
                     "(status error or interrupted); the stream ends"),
@@ -472,7 +555,8 @@ STREAM_EVENTS = {
 
 def stream_content(with_user: bool = True) -> dict:
     """The `text/event-stream` content of a streamed turn, its events described."""
-    events = {name: doc for name, doc in STREAM_EVENTS.items() if with_user or name != "user_message"}
+    events = {name: doc for name, doc in STREAM_EVENTS.items()
+              if with_user or name not in ("user_message", "title")}
     lines = "\n".join(f"- `{name}`: {text}" for name, (_, text) in events.items())
     description = ("Server-sent events, each `event: <name>`, `id: <1, 2, 3...>` and one line of JSON "
                    "`data:`; `: ping` comments while nothing else goes out. Events, in order:\n" + lines)

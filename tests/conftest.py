@@ -24,8 +24,11 @@ def data_dir(tmp_path) -> Path:
 
 
 def make_settings(tmp_path, **overrides) -> Settings:
+    # Automatic titles run beside a conversation's first reply; tests of other things turn them
+    # off so the events and records they count are only their own (tests of titles turn them on).
     base = dict(data_dir=data_dir(tmp_path), gemini_api_key=None, secret_key="test-secret",
-                gemini_retry_attempts=1, gemini_timeout_s=10.0, database_url=STORE["database_url"])
+                gemini_retry_attempts=1, gemini_timeout_s=10.0, auto_titles=False,
+                database_url=STORE["database_url"])
     base.update(overrides)
     return Settings(**base)
 

@@ -110,8 +110,9 @@ def test_twenty_concurrent_turns_across_two_workers_stay_within_one_reservation(
            "APSARA_BUDGETS": json.dumps({"default": {"tokens_per_day": limit}}), **server_env()}
     with gunicorn(env, workers=2) as base:
         url = f"{base}/api/v1/conversations"
-        for n in range(20):
-            assert call("POST", url, {"id": f"c{n}", "settings": {"max_output_tokens": max_output}})[0] == 201
+        for n in range(20):  # titled: no automatic title call joins the turns' count
+            assert call("POST", url, {"id": f"c{n}", "title": f"c{n}",
+                                      "settings": {"max_output_tokens": max_output}})[0] == 201
         with ThreadPoolExecutor(max_workers=20) as pool:
             results = list(pool.map(lambda n: call("POST", f"{url}/c{n}/messages", {"text": text}), range(20)))
         statuses = [status for status, _ in results]

@@ -4,7 +4,8 @@ A JSON body must be JSON (strictly: no NaN, valid UTF-8), nested at most 64
 levels, with every string and key valid Unicode (no lone surrogate): else 400
 INVALID_ARGUMENT. It may be at most 16 MB (or the upload limit, if lower),
 whether it came with a Content-Length or chunked: else 413. Uploads (multipart)
-are bounded by the upload limit alone. Nothing else (schemas, views, storage,
+are bounded by the upload limit alone; an import (a JSON body or a multipart
+file) by the import limit, and anything else sent to it is 415. Nothing else (schemas, views, storage,
 the error handler) ever sees a body that breaks these rules, so none of them
 can fail on one.
 """
@@ -19,6 +20,7 @@ from ..errors import ApiError
 JSON_BODY_LIMIT = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 UPLOAD_PATH = "/api/v1/files"
+IMPORT_PATH = "/api/v1/conversations/import"
 
 
 def _reject_constant(name: str):
@@ -82,11 +84,19 @@ def _read_body() -> bytes:
 
 def check_body() -> None:
     """before_request: refuse a body we could not read, or would ignore."""
-    if request.path != UPLOAD_PATH:
+    if request.path == IMPORT_PATH:
+        # An export is as large as it is: the import limit, JSON or multipart (plus the part's headers).
+        framing = 4096 if request.mimetype == "multipart/form-data" else 0
+        request.max_content_length = current_app.extensions["apsara"].settings.import_limit_bytes + framing
+    elif request.path != UPLOAD_PATH:
         # Werkzeug then refuses a larger body with 413, chunked ones as they are read.
         request.max_content_length = min(JSON_BODY_LIMIT, current_app.config["MAX_CONTENT_LENGTH"])
     if request.method not in ("POST", "PUT", "PATCH") or not request.path.startswith("/api/"):
         return
+    if request.path == IMPORT_PATH and request.mimetype == "multipart/form-data":
+        return  # the view reads the file and checks it as a JSON body is checked
+    if request.path == IMPORT_PATH and not request.is_json:
+        raise ApiError(415, "send the export as application/json, or as multipart/form-data in the field 'file'")
     if request.path.startswith(UPLOAD_PATH) or not (request.content_length or _chunked() or request.is_json):
         return
     if not request.is_json:

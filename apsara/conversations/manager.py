@@ -22,14 +22,17 @@ from typing import Callable
 from ..clock import new_id, now_iso
 from ..errors import ApiError
 from ..gemini.catalog import ModelCatalog
+from .filters import ListFilters
 from .journal import Replay, record
 from .options import check_choice
 from .parts import public_part
 from .store import ConversationStore, InvalidId, LockTimeout, Missing
 from .tree import MessageTree
 
-HEADER_FIELDS = ("id", "title", "created_at", "updated_at", "model", "system_instruction",
-                 "tools", "settings", "message_count")
+HEADER_FIELDS = ("id", "title", "title_source", "created_at", "updated_at", "model", "system_instruction",
+                 "tools", "settings", "message_count", "archived", "pinned", "temporary")
+# Conversations stored before these fields existed read as if they had these values.
+HEADER_DEFAULTS = {"title_source": None, "archived": False, "pinned": False, "temporary": False}
 # A reply is context for the next turn when it ended with something the user read.
 CONTEXT_STATUSES = ("complete", "stopped")
 
@@ -83,7 +86,12 @@ def message_view(message: dict, tree: MessageTree | None = None, link=None) -> d
 
 def summary_view(header: dict) -> dict:
     # "_" keys (the context-cache record) are bookkeeping, not API.
-    return {k: v for k, v in header.items() if not k.startswith("_")}
+    view = {k: v for k, v in header.items() if not k.startswith("_")}
+    for key, default in HEADER_DEFAULTS.items():
+        view.setdefault(key, default)
+    if view["title_source"] is None and view.get("title"):
+        view["title_source"] = "user"  # a title given before sources were recorded was a user's
+    return view
 
 
 def conversation_view(document: dict, with_messages: bool = True, link=None) -> dict:
@@ -219,9 +227,16 @@ class ConversationManager:
     def get(self, owner: str, conversation_id: str) -> dict:
         return conversation_view(self.load(owner, conversation_id), link=self.link(owner))
 
-    def list(self, owner: str, limit: int, cursor: str | None):
+    def list(self, owner: str, limit: int, cursor: str | None, filters: ListFilters = ListFilters(),
+             query: str | None = None):
+        """A page of summaries, newest first; with `query`, only matching ones, each with its snippet."""
         after = decode_cursor(cursor) if cursor else None
-        headers, last = self.store.list_headers(owner, limit, after)
+        if query is not None:
+            found = self.store.search(owner, query, limit + 1, after, filters)
+            page = found[:limit]
+            items = [{**summary_view(header), "snippet": snippet} for header, snippet, _ in page]
+            return items, (encode_cursor(page[-1][2]) if len(found) > limit else None)
+        headers, last = self.store.list_headers(owner, limit, after, filters)
         return [summary_view(h) for h in headers], (encode_cursor(last) if last else None)
 
     # -- writing ---------------------------------------------------------------
@@ -295,11 +310,13 @@ class ConversationManager:
             with self._locked(owner, conversation_id, existing=False):
                 if not self.store.exists(owner, conversation_id):
                     stamp = now_iso()
+                    title = fields.get("title") or ""
                     document = {"conversation": {
-                        "id": conversation_id, "title": fields.get("title") or "",
+                        "id": conversation_id, "title": title, "title_source": "user" if title else None,
                         "created_at": stamp, "updated_at": stamp, "model": model,
                         "system_instruction": fields.get("system_instruction") or "",
                         "tools": tools, "settings": settings, "message_count": 0,
+                        "archived": False, "pinned": False, "temporary": bool(fields.get("temporary")),
                     }, "messages": [], "active": {}, "seq": 0}
                     self.store.write(owner, conversation_id, document)
                     return conversation_view(document)
@@ -324,6 +341,11 @@ class ConversationManager:
             for key in ("title", "system_instruction"):
                 if changes.get(key) is not None:
                     header[key] = changes[key]
+            if changes.get("title") is not None:
+                header["title_source"] = "user" if changes["title"] else None
+            for flag in ("archived", "pinned"):
+                if changes.get(flag) is not None:
+                    header[flag] = changes[flag]
             header.update(model=model, tools=tools, settings=settings)
             self._append(owner, conversation_id, document, [record(0, "conversation", now_iso(), conversation=header)])
         return conversation_view(document, link=self.link(owner))
@@ -335,6 +357,64 @@ class ConversationManager:
             if header is None or not self.store.delete(owner, conversation_id):
                 raise _not_found(conversation_id)
         return header.get("_cache")
+
+    def set_auto_title(self, owner: str, conversation_id: str, title: str) -> bool:
+        """Store a title the server wrote, unless the conversation has one by now (a user's
+        is never overwritten) or is gone. True when stored."""
+        try:
+            with self._locked(owner, conversation_id):
+                document = self.load(owner, conversation_id)
+                header = document["conversation"]
+                if header.get("title") or header.get("title_source"):
+                    return False
+                changed = {**header, "title": title, "title_source": "auto"}
+                self._append(owner, conversation_id, document, [record(0, "conversation", now_iso(),
+                                                                        conversation=changed)])
+                return True
+        except ApiError:
+            return False
+
+    def store_new(self, owner: str, document: dict, wanted_id: str | None, exact: bool = False) -> dict:
+        """Store a whole conversation made elsewhere (an import, a fork) under `wanted_id` when it
+        is free for this owner, else under a new id (`exact`: 409 instead). Returns the stored document."""
+        conversation_id = wanted_id
+        for _attempt in range(5):
+            conversation_id = conversation_id or new_id()
+            with self._locked(owner, conversation_id, existing=False):
+                if not self.store.exists(owner, conversation_id):
+                    tree = MessageTree.of(document)
+                    document["conversation"] = {**document["conversation"], "id": conversation_id,
+                                                "message_count": len(tree.active_path())}
+                    document["seq"] = 0
+                    self.store.write(owner, conversation_id, document)
+                    return document
+            if exact:
+                raise ApiError(409, f"conversation '{conversation_id}' already exists")
+            conversation_id = None
+        raise ApiError(500, "could not pick a free conversation id")
+
+    def remove(self, owner: str, conversation_id: str) -> None:
+        """Take back a conversation this request stored (an import refused part way)."""
+        with contextlib.suppress(ApiError):
+            with self._locked(owner, conversation_id):
+                self.store.delete(owner, conversation_id)
+
+    def delete_expired(self, owner: str, conversation_id: str, cutoff: str) -> bool:
+        """Delete a temporary conversation whose last message is older than `cutoff`
+        (checked again under its lock: a new message may have come since the index said so)."""
+        try:
+            with self._locked(owner, conversation_id):
+                document = self.load(owner, conversation_id)
+                header = document["conversation"]
+                last = max([m.get("_ended_at") or m["created_at"] for m in document.get("messages", ())]
+                           + [header["created_at"]])
+                if not header.get("temporary") or last >= cutoff:
+                    return False
+                if any(m.get("status") == "streaming" and writer_alive(m) for m in document.get("messages", ())):
+                    return False
+                return self.store.delete(owner, conversation_id)
+        except ApiError:
+            return False
 
     def set_cache_record(self, owner: str, conversation_id: str, cache: dict | None) -> None:
         try:

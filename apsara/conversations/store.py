@@ -25,6 +25,10 @@ A file (schema_version 2) is lines of JSON:
   they are and rewritten as a snapshot on their first change.
 - The file's mtime is the conversation's `updated_at`, so the newest-first
   listing sorts on `stat()` alone (and on the recency log, see recency.py).
+- The search index (search.py) is kept in step by the same calls that write the
+  files: `write` indexes the whole conversation, `append` adds new texts and
+  the new header or time, `delete` removes it. It is checked against the files
+  at start (`check_search_index`) and can be made again from them.
 - `locked()` takes an exclusive `flock` per conversation. flock works across
   worker processes and threads (each call opens its own descriptor), and the
   kernel drops it when a process dies, so a crash never leaves it held.
@@ -37,6 +41,7 @@ import heapq
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 import time
 from collections import OrderedDict
@@ -46,9 +51,11 @@ from pathlib import Path
 import orjson
 
 from ..durable import TEMP_PREFIX, fsync, fsync_dir, write_atomically
+from ..search import SearchIndex, message_text
+from .filters import ListFilters
 from ..metrics import timed_store_write
 from .journal import TOUCHING, replay
-from .recency import RecencyIndex
+from .recency import RecencyIndex, _scan
 
 log = logging.getLogger("apsara.store")
 
@@ -194,6 +201,15 @@ def _ordered(keys: list, first: int):
         yield from sorted(keys)[first:]
 
 
+def _index_row(owner: str, document: dict) -> tuple:
+    """What the search index keeps of a whole conversation."""
+    header = document["conversation"]
+    messages = document.get("messages", ())
+    last = max([m.get("_ended_at") or m.get("created_at") or "" for m in messages]
+               + [header.get("created_at") or header["updated_at"]])
+    return owner, header, iso_to_ns(header["updated_at"]), [message_text(m) for m in messages], iso_to_ns(last)
+
+
 class ConversationStore:
     # How often a running reply looks for a stop request: a stat() is cheap.
     stop_poll_s = 0.0
@@ -202,6 +218,7 @@ class ConversationStore:
         self.history_dir = Path(data_dir) / "history"
         self.locks_dir = Path(data_dir) / "locks"
         self._recency: dict[str, RecencyIndex] = {}
+        self.search_index = SearchIndex(Path(data_dir) / "search" / "index.sqlite")
         # path -> (inode, offset read to, document): conversations this process read lately
         self._cache: OrderedDict = OrderedDict()
 
@@ -413,8 +430,10 @@ class ConversationStore:
         except ValueError:
             return None
 
-    def list_headers(self, owner: str, limit: int, after: tuple[int, str] | None = None):
-        """Newest first, ties by id. `after` is the (mtime_ns, id) of the last item seen.
+    def list_headers(self, owner: str, limit: int, after: tuple[int, str] | None = None,
+                     filters: ListFilters = ListFilters()):
+        """Newest first, ties by id, those the filters accept. `after` is the (mtime_ns, id)
+        of the last item seen.
 
         Returns (headers, next_position or None).
         """
@@ -429,7 +448,7 @@ class ConversationStore:
             if len(headers) == limit:
                 return headers, last
             header = self.read_header(owner, conversation_id)
-            if header is not None:  # deleted since the scan
+            if header is not None and filters.accepts(header):  # None: deleted since the scan
                 headers.append(header)
                 last = (-neg_mtime, conversation_id)
         return headers, None
@@ -444,6 +463,7 @@ class ConversationStore:
         self._cache.pop(target, None)
         write_atomically(target, encode(document), mtime_ns)
         self.recency(owner).record(conversation_id, mtime_ns)
+        self._indexing(self.search_index.put_many, [_index_row(owner, document)])
 
     def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
                sync: bool = True, on_written=None) -> dict:
@@ -494,6 +514,7 @@ class ConversationStore:
                 os.close(fd)
         if mtime_ns is not None and any(r["type"] in TOUCHING for r in records):
             self.recency(owner).record(conversation_id, mtime_ns)
+            self._indexing(self._index_appended, owner, conversation_id, records, updated_at)
         mark["size"] = size + len(data)
         mark["position"] = (inode, mark["size"])  # where a follow() of what comes next starts
         return mark
@@ -546,7 +567,100 @@ class ConversationStore:
             return False
         fsync_dir(target.parent)
         self.recency(owner).record(conversation_id, None)
+        self._indexing(self.search_index.remove, owner, conversation_id)
         return True
+
+    # -- the search index ---------------------------------------------------------
+    @staticmethod
+    def _indexing(step, *args) -> None:
+        # The files are the truth: an index write that fails never fails the change. The row
+        # keeps its old updated_at, so the check at the next start finds and mends it.
+        try:
+            step(*args)
+        except sqlite3.Error:
+            log.exception("search index: could not keep up with a change")
+
+    def _index_appended(self, owner: str, conversation_id: str, records: list[dict], updated_at: str) -> None:
+        texts, header, last, ended = [], None, None, set()
+        for rec in records:
+            if rec["type"] == "message":
+                texts.append(message_text(rec["message"]))
+                last = max(last or "", rec["at"])
+            elif rec["type"] == "reply":
+                ended.add(rec["id"])
+                last = max(last or "", rec["at"])
+            elif rec["type"] == "conversation":
+                header = rec["conversation"]
+        if ended:  # a reply's text came in many records: read it whole once it ended
+            document = self.read(owner, conversation_id) or {}
+            texts += [message_text(m) for m in document.get("messages", ()) if m["id"] in ended]
+        if not self.search_index.update(owner, conversation_id, updated_at, iso_to_ns(updated_at), texts, header,
+                                        iso_to_ns(last) if last else None):
+            document = self.read(owner, conversation_id)
+            if document is not None:
+                self.search_index.put_many([_index_row(owner, document)])
+
+    def search(self, owner: str, query: str, limit: int, after: tuple[int, str] | None = None,
+               filters: ListFilters = ListFilters()) -> list[tuple[dict, str, tuple[int, str]]]:
+        """(header, snippet, position) of the conversations matching `query`, newest first."""
+        found = []
+        for hit in self.search_index.search(owner, query, limit=limit, after=after, archived=filters.archived,
+                                            pinned=filters.pinned, temporary=filters.temporary):
+            header = self.read_header(owner, hit.id)
+            if header is not None:  # deleted since
+                found.append((header, hit.snippet, (hit.updated_ns, hit.id)))
+        return found
+
+    def expired_temporary(self, cutoff_ns: int) -> list[tuple[str, str]]:
+        """(owner, id) of temporary conversations whose last message is older than `cutoff_ns`."""
+        return self.search_index.expired_temporary(cutoff_ns)
+
+    def _owners(self) -> list[str]:
+        if not self.history_dir.is_dir():
+            return []
+        return [f.name for f in self.history_dir.iterdir() if f.is_dir() and ID_PATTERN.fullmatch(f.name)]
+
+    def check_search_index(self) -> int:
+        """Mend the index where it differs from the files (a crash between the two writes, a restored
+        backup, a copied folder); one process at a time. Returns how many conversations it mended."""
+        lock = self.search_index.path.parent / ".check.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            indexed = self.search_index.indexed()
+            on_disk = {(owner, cid): ns for owner in self._owners()
+                       for cid, ns in _scan(self.history_dir / owner).items() if ID_PATTERN.fullmatch(cid)}
+            mended, rows = 0, []
+            for key, mtime_ns in on_disk.items():
+                known = indexed.get(key)
+                if known is not None and known[0] == mtime_ns:
+                    continue
+                try:  # a file's time can differ from its updated_at (a copy): the header decides
+                    header = self.read_header(*key)
+                    if header is None or (known is not None and known[1] == header["updated_at"]):
+                        continue
+                    document = self.read(*key)
+                except CorruptFile:
+                    continue
+                if document is not None:
+                    rows.append(_index_row(key[0], document))
+                    mended += 1
+                if len(rows) >= 500:
+                    self.search_index.put_many(rows)
+                    rows = []
+            self.search_index.put_many(rows)
+            for owner, cid in indexed.keys() - on_disk.keys():
+                self.search_index.remove(owner, cid)
+                mended += 1
+            return mended
+        finally:
+            os.close(fd)
+
+    def rebuild_search_index(self) -> int:
+        """Make the index again from the files; returns how many conversations it holds."""
+        self.search_index.clear()
+        return self.check_search_index()
 
     def sweep_temp_files(self, older_than_s: float = 600.0) -> int:
         """Remove temp files left by writers that were killed mid-write."""

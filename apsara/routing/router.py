@@ -97,6 +97,11 @@ class Router:
                 return model, f"{moved}; no configured model fits, {model.id} does"
         return None, moved
 
+    def tier_model(self, tier: str) -> str | None:
+        """The model a text-only turn of this tier would get (None when the catalog offers none)."""
+        model, _note = self._pick(tier, set(), [], 0)
+        return model.id if model else None
+
     def route(self, text: str, *, file_types: list[str] = (), tools: list[str] = (), context_tokens: int = 0,
               previous_tier: str | None = None, history_turns: int = 0, billed_to=None) -> Routing:
         """`billed_to`: the bill the judge's call goes on (see apsara.usage)."""

@@ -32,10 +32,16 @@ from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..gemini.catalog import BUNDLED
+from ..gemini.titles import INSTRUCTION as TITLE_INSTRUCTION
 
 _CALL = re.compile(r"^/(?P<ver>v1\w*)/models/(?P<model>[^/:]+):(?P<method>\w+)$")
 _MODELS = re.compile(r"^/(?P<ver>v1\w*)/models(?:/(?P<model>[^/:]+))?$")
 BAD_KEY = "rejected-key"
+TITLE_REQUEST = TITLE_INSTRUCTION[:30]
+
+
+def is_title_request(body: dict) -> bool:
+    return _system_text(body).startswith(TITLE_REQUEST)
 FILE_LIFETIME_S = 48 * 3600  # Gemini keeps an uploaded file 48 hours
 CACHE_TTL_S = 3600  # and a cache one hour unless asked otherwise
 
@@ -82,6 +88,11 @@ def _ttl_s(body: dict) -> float:
     """A cache's requested lifetime: `ttl` is "300s" on the wire."""
     ttl = str(body.get("ttl") or "")
     return float(ttl[:-1]) if ttl.endswith("s") and ttl[:-1].replace(".", "", 1).isdigit() else CACHE_TTL_S
+
+
+def _system_text(body: dict) -> str:
+    system = body.get("systemInstruction") or body.get("system_instruction") or {}
+    return "".join(p.get("text", "") for p in system.get("parts", ()) if isinstance(p, dict))
 
 
 def _contents_text(body: dict) -> str:
@@ -202,7 +213,13 @@ class FakeGemini:
         self.script.extend(replies)
 
     def generate_requests(self) -> list[dict]:
-        return [r for r in self.requests if r["method_name"] in ("generateContent", "streamGenerateContent")]
+        return [r for r in self.requests if r["method_name"] in ("generateContent", "streamGenerateContent")
+                and not is_title_request(r.get("json") or {})]
+
+    def title_requests(self) -> list[dict]:
+        """The automatic-title calls (left out of generate_requests: they run beside the replies)."""
+        return [r for r in self.requests if r["method_name"] == "generateContent"
+                and is_title_request(r.get("json") or {})]
 
     def last_body(self) -> dict:
         return self.generate_requests()[-1]["json"]
@@ -265,6 +282,12 @@ class FakeGemini:
         return None
 
     def _next_reply(self, body: dict) -> Reply:
+        text = _contents_text(body) or "(nothing)"
+        if is_title_request(body):
+            # A title request: the first words of the user's message, as a cheap model would. Titles
+            # run beside replies, so they never take a reply scripted for a test.
+            first = text.split("Assistant:")[0].removeprefix("User:").split()
+            return Reply(parts=[" ".join(first[:5]).title() or "New conversation"])
         with self._lock:
             if self.script:
                 reply = self.script.popleft()
@@ -274,7 +297,6 @@ class FakeGemini:
                 return reply
         if self.default is not None:
             return self.default
-        text = _contents_text(body) or "(nothing)"
         words = f"Echo: {text}".split(" ")
         parts: list = [w if i == 0 else " " + w for i, w in enumerate(words)]
         if _thinking(body).get("include_thoughts") or _thinking(body).get("includeThoughts"):

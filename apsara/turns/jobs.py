@@ -60,6 +60,15 @@ class Job:
             self.cond.notify_all()
         return event
 
+    def publish_while_running(self, name: str, data) -> bool:
+        """Publish an event from outside the reply's thread (an automatic title), only while the
+        reply has not ended. flush_lock: the ending takes its event id under it."""
+        with self.flush_lock:
+            if self.ended:
+                return False
+            self.publish(name, data)
+            return True
+
     def next_id(self) -> int:
         with self.cond:
             return self._next_id

@@ -27,6 +27,7 @@ from ..gemini.requests import request_config, send, stale_reference, uses_cache,
 from ..gemini.upstream import watched
 from .jobs import Job, JobRegistry
 from .planner import TurnPlanner
+from .titles import TitleWriter
 
 log = logging.getLogger("apsara.replies")
 _UNPARSED = object()
@@ -41,7 +42,8 @@ def _parse_json(text: str):
 
 class ReplyRunner:
     def __init__(self, manager: ConversationManager, planner: TurnPlanner, gemini: GeminiClient,
-                 attachments: Attachments, function_calls: FunctionCalls, settings: Settings, jobs: JobRegistry):
+                 attachments: Attachments, function_calls: FunctionCalls, settings: Settings, jobs: JobRegistry,
+                 titles: TitleWriter | None = None):
         self.manager = manager
         self.planner = planner
         self.gemini = gemini
@@ -49,6 +51,7 @@ class ReplyRunner:
         self.function_calls = function_calls
         self.settings = settings
         self.jobs = jobs
+        self.titles = titles
 
     # -- starting ---------------------------------------------------------------------
     def launch(self, owner: str, turn: Turn, stream: bool) -> Job:
@@ -70,6 +73,8 @@ class ReplyRunner:
             raise
         job.position = turn.position  # the watcher reads on from here, not the whole file
         self.jobs.add(job)
+        if self.titles is not None:
+            self.titles.start(owner, turn, job)
         return job
 
     # -- running ------------------------------------------------------------------------

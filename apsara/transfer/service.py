@@ -1,0 +1,192 @@
+"""Export, import and fork: whole conversations out of the store, into it, and copied from a point.
+
+Export gives Apsara's own format (every version, the active branch, settings,
+the files' records and with `inline` their bytes) or the active path as
+Markdown. Import reads any known format (importing.py) and stores every
+conversation of the request or none: a failure part way takes back what this
+request stored, files included. Nothing here reaches another user's data:
+every read and write names the requesting owner.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import re
+
+from marshmallow import ValidationError
+
+from ..clock import new_id, now_iso
+from ..conversations.manager import ConversationManager, conversation_view, summary_view
+from ..conversations.tree import ROOT, MessageTree
+from ..errors import ApiError, _flatten
+from ..files import FileStore
+from . import Imported, UnknownFormat, apsara_format, markdown
+from .importing import InvalidExport, read_export
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FILE_FIELDS = ("id", "filename", "mime_type", "size_bytes", "sha256", "created_at")
+
+
+def file_ids(messages) -> list[str]:
+    """Every file a message of these refers to, once each, in order."""
+    found = {}
+    for message in messages:
+        for part in message.get("parts", ()):
+            if part.get("type") == "file" and part.get("file_id"):
+                found[part["file_id"]] = True
+    return list(found)
+
+
+def _refuse(problems: dict) -> ApiError:
+    problems = _flatten(problems)
+    first_path, first_messages = next(iter(problems.items()))
+    return ApiError(422, f"not a valid export: {first_path}: {first_messages[0]}", problems)
+
+
+class Transfers:
+    def __init__(self, manager: ConversationManager, files: FileStore):
+        self.manager = manager
+        self.files = files
+
+    # -- export ---------------------------------------------------------------------------
+    def export_json(self, owner: str, conversation_id: str, inline: bool) -> dict:
+        document = self.manager.load(owner, conversation_id)
+        records = []
+        for file_id in file_ids(document.get("messages", ())):
+            meta = self.files.get(owner, file_id)
+            if meta is None:
+                continue  # a reference to a file that is gone: the parts still name it
+            record = {k: meta[k] for k in _FILE_FIELDS if k in meta}
+            if inline:
+                record["data"] = base64.b64encode(self.files.read_bytes(owner, file_id)).decode("ascii")
+            records.append(record)
+        exported = apsara_format.export_document(document, records)
+        exported["conversation"] = {**summary_view(exported["conversation"]),
+                                    "message_count": document["conversation"].get("message_count", 0)}
+        exported["conversation"].pop("temporary", None)
+        return {**exported, "exported_at": now_iso()}
+
+    def export_markdown(self, owner: str, conversation_id: str) -> str:
+        document = self.manager.load(owner, conversation_id)
+        return markdown.render(document, self.manager.link(owner))
+
+    # -- import ---------------------------------------------------------------------------
+    def import_document(self, owner: str, document) -> tuple[list[dict], dict]:
+        """Store every conversation of an export, or none. Returns (summaries, skipped counts)."""
+        try:
+            batch = read_export(document)
+        except InvalidExport as refused:
+            raise _refuse(refused.problems) from None
+        except UnknownFormat:
+            raise ApiError(422, "not an export this server can read: send an Apsara export, a ChatGPT "
+                                "conversations.json or an Open WebUI export",
+                           {"_body": ["not an Apsara, ChatGPT or Open WebUI export"]}) from None
+        for n, imported in enumerate(batch.conversations):
+            self._check_choices(imported, f"{n}." if isinstance(document, list) else "")
+        stored_ids, restored_files = [], []
+        try:
+            summaries = []
+            for n, imported in enumerate(batch.conversations):
+                renamed = self._restore_files(owner, imported, n, restored_files)
+                stored = self.manager.store_new(owner, self._document(imported, renamed),
+                                                imported.id if imported.id and _ID.match(imported.id) else None)
+                stored_ids.append(stored["conversation"]["id"])
+                summaries.append(summary_view(stored["conversation"]))
+        except BaseException:
+            for conversation_id in stored_ids:
+                self.manager.remove(owner, conversation_id)
+            for file_id in restored_files:
+                self.files.delete(owner, file_id)
+            raise
+        skipped = {"messages": batch.skipped_messages, "conversations": batch.skipped_conversations}
+        return summaries, skipped
+
+    @staticmethod
+    def _check_choices(imported: Imported, prefix: str) -> None:
+        """Settings and tools become what the next turn sends: checked as a request's are."""
+        from ..schemas import SettingsSchema, _known_tools
+
+        problems = {}
+        try:
+            imported.header["settings"] = SettingsSchema().load(imported.header.get("settings") or {})
+        except ValidationError as error:
+            for key, messages in error.normalized_messages().items():
+                problems[f"{prefix}conversation.settings.{key}"] = messages if isinstance(messages, list) \
+                    else [str(messages)]
+        try:
+            _known_tools(imported.header.get("tools") or [])
+        except ValidationError as error:
+            problems[f"{prefix}conversation.tools"] = error.messages
+        if problems:
+            raise _refuse(problems)
+
+    def _restore_files(self, owner: str, imported: Imported, n: int, restored: list[str]) -> dict[str, str]:
+        """Store an export's inline files; returns old id -> new id for the ones stored under another id."""
+        renamed = {}
+        for k, record in enumerate(imported.files):
+            if "data" not in record:
+                continue  # a reference only: it names a file of this user, or nothing
+            meta = self.files.restore(owner, record, record["data"])
+            if meta is None:
+                path = f"{n}.files.{k}.data"
+                raise ApiError(422, f"not a valid export: {path}: a type of file the models cannot read",
+                               {path: ["a type of file the models cannot read"]})
+            if meta.pop("restored", False):
+                restored.append(meta["id"])
+            if meta["id"] != record["id"]:
+                renamed[record["id"]] = meta["id"]
+        return renamed
+
+    def _document(self, imported: Imported, renamed: dict[str, str]) -> dict:
+        stamp = now_iso()
+        messages = copy.deepcopy(imported.messages)
+        for message in messages:
+            for part in message.get("parts", ()):
+                if part.get("type") == "file":
+                    part["file_id"] = renamed.get(part.get("file_id"), part.get("file_id"))
+                    part.pop("url", None)  # signed links die; a fresh one is made when shown
+        header = {"title": "", "title_source": None, "created_at": stamp, "updated_at": stamp,
+                  "model": self.manager.default_model(), "system_instruction": "", "tools": [], "settings": {},
+                  "archived": False, "pinned": False}
+        header.update({k: v for k, v in imported.header.items() if v is not None or k == "title_source"})
+        if header["title"] and header["title_source"] is None:
+            header["title_source"] = "user"
+        header["temporary"] = False
+        last = max([m.get("created_at", "") for m in messages] + [header["created_at"]])
+        header["updated_at"] = max(header["updated_at"], last)
+        return {"conversation": header, "messages": messages, "active": dict(imported.active)}
+
+    # -- fork -----------------------------------------------------------------------------
+    def fork(self, owner: str, conversation_id: str, body: dict) -> dict:
+        """A new conversation holding the path from the root to `message_id`, with new message ids,
+        the same model, instruction, tools and settings, and the same files (shared, not copied)."""
+        source = self.manager.load(owner, conversation_id)
+        tree = MessageTree.of(source)
+        node = tree.get(body["message_id"])
+        if node is None:
+            raise ApiError(404, f"message '{body['message_id']}' not found")
+        path = []
+        while node is not None:
+            path.append(node)
+            node = tree.get(node["parent_id"]) if node["parent_id"] else None
+        path.reverse()
+        messages, active, parent = [], {}, None
+        for original in path:
+            message = {k: copy.deepcopy(v) for k, v in original.items() if not k.startswith("_")}
+            message.pop("last_event_id", None)
+            message.update(id=new_id("m"), parent_id=parent)
+            if message.get("status") == "streaming":
+                message["status"] = "interrupted"  # the copy has no writer: it shows what had arrived
+            messages.append(message)
+            active[parent or ROOT] = message["id"]
+            parent = message["id"]
+        stamp = now_iso()
+        header = {k: copy.deepcopy(v) for k, v in source["conversation"].items() if not k.startswith("_")}
+        header.update(created_at=stamp, updated_at=stamp, archived=False, pinned=False,
+                      temporary=bool(body.get("temporary")))
+        header.setdefault("title_source", "user" if header.get("title") else None)
+        if body.get("title"):
+            header.update(title=body["title"], title_source="user")
+        stored = self.manager.store_new(owner, {"conversation": header, "messages": messages, "active": active},
+                                        body.get("id"), exact=body.get("id") is not None)
+        return conversation_view(stored, link=self.manager.link(owner))
