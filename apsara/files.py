@@ -127,13 +127,16 @@ class FileStore:
             if existing.get("sha256") == digest:
                 return existing
             file_id = new_id("f")
-        blob, meta_path = self._paths(owner, file_id)
-        self._folder(owner, create=True)
-        write_atomically(blob, data)
         meta = {"id": file_id, "filename": (record.get("filename") or file_id)[:255], "mime_type": mime_type,
                 "size_bytes": len(data), "sha256": digest, "created_at": record.get("created_at") or now_iso()}
-        write_atomically(meta_path, orjson.dumps(meta))
+        self._keep_restored(owner, meta, data)
         return {**meta, "restored": True}
+
+    def _keep_restored(self, owner: str, meta: dict, data: bytes) -> None:
+        blob, meta_path = self._paths(owner, meta["id"])
+        self._folder(owner, create=True)
+        write_atomically(blob, data)
+        write_atomically(meta_path, orjson.dumps(meta))
 
     def set_gemini_ref(self, owner: str, file_id: str, ref: dict | None) -> None:
         """Remember (or forget) this file's upload to the Gemini Files API."""

@@ -19,7 +19,7 @@ from apsara.devserver import free_port
 
 # The database the current test's apps use (None: the file store); set by the `store_kind` fixture.
 STORE = {"database_url": None}
-TABLES = ("conversation_records", "conversations", "file_chunks", "files", "shared_settings", "usage", "spend",
+TABLES = ("search_texts", "conversation_records", "conversations", "file_chunks", "files", "shared_settings", "usage", "spend",
           "reservations", "rate_counters", "stream_slots")
 
 

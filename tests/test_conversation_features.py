@@ -17,6 +17,8 @@ from apsara.testing.fake_gemini import Reply
 from tests.conftest import make_settings, parse_sse
 from tests.test_files import png_bytes, upload
 
+pytestmark = pytest.mark.usefixtures("store_kind")
+
 API = "/api/v1/conversations"
 EXPORTS = Path(__file__).parent / "fixtures" / "exports"
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,6 +220,7 @@ def test_search_and_export_never_reach_another_user(users):
     assert alice.get(f"{API}/mine").json["title"] == "alice secret plans"
 
 
+@pytest.mark.file_format  # the file store's own index; PostgreSQL searches its own rows
 def test_the_index_is_mended_at_start_and_rebuilt_by_command(tmp_path):
     settings = make_settings(tmp_path)
     client = create_app(settings).test_client()

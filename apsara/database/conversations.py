@@ -23,8 +23,10 @@ import contextlib
 import orjson
 import psycopg
 
+from ..conversations.filters import ListFilters
 from ..conversations.journal import TOUCHING, replay
 from ..conversations.store import COMPACT_MIN_BYTES, LOCK_TIMEOUT_S, LockTimeout, Missing, check_id, iso_to_ns
+from ..search import message_text, snippet, words_of
 from . import Database
 
 _LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
@@ -50,6 +52,35 @@ def _document(snapshot: bytes, records: list[dict]) -> dict:
 def _snapshot(document: dict) -> bytes:
     return orjson.dumps({"conversation": document["conversation"], "messages": document.get("messages", []),
                          "active": document.get("active", {}), "seq": document.get("seq", 0)})
+
+
+# The listing's flags, read from the header row (see conversations/filters.py for the rule).
+_FLAGS_MATCH = ("".join(f" AND COALESCE((convert_from(header, 'UTF8')::jsonb ->> '{flag}')::boolean, false) = %s"
+                        for flag in ("archived", "temporary"))
+                + " AND (NOT %s OR COALESCE((convert_from(header, 'UTF8')::jsonb ->> 'pinned')::boolean, false))")
+
+
+def _flag_args(filters: ListFilters) -> list[bool]:
+    return [filters.archived, filters.temporary, filters.pinned]
+
+
+def _add_texts(conn, owner: str, conversation_id: str, kind: str, texts: list[str]) -> None:
+    rows = [(owner, conversation_id, kind, text.replace("\x00", "")) for text in texts if text]
+    if rows:
+        with conn.cursor() as cursor:
+            cursor.executemany("INSERT INTO search_texts (owner, conversation_id, kind, body) "
+                               "VALUES (%s, %s, %s, %s)", rows)
+
+
+def _index_records(conn, owner: str, conversation_id: str, records: list[dict]) -> None:
+    """New messages add their texts; a changed header replaces the title's."""
+    for rec in records:
+        if rec["type"] == "message":
+            _add_texts(conn, owner, conversation_id, "message", [message_text(rec["message"])])
+        elif rec["type"] == "conversation":
+            conn.execute("DELETE FROM search_texts WHERE owner = %s AND conversation_id = %s AND kind = 'title'",
+                         (owner, conversation_id))
+            _add_texts(conn, owner, conversation_id, "title", [rec["conversation"].get("title") or ""])
 
 
 class PgConversationStore:
@@ -134,9 +165,10 @@ class PgConversationStore:
                                "WHERE owner = %s AND id = %s", (check_id(owner), check_id(conversation_id))).fetchone()
         return None if row is None else {**orjson.loads(row[0]), "updated_at": row[1], "message_count": row[2]}
 
-    def list_headers(self, owner: str, limit: int, after: tuple[int, str] | None = None):
-        """Newest first, ties by id; `after` is the (updated_ns, id) of the last item seen."""
-        where, args = "owner = %s", [check_id(owner)]
+    def list_headers(self, owner: str, limit: int, after: tuple[int, str] | None = None,
+                     filters: ListFilters = ListFilters()):
+        """Newest first, ties by id, those the filters accept; `after` is the (updated_ns, id) of the last item seen."""
+        where, args = "owner = %s" + _FLAGS_MATCH, [check_id(owner), *_flag_args(filters)]
         if after is not None:
             where += " AND (updated_ns < %s OR (updated_ns = %s AND id > %s))"
             args += [after[0], after[0], after[1]]
@@ -165,6 +197,11 @@ class PgConversationStore:
                 " updated_ns = EXCLUDED.updated_ns, message_count = EXCLUDED.message_count",
                 (owner, conversation_id, snapshot, seq, seq, orjson.dumps(header), header["updated_at"],
                  iso_to_ns(header["updated_at"]), header.get("message_count", 0)))
+            conn.execute("DELETE FROM search_texts WHERE owner = %s AND conversation_id = %s",
+                         (owner, conversation_id))
+            _add_texts(conn, owner, conversation_id, "title", [header.get("title") or ""])
+            _add_texts(conn, owner, conversation_id, "message",
+                       [message_text(m) for m in document.get("messages", ())])
 
     def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
                sync: bool = True, on_written=None) -> dict:
@@ -200,8 +237,15 @@ class PgConversationStore:
             seq, updated_at, count, record_bytes, base, generation = row[:6]
             for number, rec in enumerate(records, start=seq - len(records) + 1):
                 rec["seq"] = number
+            _index_records(conn, owner, conversation_id, records)
             if on_written is not None:
                 on_written()
+        ended = [rec["id"] for rec in records if rec["type"] == "reply"]
+        if ended:  # a reply's text came in many records: index it whole once it ended
+            document = self.read(owner, conversation_id) or {}
+            with self.db.connection() as conn:
+                _add_texts(conn, owner, conversation_id, "message",
+                           [message_text(m) for m in document.get("messages", ()) if m["id"] in ended])
         return {"seq": seq, "updated_at": updated_at, "message_count": count, "base": base,
                 "size": base + record_bytes, "position": (generation, seq)}
 
@@ -217,6 +261,42 @@ class PgConversationStore:
 
     def sweep_temp_files(self, older_than_s: float = 600.0) -> int:
         return 0  # a transaction leaves nothing half-written behind
+
+    # -- search and the temporary sweep ---------------------------------------------
+    def search(self, owner: str, query: str, limit: int, after: tuple[int, str] | None = None,
+               filters: ListFilters = ListFilters()) -> list[tuple[dict, str, tuple[int, str]]]:
+        """(header, snippet, position) of the conversations with one text holding every word, newest first."""
+        words = words_of(query)
+        if not words:
+            return []
+        where, args = "c.owner = %s" + _FLAGS_MATCH.replace("header", "c.header"), [check_id(owner),
+                                                                                    *_flag_args(filters)]
+        if after is not None:
+            where += " AND (c.updated_ns < %s OR (c.updated_ns = %s AND c.id > %s))"
+            args += [after[0], after[0], after[1]]
+        # 'simple': whole words, lower-cased, no stemming, as the file store's index matches.
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT c.id, c.header, c.updated_at, c.message_count, c.updated_ns, "
+                " (SELECT t.body FROM search_texts t WHERE t.owner = c.owner AND t.conversation_id = c.id "
+                "  AND t.words @@ q ORDER BY t.kind = 'title' DESC LIMIT 1) "
+                f"FROM conversations c, plainto_tsquery('simple', %s) q WHERE {where} AND EXISTS ("
+                " SELECT 1 FROM search_texts t WHERE t.owner = c.owner AND t.conversation_id = c.id "
+                " AND t.words @@ q) ORDER BY c.updated_ns DESC, c.id LIMIT %s",
+                (" ".join(words), *args, limit)).fetchall()
+        return [({**orjson.loads(r[1]), "updated_at": r[2], "message_count": r[3]}, snippet(r[5] or "", words),
+                 (r[4], r[0])) for r in rows]
+
+    def expired_temporary(self, cutoff_ns: int) -> list[tuple[str, str]]:
+        """(owner, id) of temporary conversations with no activity since `cutoff_ns`."""
+        with self.db.connection() as conn:
+            rows = conn.execute("SELECT owner, id FROM conversations WHERE updated_ns < %s AND "
+                                "COALESCE((convert_from(header, 'UTF8')::jsonb ->> 'temporary')::boolean, false)",
+                                (cutoff_ns,)).fetchall()
+        return [(owner, cid) for owner, cid in rows]
+
+    def check_search_index(self) -> int:
+        return 0  # the texts change in the same transactions as the conversations: nothing can drift
 
     def is_writable(self) -> bool:
         return self.db.ping()

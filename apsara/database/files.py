@@ -106,6 +106,9 @@ class PgFileStore(FileStore):
         self._put(owner, meta, (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
         return meta
 
+    def _keep_restored(self, owner: str, meta: dict, data: bytes) -> None:
+        self._put(owner, meta, (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+
     def set_gemini_ref(self, owner: str, file_id: str, ref: dict | None) -> None:
         with self.db.transaction() as conn:
             row = conn.execute("SELECT meta FROM files WHERE owner = %s AND id = %s FOR UPDATE",

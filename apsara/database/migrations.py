@@ -83,6 +83,18 @@ CREATE INDEX stream_slots_by_owner ON stream_slots (owner);
     (3, "file bytes stored as they are: no compression attempt on media that does not compress", """
 ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 """),
+    (4, "search texts: titles and every version of every message, for full-text search", """
+CREATE TABLE search_texts (
+    owner           text NOT NULL,
+    conversation_id text NOT NULL,
+    kind            text NOT NULL,   -- 'title' or 'message'
+    body            text NOT NULL,
+    words           tsvector GENERATED ALWAYS AS (to_tsvector('simple', body)) STORED,
+    FOREIGN KEY (owner, conversation_id) REFERENCES conversations (owner, id) ON DELETE CASCADE
+);
+CREATE INDEX search_texts_words ON search_texts USING gin (words);
+CREATE INDEX search_texts_conversation ON search_texts (owner, conversation_id);
+"""),
 ]
 
 
