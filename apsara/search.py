@@ -89,6 +89,19 @@ class _Shared:
 _OPEN: "OrderedDict[Path, _Shared]" = OrderedDict()
 _OPEN_LOCK = threading.Lock()
 MAX_OPEN = 4  # a server has one index; a test process makes many, and each connection holds 3 files
+_INHERITED: list = []
+
+
+def _start_afresh_after_fork() -> None:
+    """A forked child must not wait on a lock another thread of its parent held at the fork,
+    nor use (or close) the parent's SQLite connections: it opens its own."""
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()
+    _INHERITED.extend(_OPEN.values())  # kept, never closed here: closing would touch the parent's locks
+    _OPEN.clear()
+
+
+os.register_at_fork(after_in_child=_start_afresh_after_fork)
 
 
 def _shared(path: Path) -> _Shared:
