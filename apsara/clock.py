@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 
-def now_iso() -> str:
-    """ISO 8601 in UTC with milliseconds: 2026-11-21T17:03:00.123Z."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def now_iso(ago: timedelta = timedelta(0)) -> str:
+    """ISO 8601 in UTC with milliseconds (2026-11-21T17:03:00.123Z), now or `ago` before now."""
+    return (datetime.now(timezone.utc) - ago).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def an_hour_ago() -> str:
+    """A time safely in the past, for data made to look older."""
+    return now_iso(timedelta(hours=1))
 
 
 def new_id(prefix: str = "") -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from apsara import create_app
+from apsara.clock import an_hour_ago
 from apsara.testing.fake_gemini import Reply
 from tests.conftest import make_settings, parse_sse
 from tests.test_files import png_bytes, upload
@@ -231,7 +232,7 @@ def test_the_index_is_mended_at_start_and_rebuilt_by_command(tmp_path):
 
     with sqlite3.connect(index) as db:  # drift: a lost row, and one indexed before its last change
         db.execute("DELETE FROM conversations WHERE id = 'one'")
-        db.execute("UPDATE conversations SET updated_ns = 1, updated_at = '2000-01-01T00:00:00.000Z' WHERE id = 'two'")
+        db.execute("UPDATE conversations SET updated_ns = 1, updated_at = ? WHERE id = 'two'", (an_hour_ago(),))
         db.execute("DELETE FROM texts")
     client = create_app(settings).test_client()
     assert listing(client, "q=alpha") == ["one"] and listing(client, "q=gamma") == ["two"]

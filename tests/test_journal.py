@@ -6,6 +6,7 @@ import threading
 
 import orjson
 
+from apsara.clock import an_hour_ago, now_iso
 from apsara.conversations import store as store_module
 from apsara.conversations.store import ConversationStore, iso_to_ns
 
@@ -46,7 +47,7 @@ def test_a_torn_last_record_is_ignored_then_cut_off_by_the_next_write(chat, sett
     path = settings.data_dir / "history" / "local" / "c1.json"
     whole = chat.get(f"{API}/c1").json
     with open(path, "ab") as fh:  # a writer killed in the middle of its append
-        fh.write(b'{"seq":99,"type":"message","at":"2026-01-01T00:00:00.000Z","message":{"id":"x","ro')
+        fh.write(b'{"seq":99,"type":"message","at":"' + now_iso().encode() + b'","message":{"id":"x","ro')
     assert chat.get(f"{API}/c1").json == whole
     assert [c["id"] for c in chat.get(API).json["conversations"]] == ["c1"]
     assert chat.get(API).json["conversations"][0]["message_count"] == 2
@@ -80,7 +81,7 @@ def encode_first_format(document: dict) -> bytes:
 def test_first_format_files_load_list_and_take_new_turns(chat, settings, fake):
     folder = settings.data_dir / "history" / "local"
     folder.mkdir(parents=True)
-    stamp = "2026-11-30T10:00:00.000Z"
+    stamp = an_hour_ago()
     document = {"conversation": {"id": "old", "title": "Kept", "created_at": stamp, "updated_at": stamp,
                                  "model": "gemini-3.8-flash", "system_instruction": "", "tools": [],
                                  "settings": {}, "message_count": 2},
