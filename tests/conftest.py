@@ -40,6 +40,9 @@ def postgres_url():
 
     with cluster() as url:
         yield url
+        from apsara.database import close_pools
+
+        close_pools()  # before the server goes: no pool thread left reconnecting to it
 
 
 @pytest.fixture(params=["files", "postgresql"])
