@@ -376,7 +376,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--turns", type=int, default=250, help="consecutive turns for the bytes-per-turn runs")
     parser.add_argument("--latency-class", default="gevent", help="worker class for the latency runs")
+    parser.add_argument("--only", default="latency,bytes,first,resume,streams",
+                        help="the sections to run, comma-separated")
     args = parser.parse_args()
+    only = set(args.only.split(","))
 
     fake, fake_url = start_fake()
     with tempfile.TemporaryDirectory() as tmp:
@@ -394,15 +397,19 @@ def main() -> None:
             wait_for(base + "/health/live")
             warm(base, data)
             print(f"Gunicorn {args.latency_class}, 2 workers, {os.cpu_count()} cores; fake Gemini in its own process")
-            latency_section(base, fake_url, data, 10, args.samples)
-            latency_section(base, fake_url, data, 500, args.samples // 4)
-            bytes_section(base, data, "b10", args.turns)
-            bytes_section(base, data, "b500", args.turns)
-            first_delta_section(base, fake_url, data, args.samples)
+            if "latency" in only:
+                latency_section(base, fake_url, data, 10, args.samples)
+                latency_section(base, fake_url, data, 500, args.samples // 4)
+            if "bytes" in only:
+                bytes_section(base, data, "b10", args.turns)
+                bytes_section(base, data, "b500", args.turns)
+            if "first" in only:
+                first_delta_section(base, fake_url, data, args.samples)
     fake.terminate()
     fake.wait()
-    resume_and_stop_sections(args.samples // 4)
-    for worker_class in filter(None, args.classes.split(",")):
+    if "resume" in only:
+        resume_and_stop_sections(args.samples // 4)
+    for worker_class in filter(None, args.classes.split(",")) if "streams" in only else ():
         concurrency_section(worker_class, args.streams, args.seconds)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import time
 from datetime import datetime, timezone
@@ -84,14 +85,21 @@ def test_sigkill_at_random_moments_leaves_old_or_new_file(tmp_path):
     first = last_seen = _consistent(store.read(OWNER, CID))
     kills = 300
     for _ in range(kills):
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 child_store = ConversationStore(tmp_path)
+                os.write(ready_w, b"!")
                 for i in range(1_000_000):
                     _append(child_store, f"k{i}", payload_size=rng.randrange(0, 20_000))
             finally:
                 os._exit(0)
+        # A child forked from a big test process can take longer to start than an append
+        # takes: the window opens when it is ready to write.
+        os.close(ready_w)
+        assert select.select([ready_r], [], [], 60)[0], "the writer never started"
+        os.close(ready_r)
         time.sleep(rng.uniform(0, window_s))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
