@@ -5,6 +5,7 @@ while each waits on Gemini, which gthread can only do with a thread per stream
 (see the README's numbers). The app makes its Gemini client lazily in each
 worker, after the fork.
 """
+import gc
 import os
 import secrets
 import shutil
@@ -44,6 +45,15 @@ def on_starting(server):
 def on_exit(server):
     if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def post_worker_init(worker):
+    # Collect young objects every 50,000 allocations instead of 700: the SDK makes ~20
+    # objects per message of history for each request, so with the default a 500-turn
+    # turn set off dozens of collections, and the full ones (they walk every cached
+    # conversation) took 50-270 ms. Measured: the 500-turn p50 added went from ~20 ms
+    # to ~9 ms. Cycles are still collected, a little later.
+    gc.set_threshold(50_000, 20, 10)
 
 
 def child_exit(server, worker):

@@ -6,9 +6,12 @@ of the folder. Readers need no lock: a rename is atomic.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from .metrics import timed_store_write
 
@@ -46,15 +49,29 @@ def _write_atomically(target: Path, data: bytes, mtime_ns: int | None) -> None:
     fsync_dir(folder)
 
 
-def fsync(fd: int) -> None:
-    """os.fsync that lets other greenlets run meanwhile under gevent (in its thread
-    pool): a reply's Gemini call starts while its user message is being made durable."""
+def fsync(fd: int, meanwhile: Callable[[], None] | None = None) -> None:
+    """os.fsync on a thread of its own, with `meanwhile()` run as the disk works: a
+    reply's Gemini call starts while its user message is being made durable.
+
+    The fsync is on its way before `meanwhile` starts: under gevent a new greenlet runs
+    until it first waits, and the SDK builds a long request for a while before that
+    (~150 ms at 1,000 messages), so an fsync asked for after it would wait that long."""
     if _gevent_patched():
         import gevent
 
-        gevent.get_hub().threadpool.apply(os.fsync, (fd,))
+        wait = gevent.get_hub().threadpool.spawn(os.fsync, fd).get
     else:
-        os.fsync(fd)
+        wait = _fsync_pool().submit(os.fsync, fd).result
+    try:
+        if meanwhile is not None:
+            meanwhile()
+    finally:
+        wait()
+
+
+@functools.cache
+def _fsync_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="apsara-fsync")
 
 
 def _gevent_patched() -> bool:

@@ -468,7 +468,7 @@ class ConversationStore:
     def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
                sync: bool = True, on_written=None) -> dict:
         """Append records (numbered here) and a mark in one write; then fsync unless
-        `sync` is False. `on_written()` runs between the write and the fsync. Call
+        `sync` is False. `on_written()` runs while the fsync is under way. Call
         inside `locked()`. Returns the new mark (with `size`)."""
         path = self.path(owner, conversation_id)
         try:
@@ -504,17 +504,19 @@ class ConversationStore:
             mtime_ns = iso_to_ns(updated_at) if updated_at else None
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
-            if on_written is not None:
-                on_written()
+            if mtime_ns is not None and any(r["type"] in TOUCHING for r in records):
+                # Before the fsync, not after: under threads, work done while `on_written`'s
+                # thread builds its request waits for the GIL at every SQLite call.
+                self.recency(owner).record(conversation_id, mtime_ns)
+                self._indexing(self._index_appended, owner, conversation_id, records, updated_at)
             if sync:
                 with timed_store_write():
-                    fsync(fd)
+                    fsync(fd, meanwhile=on_written)
+            elif on_written is not None:
+                on_written()
         finally:
             if fd >= 0:
                 os.close(fd)
-        if mtime_ns is not None and any(r["type"] in TOUCHING for r in records):
-            self.recency(owner).record(conversation_id, mtime_ns)
-            self._indexing(self._index_appended, owner, conversation_id, records, updated_at)
         mark["size"] = size + len(data)
         mark["position"] = (inode, mark["size"])  # where a follow() of what comes next starts
         return mark
