@@ -1,6 +1,8 @@
 """The model list: live from Gemini when reachable, the bundled table when not."""
 from __future__ import annotations
 
+import time
+
 from apsara import create_app
 from tests.conftest import make_settings
 
@@ -46,6 +48,22 @@ def test_list_is_cached(tmp_path, fake):
     for _ in range(5):
         client.get(API)
     assert sum(1 for r in fake.requests if r["method"] == "GET") == 1
+
+
+def test_an_old_list_is_served_while_the_new_one_is_read(tmp_path, fake):
+    app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url, models_cache_ttl_s=1.0))
+    client = app.test_client()
+    assert "gemini-9.9-flash" not in [m["id"] for m in client.get(API).json["models"]]
+    fake.models = fake.models + [_live("gemini-9.9-flash")]
+    time.sleep(1.1)
+    listings = sum(1 for r in fake.requests if r["method"] == "GET")
+    # out of date: this request is answered from the list in hand, the new one is read beside it
+    assert "gemini-9.9-flash" not in [m["id"] for m in client.get(API).json["models"]]
+    deadline = time.monotonic() + 10
+    while "gemini-9.9-flash" not in [m["id"] for m in client.get(API).json["models"]]:
+        assert time.monotonic() < deadline, "the list was never read again"
+        time.sleep(0.02)
+    assert sum(1 for r in fake.requests if r["method"] == "GET") == listings + 1  # once, not per request
 
 
 def test_bundled_table_when_gemini_unreachable(tmp_path, fake, caplog):

@@ -182,9 +182,11 @@ class ModelCatalog:
         self._models: list[ModelInfo] | None = None
         self._source = "bundled"
         self._expires = 0.0
+        self._refreshing = False
         self._fallback_said: tuple[str, str] | None = None
 
-    def _refresh(self) -> None:
+    def _read(self) -> tuple[list[ModelInfo], str, float]:
+        """(models, where they came from, when to read them again)."""
         models, source, ttl = list(BUNDLED), "bundled", self.FAILURE_TTL_S
         if self._lister is not None:
             try:
@@ -197,12 +199,25 @@ class ModelCatalog:
             except Exception as exc:  # any failure to reach the API: serve the table
                 log.warning("the live model list could not be read (%s); serving the bundled model "
                             "table for %.0f s", type(exc).__name__, ttl)
-        self._models, self._source, self._expires = models, source, time.monotonic() + ttl
+        return models, source, time.monotonic() + ttl
+
+    def _refresh_in_background(self) -> None:
+        try:
+            read = self._read()
+            with self._lock:
+                self._models, self._source, self._expires = read
+        finally:
+            self._refreshing = False
 
     def models(self) -> list[ModelInfo]:
         with self._lock:
-            if self._models is None or time.monotonic() >= self._expires:
-                self._refresh()
+            if self._models is None:
+                self._models, self._source, self._expires = self._read()
+            elif time.monotonic() >= self._expires and not self._refreshing:
+                # Out of date: serve the list in hand and read the new one beside this request,
+                # so no turn waits on models.list (every page of it) once every few minutes.
+                self._refreshing = True
+                threading.Thread(target=self._refresh_in_background, name="apsara-models", daemon=True).start()
             return list(self._models)
 
     @property
