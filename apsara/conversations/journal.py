@@ -38,11 +38,12 @@ class Replay:
     Messages are never changed in place: one about to change is copied first, so a
     document can share its message dicts with the store's cache of earlier reads."""
 
-    def __init__(self, document: dict):
+    def __init__(self, document: dict, tree: MessageTree | None = None):
         self.document = document
-        self.tree = MessageTree.of(document)
+        self.tree = tree if tree is not None else MessageTree.of(document)  # kept in step with it
         self._owned: set[int] = set()
         self._index: dict[str, int] | None = None
+        self._touched = False
 
     def _writable(self, message_id: str | None) -> dict | None:
         message = self.tree.get(message_id)
@@ -106,7 +107,14 @@ class Replay:
         if kind in TOUCHING:
             header = document["conversation"]
             header["updated_at"] = max(header.get("updated_at", ""), rec["at"])
-            header["message_count"] = len(tree.active_path())
+            self._touched = True
+
+    def count_messages(self) -> None:
+        """Bring the header's message count up to date, once for all the records applied
+        (it walks the active path: per record, that was the cost of a long conversation)."""
+        if self._touched:
+            self.document["conversation"]["message_count"] = len(self.tree.active_path())
+            self._touched = False
 
 
 def fold(reply: dict, events) -> None:
@@ -124,4 +132,5 @@ def replay(document: dict, records) -> dict:
     applier = Replay(document)
     for rec in records:
         applier.apply(rec)
+    applier.count_messages()
     return document

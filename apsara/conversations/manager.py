@@ -254,11 +254,14 @@ class ConversationManager:
             raise ApiError(503, f"conversation '{conversation_id}' is busy; try again",
                            headers={"Retry-After": "1"}) from None
 
-    def _append(self, owner: str, conversation_id: str, document: dict, records: list[dict], **options) -> dict:
-        """Append records under the held lock and apply them to `document`."""
-        applier = Replay(document)
+    def _append(self, owner: str, conversation_id: str, document: dict, records: list[dict],
+                tree: MessageTree | None = None, **options) -> dict:
+        """Append records under the held lock and apply them to `document` (and to `tree`,
+        the document's tree if the caller has one: it stays in step, no need to build another)."""
+        applier = Replay(document, tree)
         for rec in records:
             applier.apply(rec)
+        applier.count_messages()
         mark = self.store.append(owner, conversation_id, records,
                                  message_count=document["conversation"].get("message_count"), **options)
         for rec in records:
@@ -502,9 +505,8 @@ class ConversationManager:
                 records.append(record(0, "message", stamp, message=turn.stored_user))
             reply = {**turn.stored_reply, "_writer": new_writer()}
             records.append(record(0, "message", stamp, message=reply))
-            mark = self._append(owner, conversation_id, document, records, on_written=on_written)
+            mark = self._append(owner, conversation_id, document, records, tree, on_written=on_written)
             turn.position = mark["position"]
-            tree = MessageTree.of(document)
             link = self.link(owner)
             turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None
             turn.reply = message_view(tree.get(reply["id"]), tree, link)
