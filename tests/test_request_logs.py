@@ -37,6 +37,7 @@ def test_one_line_per_request_with_its_fields(chat, fake, caplog):
     assert (turn.user, turn.method, turn.route, turn.status) == (
         "local", "POST", "/api/v1/conversations/<conversation_id>/messages", 201)
     assert turn.model == "gemini-3.8-flash" and turn.output_tokens == 2 and turn.duration_ms > 0
+    assert 0 < turn.gemini_ms < turn.duration_ms  # the time in Gemini calls: the rest was Apsara's
     assert not hasattr(lines[1], "model")  # not a turn
     for formatter in (JsonFormatter(), TextFormatter()):
         text = formatter.format(turn)

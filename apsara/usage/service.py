@@ -31,6 +31,7 @@ class Bill:
         self.conversation_id = conversation_id
         self.reservation_id: str | None = None
         self.calls: list[CallUsage] = []  # what was recorded on this bill (for the request's log line)
+        self.gemini_s = 0.0  # time spent in Gemini calls: the rest of a request's time is Apsara's
 
     def hold(self, models: Iterable, input_tokens: int, output_tokens: int | None = None) -> None:
         """Reserve the dearest of `models` answering `input_tokens` with up to `output_tokens`
@@ -47,7 +48,8 @@ class Bill:
     def totals(self) -> dict:
         """Tokens of every call on this bill, and the model of the last one."""
         sums = {name: sum(c.usage.get(name, 0) for c in self.calls) for name in TOKEN_FIELDS}
-        return {"model": self.calls[-1].model if self.calls else None, **sums}
+        return {"model": self.calls[-1].model if self.calls else None, **sums,
+                "gemini_ms": round(self.gemini_s * 1000, 1)}
 
 
 class UsageService:
@@ -98,6 +100,8 @@ class UsageService:
         usage = call.usage or {}
         cost = self.prices.cost(call.model, usage) if usage else 0.0
         metrics.gemini_call(call, cost)
+        if isinstance(call.billed_to, Bill):
+            call.billed_to.gemini_s += call.duration_s
         if not call.answered and not usage:
             return  # Gemini never answered (refused, unreachable): nothing was billed
         bill: Bill | None = call.billed_to
