@@ -595,7 +595,12 @@ class ConversationStore:
                 header = rec["conversation"]
         if ended:  # a reply's text came in many records: read it whole once it ended
             document = self.read(owner, conversation_id) or {}
-            texts += [message_text(m) for m in document.get("messages", ()) if m["id"] in ended]
+            for message in reversed(document.get("messages", ())):  # replies end near the end
+                if message["id"] in ended:
+                    texts.append(message_text(message))
+                    ended.discard(message["id"])
+                    if not ended:
+                        break
         if not self.search_index.update(owner, conversation_id, updated_at, iso_to_ns(updated_at), texts, header,
                                         iso_to_ns(last) if last else None):
             document = self.read(owner, conversation_id)

@@ -17,9 +17,17 @@ class MessageTree:
         self.messages: list[dict] = messages if messages is not None else []
         self.active: dict[str, str] = active if active is not None else {}
         self.by_id = {m["id"]: m for m in self.messages}
-        self.children: dict[str, list[str]] = {}
-        for message in self.messages:
-            self.children.setdefault(message["parent_id"] or ROOT, []).append(message["id"])
+        self._children: dict[str, list[str]] | None = None
+
+    @property
+    def children(self) -> dict[str, list[str]]:
+        """Parent id -> its children's ids, oldest first. Made on first use: most trees
+        (a turn makes several) are only walked along the active path."""
+        if self._children is None:
+            self._children = {}
+            for message in self.messages:
+                self._children.setdefault(message["parent_id"] or ROOT, []).append(message["id"])
+        return self._children
 
     @classmethod
     def of(cls, document: dict) -> "MessageTree":
@@ -50,7 +58,8 @@ class MessageTree:
             raise KeyError(parent)
         self.messages.append(message)
         self.by_id[message["id"]] = message
-        self.children.setdefault(parent, []).append(message["id"])
+        if self._children is not None:
+            self._children.setdefault(parent, []).append(message["id"])
         self.active[parent] = message["id"]
         return message
 

@@ -66,9 +66,12 @@ def to_contents(turns: list[tuple[str, list[dict]]]) -> list[dict]:
     contents: list[dict] = []
     for role, parts in turns:
         for part in parts:
-            sdk_part = to_sdk_part(part)
-            if sdk_part is None:
-                continue
+            if part.get("type") == "text" and not part.get("thought_signature"):
+                sdk_part = {"text": part.get("text", "")}  # most parts: no call for them
+            else:
+                sdk_part = to_sdk_part(part)
+                if sdk_part is None:
+                    continue
             part_role = "user" if part.get("type") == "function_response" else role
             if contents and contents[-1]["role"] == part_role:
                 contents[-1]["parts"].append(sdk_part)

@@ -143,7 +143,7 @@ class TurnPlanner:
         bill.hold([model], input_tokens, settings.get("max_output_tokens"))
         choice = Choice(model, tools, settings, header["system_instruction"],
                         routing.to_dict() if routing else None)
-        self._check_size(owner, choice, context)
+        self._check_size(owner, choice, context, input_tokens)
         return choice
 
     def _auto_candidates(self) -> list[ModelInfo]:
@@ -197,11 +197,12 @@ class TurnPlanner:
         except Exception as exc:
             raise to_api_error(exc, self.gemini.secret) from None
 
-    def _check_size(self, owner: str, choice: Choice, context: list[dict]) -> None:
+    def _check_size(self, owner: str, choice: Choice, context: list[dict], estimate: int) -> None:
+        """`estimate`: `_estimate_tokens` of this context and system instruction."""
         limit = choice.model.input_token_limit
         has_media = any(p["type"] == "file" and not p["mime_type"].startswith(("image/", "text/"))
                         for m in context for p in m["parts"])
-        if not has_media and self._estimate_tokens(choice.system_instruction, context) <= limit // 2:
+        if not has_media and estimate <= limit // 2:
             return
         total = self.count(owner, choice, context)
         if total > limit:
