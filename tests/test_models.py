@@ -87,7 +87,9 @@ def test_every_page_is_read(tmp_path, fake):
 
 def test_speech_and_music_models_are_not_chat_models(tmp_path, fake):
     fake.models = [_live("gemini-3.8-flash"), _live("gemini-3.1-flash-tts-preview"), _live("lyria-3-pro-preview"),
-                   _live("gemini-2.5-pro-preview-tts"), _live("gemini-embedding-2"), _live("aqa")]
+                   _live("gemini-2.5-pro-preview-tts"), _live("gemini-embedding-2"), _live("aqa"),
+                   _live("deep-research-pro-preview-12-2025"), _live("gemini-2.5-computer-use-preview-10-2025"),
+                   _live("antigravity-preview-05-2026")]
     app = create_app(make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url))
     ids = [m["id"] for m in app.test_client().get(API).json["models"]]
     assert ids == ["gemini-3.8-flash", "auto"]

@@ -346,7 +346,8 @@ def test_live_model_list_offers_only_text_conversation_models(client, replay):
     recorded = [m["name"].removeprefix("models/")
                 for m in json.loads(recording("34")["response"]["raw_body"])["models"]]
     for model_id in recorded:
-        speech_music_or_other = any(word in model_id for word in ("tts", "lyria", "embedding", "imagen", "veo")) \
+        speech_music_or_other = any(word in model_id for word in (
+            "tts", "lyria", "embedding", "imagen", "veo", "deep-research", "computer-use", "antigravity")) \
             or model_id == "aqa"
         if speech_music_or_other:
             assert model_id not in ids, model_id

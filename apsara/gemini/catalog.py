@@ -138,9 +138,12 @@ def describe(live: dict) -> ModelInfo:
 
 
 # Offered by models.list with generateContent, but not for a text conversation:
-# text-to-speech and music models answer with audio; the others lack generateContent
-# today and are kept out by name too, should a listing ever claim otherwise.
-_NOT_CONVERSATION = re.compile(r"(^|-)(tts)(-|$)|^lyria-|embedding|^aqa$|^imagen-|^veo-")
+# text-to-speech and music models answer with audio; agents (Deep Research, computer
+# use, Antigravity) need their own API or a client-side tool loop a chat cannot run;
+# the others lack generateContent today and are kept out by name too, should a
+# listing ever claim otherwise.
+_NOT_CONVERSATION = re.compile(r"(^|-)(tts)(-|$)|^lyria-|embedding|^aqa$|^imagen-|^veo-"
+                               r"|^deep-research-|(^|-)computer-use(-|$)|^antigravity-")
 
 
 def holds_conversation(live: dict) -> bool:
