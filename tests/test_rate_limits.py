@@ -74,6 +74,27 @@ def test_open_streams(tmp_path, fake):
     assert send(alice, "go", "c1").status_code == 201  # a JSON turn is not a stream
 
 
+def test_following_a_reply_holds_a_stream_slot(tmp_path, fake):
+    alice, _, _ = limited(tmp_path, "streams=1", gemini_api_key="k", gemini_base_url=fake.url)
+    start(alice, "c1")
+    gate = threading.Event()
+    fake.push(Reply(parts=["slow", " reply"], hold=gate))
+    open_stream = alice.post(f"{API}/c1/messages", json={"text": "go", "stream": True}, buffered=False)
+    chunks, seen = iter(open_stream.response), ""
+    while "event: reply_start" not in seen or not seen.endswith("\n\n"):
+        seen += next(chunks).decode()
+    reply_id = re.search(r'"id": ?"(m[^"]+)"', seen.split("event: reply_start", 1)[1]).group(1)
+    events = f"{API}/c1/messages/{reply_id}/events"
+    refused = alice.get(events)
+    assert refused.status_code == 429 and "streams=1" in refused.json["error"]["message"]
+    gate.set()
+    open_stream.get_data()
+    open_stream.close()
+    wait_until_written(alice, "c1")
+    replayed = alice.get(events)  # the slot was given back: the ended reply replays
+    assert replayed.status_code == 200 and "event: done" in replayed.get_data(as_text=True)
+
+
 @pytest.mark.parametrize("raw", ["requests=lots", "streams=0", "streams=two", "posts=5/minute",
                                  "requests=5/minute,requests=6/minute", "requests"])
 def test_bad_limits_refuse_to_start(raw):

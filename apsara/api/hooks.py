@@ -24,6 +24,7 @@ SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 NEVER_LIMITED = ("/health", "/metrics", "/api/v1/openapi.json", "/api/v1/docs")
 TURN_ENDPOINTS = {"messages.send", "messages.edit", "messages.regenerate", "generate.generate",
                   "openai.chat_completions"}
+FOLLOW_ENDPOINTS = {"messages.events"}  # always a stream
 
 
 def _services():
@@ -52,7 +53,7 @@ def apply_rate_limits() -> None:
     limits.hit("requests", user)
     if request.method == "POST" and request.path == "/api/v1/files":
         limits.hit("uploads", user)
-    if request.endpoint in TURN_ENDPOINTS and wants_stream():
+    if request.endpoint in FOLLOW_ENDPOINTS or (request.endpoint in TURN_ENDPOINTS and wants_stream()):
         g.stream_slot = limits.open_stream(user)
 
 
