@@ -6,7 +6,6 @@ of the folder. Readers need no lock: a rename is atomic.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -69,9 +68,16 @@ def fsync(fd: int, meanwhile: Callable[[], None] | None = None) -> None:
         wait()
 
 
-@functools.cache
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
 def _fsync_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="apsara-fsync")
+    # One per process: a forked child would queue work for its parent's threads, which
+    # it does not have. Two threads making one at once leave an idle spare, no harm.
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="apsara-fsync"))
+    return _pool[1]
 
 
 def _gevent_patched() -> bool:

@@ -181,3 +181,20 @@ def test_lock_waits_cooperatively_and_times_out(tmp_path):
         with pytest.raises(LockTimeout):
             with store.locked(OWNER, CID, timeout_s=0.2):
                 pass
+
+
+def test_a_forked_writer_makes_its_own_fsync_threads(tmp_path):
+    store = ConversationStore(tmp_path)
+    _seed(store)
+    store.append(OWNER, CID, [{"type": "title", "at": now_iso()}])  # this process's fsync threads exist now
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(20)  # a child waiting on its parent's threads would hang here
+            ConversationStore(tmp_path).append(OWNER, CID, [{"type": "title", "at": now_iso()}])
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
