@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import struct
 import time
 import zlib
@@ -296,6 +297,23 @@ def test_downloads_are_never_kept_by_shared_caches(users):
         cache = response.cache_control
         assert cache.private and not cache.public and cache.max_age == 300
         assert "Authorization" in response.vary
+
+
+def test_downloads_answer_ranges_and_revalidation(users):
+    alice = users["alice"]
+    data = MP4 + os.urandom(2_500_000)  # past the database's first 1 MB chunks
+    meta = upload(alice, data, "clip.mp4").json
+    url = f"{FILES}/{meta['id']}/content"
+    whole = alice.get(url)
+    assert whole.status_code == 200 and whole.data == data and whole.headers["Accept-Ranges"] == "bytes"
+    piece = alice.get(url, headers={"Range": "bytes=1048570-2097160"})
+    assert piece.status_code == 206 and piece.data == data[1048570:2097161]
+    assert piece.headers["Content-Range"] == f"bytes 1048570-2097160/{len(data)}"
+    tail = alice.get(url, headers={"Range": "bytes=-100"})
+    assert tail.status_code == 206 and tail.data == data[-100:]
+    beyond = alice.get(url, headers={"Range": f"bytes={len(data) + 10}-"})
+    assert beyond.status_code == 416
+    assert alice.get(url, headers={"If-None-Match": whole.headers["ETag"]}).status_code == 304
 
 
 def test_file_urls_are_absolute_behind_a_public_url(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import current_app, jsonify, request, send_file
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from flask_smorest import Blueprint
 
 from ..auth import current_user
@@ -72,6 +73,9 @@ def get(file_id):
 
 @blp.route("/<file_id>/content", methods=["GET"])
 @blp.response(200, description="The bytes.")
+@blp.alt_response(206, description="The bytes asked for with `Range` (one range), and `Content-Range`.")
+@blp.alt_response(304, description="Unchanged since the `ETag` given in `If-None-Match`.")
+@blp.alt_response(416, schema=ErrorSchema, description="A `Range` outside the file.")
 @blp.doc(security=[{"bearer": []}, {}], parameters=[
     {"in": "query", "name": name, "schema": {"type": "string"}, "required": False,
      "description": "Part of a signed URL (instead of the Bearer key)."}
@@ -87,9 +91,16 @@ def content(file_id):
     # sandboxing CSP keep the browser from treating anything else as a page.
     response = send_file(_files().content(current_user(), file_id), mimetype=mime,
                          as_attachment=active, download_name=meta["filename"] or file_id,
-                         conditional=True, max_age=300, etag=meta["sha256"])
+                         conditional=False, max_age=300, etag=meta["sha256"])
     if response.content_length is None:  # a reader from the database: it has no size to stat
         response.content_length = meta["size_bytes"]
+    try:
+        # Ranges and If-None-Match against the size we hold, which send_file cannot learn from
+        # a reader from the database (it would answer every range with the whole file).
+        response.make_conditional(request, accept_ranges=True, complete_length=meta["size_bytes"])
+    except RequestedRangeNotSatisfiable:
+        response.close()
+        raise
     if mime.startswith("text/"):
         response.headers["Content-Type"] = f"{mime}; charset={meta.get('charset', 'utf-8')}"
     # A user's file: browsers may keep it a while, shared caches (a CDN, a proxy) never,
