@@ -1,8 +1,8 @@
 """The usage ledger and budget reservations in PostgreSQL: the same sums every replica sees.
 
-The same interface and the same arithmetic as the SQLite ledger (usage/ledger.py):
-per-day sums by user, model, conversation and purpose; per-user daily spend for
-budget checks; reservations of running turns. A reservation is checked and made
+The same interface as the SQLite ledger, and the same arithmetic (`spending_of` and
+`report_groups` in usage/ledger.py): per-day sums by user, model, conversation and
+purpose; per-user daily spend for budget checks; reservations of running turns. A reservation is checked and made
 under a transaction-level advisory lock per user, so two replicas never both
 admit the turn that crosses a limit.
 """
@@ -14,8 +14,8 @@ from datetime import date
 from typing import Callable
 
 from ..clock import new_id
-from ..usage.ledger import (_HOST, GROUPS, NO_CONVERSATION, STALE_RESERVATION_S, TOKEN_FIELDS, CallUsage,
-                            Spending, _alive, _row, utc_day)
+from ..usage.ledger import (_HOST, GROUPS, NO_CONVERSATION, TOKEN_FIELDS, CallUsage, Spending, _row,
+                            report_groups, spending_of, utc_day)
 from . import Database
 
 # The report's group names -> columns ("user" is a reserved word in PostgreSQL).
@@ -73,39 +73,17 @@ class PgLedger:
                 width = key.count(",") + 1
                 rows = conn.execute(f"SELECT {key}, {sums} FROM usage WHERE {where} GROUP BY {key} ORDER BY {key}",
                                     args).fetchall()
-                for row in rows:
-                    group = {"key": row[0]}
-                    if group_by == "conversation":
-                        group["key"] = row[0] or None
-                        if width == 2:
-                            group["user"] = row[1]
-                    groups.append({**group, **_row(row[width:])})
+                groups = report_groups(rows, group_by, width)
         return totals, groups
 
     def _spending(self, conn, user: str, now: float) -> Spending:
-        today = utc_day(now)
-        month_start = today.replace(day=1).isoformat()
-        day_tokens = day_usd = month_tokens = month_usd = 0
-        for day, tokens, usd in conn.execute("SELECT day, tokens, cost_usd FROM spend WHERE owner = %s AND day >= %s",
-                                             (user, month_start)):
-            month_tokens += tokens
-            month_usd += usd
-            if day == today.isoformat():
-                day_tokens += tokens
-                day_usd += usd
-        settled = {"day_tokens": day_tokens, "day_usd": day_usd, "month_tokens": month_tokens, "month_usd": month_usd}
-        reserved_tokens, reserved_usd, running = 0, 0.0, 0
-        rows = conn.execute("SELECT id, tokens, cost_usd, pid, host, started FROM reservations WHERE owner = %s",
-                            (user,)).fetchall()
-        for rid, tokens, usd, pid, host, started in rows:
-            if now - started > STALE_RESERVATION_S or not _alive(pid, host):
-                conn.execute("DELETE FROM reservations WHERE id = %s", (rid,))
-                continue
-            reserved_tokens += tokens
-            reserved_usd += usd
-            running += 1
-        return Spending(day_tokens + reserved_tokens, day_usd + reserved_usd,
-                        month_tokens + reserved_tokens, month_usd + reserved_usd, settled, running)
+        month_start = utc_day(now).replace(day=1).isoformat()
+        spent = conn.execute("SELECT day, tokens, cost_usd FROM spend WHERE owner = %s AND day >= %s",
+                             (user, month_start)).fetchall()
+        reservations = conn.execute("SELECT id, tokens, cost_usd, pid, host, started FROM reservations "
+                                    "WHERE owner = %s", (user,)).fetchall()
+        return spending_of(spent, reservations, now,
+                           drop=lambda rid: conn.execute("DELETE FROM reservations WHERE id = %s", (rid,)))
 
     def _user_locked(self, conn, user: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("budget/" + user,))

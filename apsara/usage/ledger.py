@@ -154,41 +154,18 @@ class SqliteLedger:
                 width = key.count(",") + 1
                 rows = sql.execute(f"SELECT {key}, {sums} FROM usage WHERE {where} GROUP BY {key} ORDER BY {key}",
                                    args).fetchall()
-                for row in rows:
-                    group = {"key": row[0]}
-                    if group_by == "conversation":
-                        group["key"] = row[0] or None  # null: calls outside a conversation
-                        if width == 2:
-                            group["user"] = row[1]
-                    groups.append({**group, **_row(row[width:])})
+                groups = report_groups(rows, group_by, width)
         return totals, groups
 
     # -- budgets ----------------------------------------------------------------------
     def _spending(self, sql, user: str, now: float) -> Spending:
-        today = utc_day(now)
-        month_start = today.replace(day=1).isoformat()
-        day_tokens = day_usd = month_tokens = month_usd = 0
-        for day, tokens, usd in sql.execute("SELECT day, tokens, cost_usd FROM spend WHERE user=? AND day>=?",
-                                            (user, month_start)):
-            month_tokens += tokens
-            month_usd += usd
-            if day == today.isoformat():
-                day_tokens += tokens
-                day_usd += usd
-        settled = {"day_tokens": day_tokens, "day_usd": day_usd,
-                   "month_tokens": month_tokens, "month_usd": month_usd}
-        reserved_tokens, reserved_usd, running = 0, 0.0, 0
-        rows = sql.execute("SELECT id, tokens, cost_usd, pid, host, started FROM reservations WHERE user=?",
-                           (user,)).fetchall()
-        for rid, tokens, usd, pid, host, started in rows:
-            if now - started > STALE_RESERVATION_S or not _alive(pid, host):
-                sql.execute("DELETE FROM reservations WHERE id=?", (rid,))
-                continue
-            reserved_tokens += tokens
-            reserved_usd += usd
-            running += 1
-        return Spending(day_tokens + reserved_tokens, day_usd + reserved_usd,
-                        month_tokens + reserved_tokens, month_usd + reserved_usd, settled, running)
+        month_start = utc_day(now).replace(day=1).isoformat()
+        spent = sql.execute("SELECT day, tokens, cost_usd FROM spend WHERE user=? AND day>=?",
+                            (user, month_start)).fetchall()
+        reservations = sql.execute("SELECT id, tokens, cost_usd, pid, host, started FROM reservations WHERE user=?",
+                                   (user,)).fetchall()
+        return spending_of(spent, reservations, now,
+                           drop=lambda rid: sql.execute("DELETE FROM reservations WHERE id=?", (rid,)))
 
     def spending(self, user: str) -> Spending:
         with self.db.write() as sql:  # it may clear stale reservations
@@ -221,3 +198,41 @@ def _row(values) -> dict:
     calls, *tokens, cost = values
     return {"calls": calls or 0, **{name: value or 0 for name, value in zip(TOKEN_FIELDS, tokens)},
             "cost_usd": round(cost or 0.0, 6)}
+def report_groups(rows, group_by: str, width: int) -> list[dict]:
+    """A report's groups from rows of (`width` key columns, then the sums)."""
+    groups = []
+    for row in rows:
+        group = {"key": row[0]}
+        if group_by == "conversation":
+            group["key"] = row[0] or None  # null: calls outside a conversation
+            if width == 2:
+                group["user"] = row[1]  # everyone's conversations: ids are per user
+        groups.append({**group, **_row(row[width:])})
+    return groups
+
+
+def spending_of(spent, reservations, now: float, drop: Callable[[str], None]) -> Spending:
+    """A user's spending from their (day, tokens, usd) rows of this month and their
+    reservations (id, tokens, usd, pid, host, started); `drop(id)` removes a reservation
+    whose turn can no longer be running."""
+    today = utc_day(now).isoformat()
+    day_tokens = day_usd = month_tokens = month_usd = 0
+    for day, tokens, usd in spent:
+        month_tokens += tokens
+        month_usd += usd
+        if day == today:
+            day_tokens += tokens
+            day_usd += usd
+    settled = {"day_tokens": day_tokens, "day_usd": day_usd, "month_tokens": month_tokens, "month_usd": month_usd}
+    reserved_tokens, reserved_usd, running = 0, 0.0, 0
+    for rid, tokens, usd, pid, host, started in reservations:
+        if now - started > STALE_RESERVATION_S or not _alive(pid, host):
+            drop(rid)
+            continue
+        reserved_tokens += tokens
+        reserved_usd += usd
+        running += 1
+    return Spending(day_tokens + reserved_tokens, day_usd + reserved_usd,
+                    month_tokens + reserved_tokens, month_usd + reserved_usd, settled, running)
+
+
