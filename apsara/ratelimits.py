@@ -69,7 +69,23 @@ CREATE INDEX IF NOT EXISTS streams_by_user ON streams (user);
 """
 
 
-class SqliteCounters(Storage):
+class TableCounters(Storage):
+    """A `limits` storage kept in a table of (key, count, expires): reading a counter is the
+    same whatever holds the table; `_row(key)` gives a live counter's (count, expires) or None."""
+
+    def _row(self, key: str):
+        raise NotImplementedError
+
+    def get(self, key: str) -> int:
+        row = self._row(key)
+        return row[0] if row else 0
+
+    def get_expiry(self, key: str) -> float:
+        row = self._row(key)
+        return row[1] if row else time.time()
+
+
+class SqliteCounters(TableCounters):
     """A `limits` storage in an SQLite file: counters every worker process of this machine shares."""
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, database: SqliteDatabase = None,
@@ -97,14 +113,6 @@ class SqliteCounters(Storage):
         with self.db.read() as sql:
             row = sql.execute("SELECT count, expires FROM counters WHERE key=?", (key,)).fetchone()
         return row if row and row[1] > time.time() else None
-
-    def get(self, key: str) -> int:
-        row = self._row(key)
-        return row[0] if row else 0
-
-    def get_expiry(self, key: str) -> float:
-        row = self._row(key)
-        return row[1] if row else time.time()
 
     def check(self) -> bool:
         with self.db.read() as sql:

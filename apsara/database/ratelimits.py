@@ -12,17 +12,16 @@ import time
 
 import limits
 import psycopg
-from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter
 
 from .. import metrics
 from ..clock import new_id
 from ..errors import ApiError
-from ..ratelimits import _HOST, RATES, STALE_STREAM_S, STREAM_RETRY_S, RateLimits, _alive
+from ..ratelimits import _HOST, RATES, STALE_STREAM_S, STREAM_RETRY_S, RateLimits, TableCounters, _alive
 from . import Database
 
 
-class PgCounters(Storage):
+class PgCounters(TableCounters):
     """A `limits` storage in the database: fixed-window counters every replica shares."""
 
     def __init__(self, db: Database, **options):
@@ -49,14 +48,6 @@ class PgCounters(Storage):
         with self.db.connection() as conn:
             row = conn.execute("SELECT count, expires FROM rate_counters WHERE key = %s", (key,)).fetchone()
         return row if row and row[1] > time.time() else None
-
-    def get(self, key: str) -> int:
-        row = self._row(key)
-        return row[0] if row else 0
-
-    def get_expiry(self, key: str) -> float:
-        row = self._row(key)
-        return row[1] if row else time.time()
 
     def check(self) -> bool:
         return self.db.ping()
