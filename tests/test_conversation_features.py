@@ -195,6 +195,17 @@ def test_search_finds_titles_and_every_version_with_snippets(chat, fake):
     assert search("pancakes") == []
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_search_finds_what_only_a_reply_said(chat, fake, stream):
+    chat.post(API, json={"id": "answered"})
+    fake.push(Reply(parts=["the quixotic ", "lighthouse keeper ", "sang"]))  # one text, arriving in pieces
+    response = chat.post(f"{API}/answered/messages", json={"text": "tell me a story", "stream": stream})
+    assert response.status_code == (200 if stream else 201)
+    response.get_data()  # a stream: to its end
+    hits = chat.get(f"{API}?q=quixotic lighthouse").json["conversations"]
+    assert [c["id"] for c in hits] == ["answered"] and "lighthouse keeper" in hits[0]["snippet"]
+
+
 def test_search_pages_with_the_cursor_newest_first(client):
     for n in range(5):
         client.post(API, json={"id": f"c{n}", "title": f"common word {n}"})

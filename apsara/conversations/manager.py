@@ -522,13 +522,16 @@ class ConversationManager:
         except (Missing, LockTimeout):
             return False
 
-    def finish_reply(self, owner: str, conversation_id: str, reply_id: str, events: list, fields: dict) -> bool:
+    def finish_reply(self, owner: str, conversation_id: str, reply_id: str, events: list, fields: dict,
+                     text: str | None = None) -> bool:
         """Store how a reply ended (with its last events); False when the conversation is gone.
-        When the records have outgrown the snapshot, fold them into a new one."""
+        `text`: the reply's text, for the search index (else read back). When the records have
+        outgrown the snapshot, fold them into a new one."""
         try:
             with self.store.locked(owner, conversation_id, existing=True):
                 mark = self.store.append(owner, conversation_id, [record(0, "reply", now_iso(), id=reply_id,
-                                                                         events=events, fields=fields)])
+                                                                         events=events, fields=fields)],
+                                         reply_texts={reply_id: text} if text is not None else None)
                 if self.store.needs_compaction(mark):
                     self._compact(owner, conversation_id, self.store.read(owner, conversation_id))
             return True

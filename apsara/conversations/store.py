@@ -466,10 +466,11 @@ class ConversationStore:
         self._indexing(self.search_index.put_many, [_index_row(owner, document)])
 
     def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
-               sync: bool = True, on_written=None) -> dict:
+               sync: bool = True, on_written=None, reply_texts: dict[str, str] | None = None) -> dict:
         """Append records (numbered here) and a mark in one write; then fsync unless
-        `sync` is False. `on_written()` runs while the fsync is under way. Call
-        inside `locked()`. Returns the new mark (with `size`)."""
+        `sync` is False. `on_written()` runs while the fsync is under way. `reply_texts`:
+        the text of replies these records end, when the caller has it (else it is read back
+        for the search index). Call inside `locked()`. Returns the new mark (with `size`)."""
         path = self.path(owner, conversation_id)
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND)
@@ -508,7 +509,7 @@ class ConversationStore:
                 # Before the fsync, not after: under threads, work done while `on_written`'s
                 # thread builds its request waits for the GIL at every SQLite call.
                 self.recency(owner).record(conversation_id, mtime_ns)
-                self._indexing(self._index_appended, owner, conversation_id, records, updated_at)
+                self._indexing(self._index_appended, owner, conversation_id, records, updated_at, reply_texts)
             if sync:
                 with timed_store_write():
                     fsync(fd, meanwhile=on_written)
@@ -582,14 +583,18 @@ class ConversationStore:
         except sqlite3.Error:
             log.exception("search index: could not keep up with a change")
 
-    def _index_appended(self, owner: str, conversation_id: str, records: list[dict], updated_at: str) -> None:
+    def _index_appended(self, owner: str, conversation_id: str, records: list[dict], updated_at: str,
+                        reply_texts: dict[str, str] | None = None) -> None:
         texts, header, last, ended = [], None, None, set()
         for rec in records:
             if rec["type"] == "message":
                 texts.append(message_text(rec["message"]))
                 last = max(last or "", rec["at"])
             elif rec["type"] == "reply":
-                ended.add(rec["id"])
+                if reply_texts and rec["id"] in reply_texts:
+                    texts.append(reply_texts[rec["id"]])
+                else:
+                    ended.add(rec["id"])
                 last = max(last or "", rec["at"])
             elif rec["type"] == "conversation":
                 header = rec["conversation"]

@@ -204,7 +204,7 @@ class PgConversationStore:
                        [message_text(m) for m in document.get("messages", ())])
 
     def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
-               sync: bool = True, on_written=None) -> dict:
+               sync: bool = True, on_written=None, reply_texts: dict[str, str] | None = None) -> dict:
         """Append records (numbered here, as the row's seq); call inside `locked()`. Returns a
         mark with `size` and `base`, as the file store's, for `needs_compaction()`.
 
@@ -242,10 +242,12 @@ class PgConversationStore:
                 on_written()
         ended = [rec["id"] for rec in records if rec["type"] == "reply"]
         if ended:  # a reply's text came in many records: index it whole once it ended
-            document = self.read(owner, conversation_id) or {}
+            known = [reply_texts[i] for i in ended if reply_texts and i in reply_texts]
+            missing = {i for i in ended if not (reply_texts and i in reply_texts)}
+            document = (self.read(owner, conversation_id) or {}) if missing else {}
             with self.db.connection() as conn:
                 _add_texts(conn, owner, conversation_id, "message",
-                           [message_text(m) for m in document.get("messages", ()) if m["id"] in ended])
+                           known + [message_text(m) for m in document.get("messages", ()) if m["id"] in missing])
         return {"seq": seq, "updated_at": updated_at, "message_count": count, "base": base,
                 "size": base + record_bytes, "position": (generation, seq)}
 

@@ -26,6 +26,7 @@ from ..gemini.errors import to_api_error
 from ..gemini.replies import ReplyBuilder
 from ..gemini.requests import request_config, send, stale_reference, uses_cache, with_function_results
 from ..gemini.upstream import watched
+from ..search import message_text
 from .jobs import Job, JobRegistry
 from .planner import TurnPlanner
 from .titles import TitleWriter
@@ -187,7 +188,8 @@ class ReplyRunner:
             final_id = job.next_id()
             last = [final_id, name] if error is None else [final_id, name, {"error": error.to_dict()["error"]}]
             if turn.persist:
-                self.manager.finish_reply(owner, turn.conversation_id, job.reply_id, job.unflushed() + [last], fields)
+                self.manager.finish_reply(owner, turn.conversation_id, job.reply_id, job.unflushed() + [last], fields,
+                                          text=message_text(stored))
             view = message_view({**stored, "last_event_id": final_id}, link=self.manager.link(owner))
             if turn.reply is not None:
                 view["siblings"] = turn.reply.get("siblings", view["siblings"])
