@@ -51,8 +51,8 @@ def post_worker_init(worker):
     # Collect young objects every 50,000 allocations instead of 700: the SDK makes ~20
     # objects per message of history for each request, so with the default a 500-turn
     # turn set off dozens of collections, and the full ones (they walk every cached
-    # conversation) took 50-270 ms. Measured: the 500-turn p50 added went from ~20 ms
-    # to ~9 ms. Cycles are still collected, a little later.
+    # conversation) took 50-270 ms. Measured on 500-turn turns, the time a request spent
+    # collecting went from p90 75 ms to p90 6 ms. Cycles are still collected, a little later.
     gc.set_threshold(50_000, 20, 10)
 
 
