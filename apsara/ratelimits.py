@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -26,13 +25,13 @@ from limits.strategies import FixedWindowRateLimiter
 from . import metrics
 from .clock import new_id
 from .errors import ApiError
+from .holders import HOST, still_held
 from .usage.database import SqliteDatabase
 
 RATES = ("requests", "uploads")
 # A stream slot older than this belongs to a stream that cannot still be open.
 STALE_STREAM_S = 6 * 3600
 STREAM_RETRY_S = 5
-_HOST = socket.gethostname()
 
 
 class RateLimitError(ValueError):
@@ -128,18 +127,6 @@ class SqliteCounters(TableCounters):
             sql.execute("DELETE FROM counters WHERE key=?", (key,))
 
 
-def _alive(pid: int, host: str) -> bool:
-    if host != _HOST:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RateLimits:
     def __init__(self, config: dict, data_dir: Path, storage_uri: str | None = None):
         self.config = config
@@ -172,19 +159,18 @@ class RateLimits:
         slot, now = new_id("s"), time.time()
         with self.db.write() as sql:
             rows = sql.execute("SELECT id, pid, host, started FROM streams WHERE user=?", (user,)).fetchall()
-            open_now = 0
-            for sid, pid, host, started in rows:
-                if now - started > STALE_STREAM_S or not _alive(pid, host):
-                    sql.execute("DELETE FROM streams WHERE id=?", (sid,))
-                else:
-                    open_now += 1
-            if open_now >= allowed:
-                metrics.rate_limited("streams")
-                raise ApiError(429, f"rate limit streams={allowed} reached: {open_now} reply streams are open; "
-                                    "try again when one ends", {"limit": ["streams"]},
-                               headers={"Retry-After": str(STREAM_RETRY_S)})
-            sql.execute("INSERT INTO streams VALUES (?,?,?,?,?)", (slot, user, os.getpid(), _HOST, now))
+            self.refuse_if_full(allowed, len(still_held(
+                rows, now, STALE_STREAM_S, drop=lambda sid: sql.execute("DELETE FROM streams WHERE id=?", (sid,)))))
+            sql.execute("INSERT INTO streams VALUES (?,?,?,?,?)", (slot, user, os.getpid(), HOST, now))
         return slot
+
+    @staticmethod
+    def refuse_if_full(allowed: int, open_now: int) -> None:
+        if open_now >= allowed:
+            metrics.rate_limited("streams")
+            raise ApiError(429, f"rate limit streams={allowed} reached: {open_now} reply streams are open; "
+                                "try again when one ends", {"limit": ["streams"]},
+                           headers={"Retry-After": str(STREAM_RETRY_S)})
 
     def close_stream(self, slot: str | None) -> None:
         if slot is None:

@@ -14,10 +14,9 @@ import limits
 import psycopg
 from limits.strategies import FixedWindowRateLimiter
 
-from .. import metrics
 from ..clock import new_id
-from ..errors import ApiError
-from ..ratelimits import _HOST, RATES, STALE_STREAM_S, STREAM_RETRY_S, RateLimits, TableCounters, _alive
+from ..holders import HOST, still_held
+from ..ratelimits import RATES, STALE_STREAM_S, RateLimits, TableCounters
 from . import Database
 
 
@@ -79,19 +78,11 @@ class PgRateLimits(RateLimits):
         with self.pg.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("streams/" + user,))
             rows = conn.execute("SELECT id, pid, host, started FROM stream_slots WHERE owner = %s", (user,)).fetchall()
-            open_now = 0
-            for sid, pid, host, started in rows:
-                if now - started > STALE_STREAM_S or not _alive(pid, host):
-                    conn.execute("DELETE FROM stream_slots WHERE id = %s", (sid,))
-                else:
-                    open_now += 1
-            if open_now >= allowed:
-                metrics.rate_limited("streams")
-                raise ApiError(429, f"rate limit streams={allowed} reached: {open_now} reply streams are open; "
-                                    "try again when one ends", {"limit": ["streams"]},
-                               headers={"Retry-After": str(STREAM_RETRY_S)})
+            self.refuse_if_full(allowed, len(still_held(
+                rows, now, STALE_STREAM_S,
+                drop=lambda sid: conn.execute("DELETE FROM stream_slots WHERE id = %s", (sid,)))))
             conn.execute("INSERT INTO stream_slots VALUES (%s, %s, %s, %s, %s)",
-                         (slot, user, os.getpid(), _HOST, now))
+                         (slot, user, os.getpid(), HOST, now))
         return slot
 
     def close_stream(self, slot: str | None) -> None:

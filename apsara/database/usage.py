@@ -14,7 +14,8 @@ from datetime import date
 from typing import Callable
 
 from ..clock import new_id
-from ..usage.ledger import (_HOST, GROUPS, NO_CONVERSATION, TOKEN_FIELDS, CallUsage, Spending, _row,
+from ..holders import HOST
+from ..usage.ledger import (GROUPS, NO_CONVERSATION, TOKEN_FIELDS, CallUsage, Spending, _row,
                             report_groups, spending_of, utc_day)
 from . import Database
 
@@ -101,7 +102,7 @@ class PgLedger:
             self._user_locked(conn, user)
             check(self._spending(conn, user, now))
             conn.execute("INSERT INTO reservations VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                         (reservation_id, user, int(tokens), float(usd), os.getpid(), _HOST, now))
+                         (reservation_id, user, int(tokens), float(usd), os.getpid(), HOST, now))
         return reservation_id
 
     def resize(self, reservation_id: str, tokens: int, usd: float) -> None:

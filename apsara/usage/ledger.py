@@ -10,7 +10,6 @@ is the embedded implementation (a PostgreSQL one can stand in for replicas).
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..clock import new_id
+from ..holders import HOST, still_held
 from .database import SqliteDatabase
 
 TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "thought_tokens", "cached_tokens", "total_tokens")
@@ -25,7 +25,6 @@ GROUPS = ("day", "model", "conversation", "user")  # also the only column names 
 # A reservation older than this is a turn that can no longer be running (its writer
 # hung or its machine died): it stops holding budget.
 STALE_RESERVATION_S = 3600.0
-_HOST = socket.gethostname()
 
 
 @dataclass
@@ -90,18 +89,6 @@ CREATE INDEX IF NOT EXISTS reservations_by_user ON reservations (user);
 
 # '' stands for "no conversation" in the key; the API shows it as null.
 NO_CONVERSATION = ""
-
-
-def _alive(pid: int, host: str) -> bool:
-    if host != _HOST:
-        return True  # another machine's process: trusted until stale
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SqliteLedger:
@@ -181,7 +168,7 @@ class SqliteLedger:
         with self.db.write() as sql:
             check(self._spending(sql, user, now))
             sql.execute("INSERT INTO reservations VALUES (?,?,?,?,?,?,?)",
-                        (reservation_id, user, int(tokens), float(usd), os.getpid(), _HOST, now))
+                        (reservation_id, user, int(tokens), float(usd), os.getpid(), HOST, now))
         return reservation_id
 
     def resize(self, reservation_id: str, tokens: int, usd: float) -> None:
@@ -224,14 +211,8 @@ def spending_of(spent, reservations, now: float, drop: Callable[[str], None]) ->
             day_tokens += tokens
             day_usd += usd
     settled = {"day_tokens": day_tokens, "day_usd": day_usd, "month_tokens": month_tokens, "month_usd": month_usd}
-    reserved_tokens, reserved_usd, running = 0, 0.0, 0
-    for rid, tokens, usd, pid, host, started in reservations:
-        if now - started > STALE_RESERVATION_S or not _alive(pid, host):
-            drop(rid)
-            continue
-        reserved_tokens += tokens
-        reserved_usd += usd
-        running += 1
+    held = still_held(reservations, now, STALE_RESERVATION_S, drop)
+    reserved_tokens, reserved_usd, running = sum(r[1] for r in held), sum((r[2] for r in held), 0.0), len(held)
     return Spending(day_tokens + reserved_tokens, day_usd + reserved_usd,
                     month_tokens + reserved_tokens, month_usd + reserved_usd, settled, running)
 
