@@ -207,15 +207,10 @@ class ConversationManager:
 
     # -- reading ---------------------------------------------------------------
     def load(self, owner: str, conversation_id: str) -> dict:
-        try:
-            document = self.store.read(owner, conversation_id)
-        except InvalidId:
-            document = None
-        if document is None:
-            raise _not_found(conversation_id)
-        return document
+        return self.load_with_position(owner, conversation_id)[0]
 
     def load_with_position(self, owner: str, conversation_id: str):
+        """(document, position); 404 for a conversation that is not there."""
         try:
             loaded = self.store.load(owner, conversation_id)
         except InvalidId:

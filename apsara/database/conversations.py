@@ -242,12 +242,13 @@ class PgConversationStore:
                 on_written()
         ended = [rec["id"] for rec in records if rec["type"] == "reply"]
         if ended:  # a reply's text came in many records: index it whole once it ended
-            known = [reply_texts[i] for i in ended if reply_texts and i in reply_texts]
-            missing = {i for i in ended if not (reply_texts and i in reply_texts)}
-            document = (self.read(owner, conversation_id) or {}) if missing else {}
+            texts = [reply_texts[i] for i in ended if i in (reply_texts or {})]
+            missing = set(ended) - set(reply_texts or {})
+            if missing:  # the caller did not have them: read them back
+                document = self.read(owner, conversation_id) or {}
+                texts += [message_text(m) for m in document.get("messages", ()) if m["id"] in missing]
             with self.db.connection() as conn:
-                _add_texts(conn, owner, conversation_id, "message",
-                           known + [message_text(m) for m in document.get("messages", ()) if m["id"] in missing])
+                _add_texts(conn, owner, conversation_id, "message", texts)
         return {"seq": seq, "updated_at": updated_at, "message_count": count, "base": base,
                 "size": base + record_bytes, "position": (generation, seq)}
 
