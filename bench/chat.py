@@ -252,6 +252,36 @@ def bare_first_chunks(fake_url: str, streams: int, seconds: float) -> tuple[list
     return firsts, errors
 
 
+def burst(bases: list[str], prefix: str, streams: int, seconds: float):
+    """`streams` streamed turns started at one instant on conversations `<prefix><n>`, spread
+    over the servers in `bases`: (completed, errors, first-delta times, stream times, wall s)."""
+    ok, errors, firsts, totals = [], [], [], []
+    lock, barrier = threading.Lock(), threading.Barrier(streams)
+
+    def one(n):
+        try:
+            host, port = bases[n % len(bases)].removeprefix("http://").split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=seconds * 6)
+            barrier.wait(30)
+            first, total = first_delta_via_apsara(conn, f"/api/v1/conversations/{prefix}{n}/messages")
+            with lock:
+                (ok if first is not None else errors).append(n)
+                if first is not None:
+                    firsts.append(first)
+                    totals.append(total)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            with lock:
+                errors.append(f"{n}: {type(exc).__name__}")
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(streams)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return ok, errors, firsts, totals, time.perf_counter() - started
+
+
 def concurrency_section(worker_class: str, streams: int, seconds: float) -> None:
     chunks = 20
     fake, fake_url = start_fake(chunks=chunks, delay=seconds / (chunks - 1))
@@ -272,31 +302,7 @@ def concurrency_section(worker_class: str, streams: int, seconds: float) -> None
                 conn.request("GET", "/api/v1/models")
                 conn.getresponse().read()
                 conn.close()
-            ok, errors, firsts, totals = [], [], [], []
-            lock = threading.Lock()
-            barrier = threading.Barrier(streams)
-
-            def one(n):
-                try:
-                    conn = http.client.HTTPConnection(host, int(port), timeout=seconds * 6)
-                    barrier.wait(30)
-                    first, total = first_delta_via_apsara(conn, f"/api/v1/conversations/c{n}/messages")
-                    with lock:
-                        (ok if first is not None else errors).append(n)
-                        if first is not None:
-                            firsts.append(first)
-                            totals.append(total)
-                except Exception as exc:  # noqa: BLE001 - counted and reported
-                    with lock:
-                        errors.append(f"{n}: {type(exc).__name__}")
-
-            threads = [threading.Thread(target=one, args=(n,)) for n in range(streams)]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - started
+            ok, errors, firsts, totals, wall = burst([base], "c", streams, seconds)
         stored_ok = 0
         store = ConversationStore(data)
         for n in range(streams):

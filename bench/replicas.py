@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from google.genai import types  # noqa: E402
 from apsara.clock import now_iso  # noqa: E402
 from apsara.conversations.store import iso_to_ns  # noqa: E402
 from apsara.database import Database  # noqa: E402
-from bench.chat import MODEL, direct_contents, first_delta_via_apsara, pct, post, seed, start_fake  # noqa: E402
+from bench.chat import MODEL, burst, direct_contents, pct, post, seed, start_fake  # noqa: E402
 from tests.postgres import cluster, empty  # noqa: E402
 from tests.servers import gunicorn  # noqa: E402
 
@@ -118,30 +117,7 @@ def streams_section(url: str, data: Path, streams: int, seconds: float) -> None:
                 host, port = bases[n % 2].removeprefix("http://").split(":")
                 conn = http.client.HTTPConnection(host, int(port))
                 post(conn, "/api/v1/conversations", {"id": f"s{n}"}).read()
-            ok, errors, firsts = [], [], []
-            lock, barrier = threading.Lock(), threading.Barrier(streams)
-
-            def one(n):
-                try:
-                    host, port = bases[n % 2].removeprefix("http://").split(":")
-                    conn = http.client.HTTPConnection(host, int(port), timeout=seconds * 6)
-                    barrier.wait(30)
-                    first, _ = first_delta_via_apsara(conn, f"/api/v1/conversations/s{n}/messages")
-                    with lock:
-                        (ok if first is not None else errors).append(n)
-                        if first is not None:
-                            firsts.append(first)
-                except Exception as exc:  # noqa: BLE001 - counted and reported
-                    with lock:
-                        errors.append(f"{n}: {type(exc).__name__}")
-
-            threads = [threading.Thread(target=one, args=(n,)) for n in range(streams)]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - started
+            ok, errors, firsts, _, wall = burst(bases, "s", streams, seconds)
             stored = 0
             for n in range(streams):  # read back through the other replica
                 host, port = bases[(n + 1) % 2].removeprefix("http://").split(":")
