@@ -430,13 +430,10 @@ class ImportResultSchema(Schema):
     skipped = fields.Nested(SkippedSchema)
 
 
-class ExportFileSchema(Schema):
-    id = fields.String()
-    filename = fields.String()
-    mime_type = fields.String()
-    size_bytes = fields.Integer()
-    sha256 = fields.String()
-    created_at = fields.String()
+class ExportFileSchema(FileSchema):
+    class Meta:
+        exclude = ("generated", "url")  # an export carries the file itself, not a link to it
+
     data = fields.String(metadata={"description": "The bytes, base64 (`files=inline` only)."})
 
 
