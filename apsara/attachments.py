@@ -38,6 +38,12 @@ class Attachments:
         inline_left = INLINE_BUDGET_BYTES
         turns = []
         for message in context:
+            for part in message["parts"]:
+                if part["type"] == "file":
+                    break
+            else:  # most messages hold no file: their parts go as they are
+                turns.append((message["role"], message["parts"]))
+                continue
             parts = []
             for part in message["parts"]:
                 if part["type"] != "file":

@@ -28,7 +28,8 @@ def wait_for(url: str, timeout: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def gunicorn(env: dict, workers: int = 2, worker_class: str = "gevent", log_path: Path | None = None):
+def gunicorn(env: dict, workers: int = 2, worker_class: str = "gevent", log_path: Path | None = None,
+             app: str = "wsgi:app"):
     port = free_port()
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("gemini", "GEMINI_API_KEY", "GOOGLE_API_KEY", "APSARA_SECRET_KEY")}
@@ -36,7 +37,7 @@ def gunicorn(env: dict, workers: int = 2, worker_class: str = "gevent", log_path
                      "GUNICORN_WORKER_CLASS": worker_class, "LOG_LEVEL": "warning"}, **env)
     log = open(log_path or os.devnull, "wb")
     # Its own process group, so the workers go with the master whatever happens.
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "wsgi:app"], cwd=ROOT, env=full_env,
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", app], cwd=ROOT, env=full_env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -45,8 +45,11 @@ class MessageTree:
         return path
 
     def last(self) -> dict | None:
-        path = self.active_path()
-        return path[-1] if path else None
+        message, parent = None, ROOT
+        while (child := self.active.get(parent)) is not None:
+            message = self.by_id[child]
+            parent = child
+        return message
 
     def siblings(self, message: dict) -> list[str]:
         return list(self.children.get(message["parent_id"] or ROOT, ()))

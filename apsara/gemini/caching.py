@@ -37,8 +37,9 @@ def prefix_length(context: list[dict]) -> int:
     """How many context messages belong to the cacheable prefix: up to the last one
     holding a file, never the newest message."""
     for index in range(len(context) - 2, -1, -1):
-        if any(p["type"] == "file" for p in context[index]["parts"]):
-            return index + 1
+        for part in context[index]["parts"]:  # loops, not any(): 1,000 messages are walked per turn
+            if part["type"] == "file":
+                return index + 1
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import re
 import select
@@ -166,10 +167,14 @@ class _Server(ThreadingHTTPServer):
 
 class FakeGemini:
     def __init__(self, models: list[dict] | None = None, port: int = 0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, keep_requests: int | None = None):
         # Every time the fake writes is relative to this clock, as Gemini's are to its own.
         self.clock = clock
         self.requests: list[dict] = []
+        # Run alone, the fake keeps only the last requests it received: every one held
+        # makes its collector's full passes longer (a 1,000-message history is ~50,000
+        # objects), which showed as 50-100 ms stalls of its answers in the benches.
+        self.keep_requests = keep_requests
         self.script: deque[Reply] = deque()
         self.default: Reply | None = None  # None: echo the user
         self.models = models if models is not None else [
@@ -344,6 +349,8 @@ class FakeGemini:
                          "model": match["model"] if match else None, "at": time.monotonic()}
                 with fake._lock:
                     fake.requests.append(entry)
+                    if fake.keep_requests is not None and len(fake.requests) > 2 * fake.keep_requests:
+                        del fake.requests[:-fake.keep_requests]
                 return entry
 
             def _authorized(self) -> bool:
@@ -632,11 +639,16 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=0,
                         help="answer every call with this many chunks instead of echoing")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument("--keep-requests", type=int, default=0,
+                        help="how many of the last requests to keep (nobody reads them from outside)")
     args = parser.parse_args()
-    fake = FakeGemini(port=args.port)
+    fake = FakeGemini(port=args.port, keep_requests=args.keep_requests)
     if args.chunks:
         fake.default = Reply(parts=[f"word{n} " for n in range(args.chunks)], chunk_delay_s=args.chunk_delay)
     fake.start()
+    # What is loaded now lives as long as the process: out of the collector's passes with
+    # it, so that a full pass costs what a request left behind, not the modules' objects.
+    gc.freeze()
     print(f"fake Gemini listening on {fake.url}", flush=True)
     try:
         threading.Event().wait()

@@ -182,9 +182,13 @@ class TurnPlanner:
         tokens = 0
         for message in context:
             for part in message["parts"]:
-                chars += len(part.get("text", "")) + len(str(part.get("args") or part.get("response") or ""))
-                if part["type"] == "file":
+                kind = part["type"]
+                if kind == "text":
+                    chars += len(part.get("text", ""))
+                elif kind == "file":
                     tokens += 1000  # a picture is ~258-1,100 tokens; long media are counted exactly below
+                else:
+                    chars += len(part.get("text", "")) + len(str(part.get("args") or part.get("response") or ""))
         return chars // 3 + tokens
 
     def count(self, owner: str, choice: Choice, context: list[dict]) -> int:
