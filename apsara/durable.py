@@ -48,35 +48,38 @@ def _write_atomically(target: Path, data: bytes, mtime_ns: int | None) -> None:
     fsync_dir(folder)
 
 
-def fsync(fd: int, meanwhile: Callable[[], None] | None = None) -> None:
-    """os.fsync on a thread of its own, with `meanwhile()` run as the disk works: a
-    reply's Gemini call starts while its user message is being made durable.
+def on_disk_thread(work: Callable[[], object], meanwhile: Callable[[], None] | None = None):
+    """`work()` (the disk's part of a change: an fsync, index writes) on a thread of its
+    own, with `meanwhile()` run here as the disk works: a reply's Gemini call starts while
+    its user message is being made durable. Returns `work()`'s result once both are done.
 
-    The fsync is on its way before `meanwhile` starts: under gevent a new greenlet runs
+    The work is on its way before `meanwhile` starts: under gevent a new greenlet runs
     until it first waits, and the SDK builds a long request for a while before that
-    (~150 ms at 1,000 messages), so an fsync asked for after it would wait that long."""
+    (~150 ms at 1,000 messages), so work asked for after it would wait that long. On a
+    thread, the SQLite calls of the work also leave the gevent hub free (they never yield)."""
     if _gevent_patched():
         import gevent
 
-        wait = gevent.get_hub().threadpool.spawn(os.fsync, fd).get
+        wait = gevent.get_hub().threadpool.spawn(work).get
     else:
-        wait = _fsync_pool().submit(os.fsync, fd).result
+        wait = _disk_pool().submit(work).result
     try:
         if meanwhile is not None:
             meanwhile()
     finally:
-        wait()
+        result = wait()
+    return result
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 
 
-def _fsync_pool() -> ThreadPoolExecutor:
+def _disk_pool() -> ThreadPoolExecutor:
     # One per process: a forked child would queue work for its parent's threads, which
     # it does not have. Two threads making one at once leave an idle spare, no harm.
     global _pool
     if _pool is None or _pool[0] != os.getpid():
-        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="apsara-fsync"))
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="apsara-disk"))
     return _pool[1]
 
 

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import orjson
 
-from ..durable import TEMP_PREFIX, fsync, fsync_dir, write_atomically
+from ..durable import TEMP_PREFIX, fsync_dir, on_disk_thread, write_atomically
 from ..search import SearchIndex, message_text
 from .filters import ListFilters
 from ..metrics import timed_store_write
@@ -505,16 +505,27 @@ class ConversationStore:
             mtime_ns = iso_to_ns(updated_at) if updated_at else None
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
+            index = None
             if mtime_ns is not None and any(r["type"] in TOUCHING for r in records):
-                # Before the fsync, not after: under threads, work done while `on_written`'s
-                # thread builds its request waits for the GIL at every SQLite call.
                 self.recency(owner).record(conversation_id, mtime_ns)
-                self._indexing(self._index_appended, owner, conversation_id, records, updated_at, reply_texts)
+                index = self._index_entry(owner, conversation_id, records, updated_at, reply_texts)
+
+            def write_index():  # False: the conversation is not in the index yet
+                return index is None or self._indexing(self.search_index.update, owner, conversation_id, *index)
+
             if sync:
+                def make_durable():  # on the disk's thread, beside `on_written`
+                    os.fsync(fd)
+                    return write_index()
+
                 with timed_store_write():
-                    fsync(fd, meanwhile=on_written)
-            elif on_written is not None:
-                on_written()
+                    indexed = on_disk_thread(make_durable, meanwhile=on_written)
+            else:
+                indexed = write_index()
+                if on_written is not None:
+                    on_written()
+            if indexed is False:
+                self._index_whole(owner, conversation_id)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -575,16 +586,19 @@ class ConversationStore:
 
     # -- the search index ---------------------------------------------------------
     @staticmethod
-    def _indexing(step, *args) -> None:
+    def _indexing(step, *args):
         # The files are the truth: an index write that fails never fails the change. The row
         # keeps its old updated_at, so the check at the next start finds and mends it.
         try:
-            step(*args)
+            return step(*args)
         except sqlite3.Error:
             log.exception("search index: could not keep up with a change")
+            return None
 
-    def _index_appended(self, owner: str, conversation_id: str, records: list[dict], updated_at: str,
-                        reply_texts: dict[str, str] | None = None) -> None:
+    def _index_entry(self, owner: str, conversation_id: str, records: list[dict], updated_at: str,
+                     reply_texts: dict[str, str] | None = None) -> tuple:
+        """What appended records change in the index: `search_index.update`'s arguments
+        after (owner, conversation id). Gathered here, written on the disk's thread."""
         texts, header, last, ended = [], None, None, set()
         for rec in records:
             if rec["type"] == "message":
@@ -606,11 +620,12 @@ class ConversationStore:
                     ended.discard(message["id"])
                     if not ended:
                         break
-        if not self.search_index.update(owner, conversation_id, updated_at, iso_to_ns(updated_at), texts, header,
-                                        iso_to_ns(last) if last else None):
-            document = self.read(owner, conversation_id)
-            if document is not None:
-                self.search_index.put_many([_index_row(owner, document)])
+        return updated_at, iso_to_ns(updated_at), texts, header, iso_to_ns(last) if last else None
+
+    def _index_whole(self, owner: str, conversation_id: str) -> None:
+        document = self.read(owner, conversation_id)
+        if document is not None:
+            self._indexing(self.search_index.put_many, [_index_row(owner, document)])
 
     def search(self, owner: str, query: str, limit: int, after: tuple[int, str] | None = None,
                filters: ListFilters = ListFilters()) -> list[tuple[dict, str, tuple[int, str]]]:
