@@ -39,7 +39,7 @@ from google.genai import types  # noqa: E402
 from apsara.clock import now_iso  # noqa: E402
 from apsara.conversations.store import ConversationStore, encode, iso_to_ns  # noqa: E402
 from apsara.testing.fake_gemini import FakeGemini, Reply  # noqa: E402
-from tests.servers import free_port, gunicorn, wait_for  # noqa: E402
+from tests.servers import MASTERS, free_port, gunicorn, wait_for  # noqa: E402
 
 MODEL = "gemini-3.8-flash"
 
@@ -282,12 +282,75 @@ def burst(bases: list[str], prefix: str, streams: int, seconds: float):
     return ok, errors, firsts, totals, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    return found
+
+
+class CpuWatch:
+    """CPU used by each party of a burst, sampled every 10 ms, so that what each had used by
+    a given moment (the burst's first-delta p99) can be told afterwards."""
+
+    def __init__(self, parties: dict[str, list[int]]):
+        self.parties = parties
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _now(self) -> dict[str, float]:
+        used = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.parties.items()}
+        used["bench client"] = time.process_time()
+        return used
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), self._now()))
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def used_by(self, moment: float) -> dict[str, float]:
+        start = self.samples[0][1]
+        at = min(self.samples, key=lambda sample: abs(sample[0] - moment))[1]
+        return {name: at[name] - start[name] for name in start}
+
+
+def print_cpu(watch: CpuWatch, started: float, p99: float, streams: int) -> None:
+    """What the machine's cores did until the burst's first-delta p99."""
+    used = watch.used_by(started + p99)
+    print(f"{'':>10}CPU used by then ({os.cpu_count()} cores, {p99:.2f} s): " + ", ".join(
+        f"{name} {seconds_used:.2f} s = {seconds_used / streams * 1000:.1f} ms a stream"
+        for name, seconds_used in used.items()))
+
+
 def concurrency_section(worker_class: str, streams: int, seconds: float) -> None:
     chunks = 20
     fake, fake_url = start_fake(chunks=chunks, delay=seconds / (chunks - 1))
-    bare, bare_errors = bare_first_chunks(fake_url, streams, seconds)
+    with CpuWatch({"fake Gemini": [fake.pid]}) as watch:
+        started = time.perf_counter()
+        bare, bare_errors = bare_first_chunks(fake_url, streams, seconds)
     print(f"    bare: {streams} concurrent {seconds:.0f}-second streams straight to the fake: {len(bare_errors)} errors;"
           f" first chunk p50 {statistics.median(bare) * 1000:.0f} ms p99 {pct(bare, .99) * 1000:.0f} ms")
+    print_cpu(watch, started, pct(bare, .99), streams)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         for n in range(streams):
@@ -302,7 +365,10 @@ def concurrency_section(worker_class: str, streams: int, seconds: float) -> None
                 conn.request("GET", "/api/v1/models")
                 conn.getresponse().read()
                 conn.close()
-            ok, errors, firsts, totals, wall = burst([base], "c", streams, seconds)
+            workers = children(MASTERS[base])
+            with CpuWatch({"Apsara's workers": workers, "fake Gemini": [fake.pid]}) as watch:
+                started = time.perf_counter()
+                ok, errors, firsts, totals, wall = burst([base], "c", streams, seconds)
         stored_ok = 0
         store = ConversationStore(data)
         for n in range(streams):
@@ -318,6 +384,8 @@ def concurrency_section(worker_class: str, streams: int, seconds: float) -> None
           f"{p99 * 1000:.0f} ms = {ratio:.2f}x the bare client's p99 (target <= 2x, 0 errors: "
           f"{'met' if ratio <= 2 and not errors else 'MISSED'}); stream p99 "
           f"{pct(totals, .99) if totals else float('nan'):.2f} s; wall {wall:.1f} s")
+    if firsts:
+        print_cpu(watch, started, p99, streams)
     if errors:
         print("          first errors:", errors[:5])
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from apsara.devserver import free_port  # noqa: F401 (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
+MASTERS: dict[str, int] = {}  # base URL -> pid of the Gunicorn master serving it
 
 
 def wait_for(url: str, timeout: float = 60.0) -> None:
@@ -40,6 +41,7 @@ def gunicorn(env: dict, workers: int = 2, worker_class: str = "gevent", log_path
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", app], cwd=ROOT, env=full_env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
+    MASTERS[base] = process.pid
     try:
         wait_for(base + "/health/live")
         yield base
@@ -53,6 +55,7 @@ def gunicorn(env: dict, workers: int = 2, worker_class: str = "gevent", log_path
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+        MASTERS.pop(base, None)
 
 
 def call(method: str, url: str, body=None, headers=None, timeout: float = 30):
