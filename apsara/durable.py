@@ -71,6 +71,20 @@ def on_disk_thread(work: Callable[[], object], meanwhile: Callable[[], None] | N
     return result
 
 
+def native_lock(reentrant: bool = False):
+    """A lock of the OS's threads, also under gevent: for what the disk's threads share with
+    greenlets. gevent's own locks, taken by a greenlet and by a native thread at once, lost a
+    wake-up under a burst of turns and left every disk thread waiting. Hold one only for work
+    that never yields to gevent (SQLite calls): a greenlet waiting on it stops the worker."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        import threading
+
+        return threading.RLock() if reentrant else threading.Lock()
+    return monkey.get_original("_thread", "RLock" if reentrant else "allocate_lock")()
+
+
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 
 

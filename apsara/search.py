@@ -20,10 +20,11 @@ import contextlib
 import os
 import re
 import sqlite3
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+
+from .durable import native_lock
 
 SNIPPET_CHARS = 300
 SCHEMA_VERSION = 3  # another version on disk: the tables are made again and filled from the files
@@ -81,13 +82,13 @@ class _Shared:
     to gevent, so more connections would only hold more file descriptors."""
 
     def __init__(self):
-        self.lock = threading.RLock()
+        self.lock = native_lock(reentrant=True)  # appends index on the disk's threads
         self.connection: sqlite3.Connection | None = None
         self.pid: int | None = None
 
 
 _OPEN: "OrderedDict[Path, _Shared]" = OrderedDict()
-_OPEN_LOCK = threading.Lock()
+_OPEN_LOCK = native_lock()
 MAX_OPEN = 4  # a server has one index; a test process makes many, and each connection holds 3 files
 _INHERITED: list = []
 
@@ -96,7 +97,7 @@ def _start_afresh_after_fork() -> None:
     """A forked child must not wait on a lock another thread of its parent held at the fork,
     nor use (or close) the parent's SQLite connections: it opens its own."""
     global _OPEN_LOCK
-    _OPEN_LOCK = threading.Lock()
+    _OPEN_LOCK = native_lock()
     _INHERITED.extend(_OPEN.values())  # kept, never closed here: closing would touch the parent's locks
     _OPEN.clear()
 

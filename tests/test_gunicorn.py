@@ -89,3 +89,46 @@ def test_signed_file_urls_work_on_every_worker(tmp_path):
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(lambda _: urllib.request.urlopen(base + url).status, range(40)))
     assert codes == [200] * 40
+
+
+def test_a_burst_of_streamed_turns_on_many_conversations_all_end_and_are_found(tmp_path, fake):
+    # Each turn's disk work (fsync, search index) runs on native threads beside the worker's
+    # greenlets; a lock shared between the two kinds once lost a wake-up here and hung turns.
+    import threading
+    import time
+    import urllib.request
+
+    from apsara.testing.fake_gemini import Reply
+
+    fake.default = Reply(parts=["one ", "two ", "three"], chunk_delay_s=0.05)
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "k", "GEMINI_BASE_URL": fake.url}
+    count = 80
+    with gunicorn(env, workers=2) as base:
+        for n in range(count):
+            assert call("POST", f"{base}/api/v1/conversations", {"id": f"b{n}"})[0] == 201
+        barrier, streams = threading.Barrier(count), {}
+
+        def send(n):
+            request = urllib.request.Request(
+                f"{base}/api/v1/conversations/b{n}/messages", method="POST",
+                data=json.dumps({"text": f"marker{n}word please", "stream": True}).encode(),
+                headers={"Content-Type": "application/json"})
+            barrier.wait(30)
+            with urllib.request.urlopen(request, timeout=60) as response:
+                streams[n] = response.read().decode()
+
+        # Daemon threads and a deadline: a hung stream still sends `: ping`, so no read times out.
+        threads = [threading.Thread(target=send, args=(n,), daemon=True) for n in range(count)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 90
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        assert len(streams) == count, f"{count - len(streams)} of {count} turns never ended"
+        assert all("event: done" in stream for stream in streams.values())
+        for n in (0, count // 2, count - 1):
+            status, found = call("GET", f"{base}/api/v1/conversations?q=marker{n}word")
+            assert status == 200 and [c["id"] for c in found["conversations"]] == [f"b{n}"]
+            status, conversation = call("GET", f"{base}/api/v1/conversations/b{n}")
+            assert conversation["messages"][1]["status"] == "complete"
+            assert conversation["messages"][1]["text"] == "one two three"
