@@ -257,6 +257,30 @@ def test_the_index_is_mended_at_start_and_rebuilt_by_command(tmp_path):
     assert listing(create_app(settings).test_client(), "q=beta") == ["one"]
 
 
+@pytest.mark.file_format
+def test_a_turn_whose_index_write_fails_is_stored_and_found_after_the_next_start(tmp_path, fake, caplog):
+    from apsara.search import SearchIndex
+
+    settings = make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url)
+    client = create_app(settings).test_client()
+    client.post(API, json={"id": "c"})
+    import sqlite3
+
+    def locked(*args, **kwargs):  # the index database refuses the write (locked past its timeout)
+        raise sqlite3.OperationalError("database is locked")
+
+    original, SearchIndex.update = SearchIndex.update, locked
+    try:
+        response = client.post(f"{API}/c/messages", json={"text": "zebra crossing"})
+    finally:
+        SearchIndex.update = original
+    assert response.status_code == 201  # the files are the truth: the turn is stored all the same
+    assert "search index: could not keep up with a change" in caplog.text
+    assert [m["text"] for m in client.get(f"{API}/c").json["messages"]][0] == "zebra crossing"
+    assert listing(client, "q=zebra") == []
+    assert listing(create_app(settings).test_client(), "q=zebra") == ["c"]  # mended at the start
+
+
 # -- export and import ----------------------------------------------------------------------------
 def test_json_export_restores_the_conversation_exactly(chat, fake):
     chat.post(API, json={"id": "src", "title": "Versions", "system_instruction": "Be brief.",

@@ -510,8 +510,13 @@ class ConversationStore:
                 self.recency(owner).record(conversation_id, mtime_ns)
                 index = self._index_entry(owner, conversation_id, records, updated_at, reply_texts)
 
-            def write_index():  # False: the conversation is not in the index yet
-                return index is None or self._indexing(self.search_index.update, owner, conversation_id, *index)
+            def write_index():
+                # True; False when the conversation is not in the index yet; or the SQLite error,
+                # logged below: on the disk's thread even logging's locks are gevent's.
+                try:
+                    return index is None or self.search_index.update(owner, conversation_id, *index)
+                except sqlite3.Error as exc:
+                    return exc
 
             if sync:
                 def make_durable():  # on the disk's thread, beside `on_written`
@@ -526,6 +531,8 @@ class ConversationStore:
                     on_written()
             if indexed is False:
                 self._index_whole(owner, conversation_id)
+            elif isinstance(indexed, sqlite3.Error):  # the files are the truth; the next start mends it
+                log.error("search index: could not keep up with a change: %s", indexed)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -586,14 +593,13 @@ class ConversationStore:
 
     # -- the search index ---------------------------------------------------------
     @staticmethod
-    def _indexing(step, *args):
+    def _indexing(step, *args) -> None:
         # The files are the truth: an index write that fails never fails the change. The row
         # keeps its old updated_at, so the check at the next start finds and mends it.
         try:
-            return step(*args)
+            step(*args)
         except sqlite3.Error:
             log.exception("search index: could not keep up with a change")
-            return None
 
     def _index_entry(self, owner: str, conversation_id: str, records: list[dict], updated_at: str,
                      reply_texts: dict[str, str] | None = None) -> tuple:
