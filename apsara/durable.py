@@ -56,13 +56,9 @@ def on_disk_thread(work: Callable[[], object], meanwhile: Callable[[], None] | N
     The work is on its way before `meanwhile` starts: under gevent a new greenlet runs
     until it first waits, and the SDK builds a long request for a while before that
     (~150 ms at 1,000 messages), so work asked for after it would wait that long. On a
-    thread, the SQLite calls of the work also leave the gevent hub free (they never yield)."""
-    if _gevent_patched():
-        import gevent
-
-        wait = gevent.get_hub().threadpool.spawn(work).get
-    else:
-        wait = _disk_pool().submit(work).result
+    thread, the work's SQLite calls (which never yield) no longer hold the gevent hub; only
+    a greenlet that needs the index at that moment waits for them."""
+    wait = _disk_pool().spawn(work).get if _gevent_patched() else _disk_pool().submit(work).result
     try:
         if meanwhile is not None:
             meanwhile()
@@ -85,15 +81,24 @@ def native_lock(reentrant: bool = False):
     return monkey.get_original("_thread", "RLock" if reentrant else "allocate_lock")()
 
 
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool: tuple[int, object] | None = None
+DISK_THREADS = 8
 
 
-def _disk_pool() -> ThreadPoolExecutor:
-    # One per process: a forked child would queue work for its parent's threads, which
-    # it does not have. Two threads making one at once leave an idle spare, no harm.
+def _disk_pool():
+    """The disk's threads: under gevent a threadpool of its own (the hub's also resolves
+    host names, which must not wait behind fsyncs and index writes), else an executor.
+    One per process: a forked child would queue work for its parent's threads, which it
+    does not have. Two threads making one at once leave an idle spare, no harm."""
     global _pool
     if _pool is None or _pool[0] != os.getpid():
-        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="apsara-disk"))
+        if _gevent_patched():
+            from gevent.threadpool import ThreadPool
+
+            pool = ThreadPool(DISK_THREADS)
+        else:
+            pool = ThreadPoolExecutor(max_workers=DISK_THREADS, thread_name_prefix="apsara-disk")
+        _pool = (os.getpid(), pool)
     return _pool[1]
 
 

@@ -519,8 +519,13 @@ class ConversationStore:
                     return exc
 
             if sync:
+                own_fd = os.dup(fd)  # the thread's own: the caller may be killed and close `fd` meanwhile
+
                 def make_durable():  # on the disk's thread, beside `on_written`
-                    os.fsync(fd)
+                    try:
+                        os.fsync(own_fd)
+                    finally:
+                        os.close(own_fd)
                     return write_index()
 
                 with timed_store_write():
