@@ -58,7 +58,7 @@ def on_disk_thread(work: Callable[[], object], meanwhile: Callable[[], None] | N
     (~150 ms at 1,000 messages), so work asked for after it would wait that long. On a
     thread, the work's SQLite calls (which never yield) no longer hold the gevent hub; only
     a greenlet that needs the index at that moment waits for them."""
-    wait = _disk_pool().spawn(work).get if _gevent_patched() else _disk_pool().submit(work).result
+    wait = _disk_threads()(work)
     try:
         if meanwhile is not None:
             meanwhile()
@@ -81,24 +81,27 @@ def native_lock(reentrant: bool = False):
     return monkey.get_original("_thread", "RLock" if reentrant else "allocate_lock")()
 
 
-_pool: tuple[int, object] | None = None
+_pool: tuple[int, Callable] | None = None
 DISK_THREADS = 8
 
 
-def _disk_pool():
-    """The disk's threads: under gevent a threadpool of its own (the hub's also resolves
-    host names, which must not wait behind fsyncs and index writes), else an executor.
-    One per process: a forked child would queue work for its parent's threads, which it
-    does not have. Two threads making one at once leave an idle spare, no harm."""
+def _disk_threads() -> Callable[[Callable[[], object]], Callable[[], object]]:
+    """`start(work)` -> `wait()` on the disk's threads: under gevent a threadpool of its own
+    (the hub's also resolves host names, which must not wait behind fsyncs and index
+    writes), else an executor. One per process: a forked child would queue work for its
+    parent's threads, which it does not have. Two threads making one at once leave an
+    idle spare, no harm."""
     global _pool
     if _pool is None or _pool[0] != os.getpid():
         if _gevent_patched():
             from gevent.threadpool import ThreadPool
 
-            pool = ThreadPool(DISK_THREADS)
+            threads = ThreadPool(DISK_THREADS)
+            start = lambda work: threads.spawn(work).get  # noqa: E731
         else:
-            pool = ThreadPoolExecutor(max_workers=DISK_THREADS, thread_name_prefix="apsara-disk")
-        _pool = (os.getpid(), pool)
+            executor = ThreadPoolExecutor(max_workers=DISK_THREADS, thread_name_prefix="apsara-disk")
+            start = lambda work: executor.submit(work).result  # noqa: E731
+        _pool = (os.getpid(), start)
     return _pool[1]
 
 

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from typing import Callable
 
 from ..clock import new_id, now_iso
 from ..errors import ApiError
+from ..holders import HOST, holder_alive
 from ..gemini.catalog import ModelCatalog
 from .filters import ListFilters
 from .journal import Replay, record
@@ -108,7 +108,6 @@ WRITER_SILENCE_S = 15.0
 HEARTBEAT_S = 5.0
 # How long after its end a reply keeps its own events through a compaction, for clients resuming it.
 RESUME_WINDOW_S = 600.0
-HOST = socket.gethostname()
 
 
 def _age_s(stamp: str | None) -> float:
@@ -125,13 +124,8 @@ def writer_alive(message: dict) -> bool:
     writer = message.get("_writer") or {}
     if writer.get("host") != HOST:
         return _age_s(writer.get("seen")) < WRITER_SILENCE_S  # another machine's process
-    try:
-        os.kill(writer["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, TypeError):
-        return True
-    return True
+    pid = writer.get("pid")
+    return not isinstance(pid, int) or holder_alive(pid, HOST)  # no pid recorded: presumed alive
 
 
 def new_writer() -> dict:
