@@ -132,8 +132,13 @@ def new_writer() -> dict:
     return {"pid": os.getpid(), "host": HOST, "started": time.time(), "seen": now_iso()}
 
 
-def dead_streams(tree: MessageTree) -> list[dict]:
-    return [m for m in tree.messages if m.get("status") == "streaming" and not writer_alive(m)]
+def streaming(tree: MessageTree) -> tuple[list[dict], list[dict]]:
+    """(replies being written, replies whose writer died): one pass over the messages."""
+    alive, dead = [], []
+    for message in tree.messages:
+        if message.get("status") == "streaming":
+            (alive if writer_alive(message) else dead).append(message)
+    return alive, dead
 
 
 def is_context(message: dict) -> bool:
@@ -148,12 +153,13 @@ def is_context(message: dict) -> bool:
 def context_path(tree: MessageTree, upto: str | None) -> list[dict]:
     """What the model is sent: the path from the root to `upto`, user messages and
     replies the user read (failed, blocked, interrupted replies never go back)."""
-    path = []
-    node = tree.get(upto) if upto else None
-    while node is not None:
-        if is_context(node):
+    path, by_id = [], tree.by_id
+    node = by_id.get(upto) if upto else None
+    while node is not None:  # the common cases first, without a call: 1,000 messages are walked per turn
+        if node["role"] == "user" or node.get("status") == "complete" or is_context(node):
             path.append(node)
-        node = tree.get(node["parent_id"]) if node["parent_id"] else None
+        parent_id = node["parent_id"]
+        node = by_id.get(parent_id) if parent_id else None
     path.reverse()
     return path
 
@@ -454,10 +460,13 @@ class ConversationManager:
         return document, tree, parent_id, target
 
     @staticmethod
-    def _refuse_if_streaming(tree: MessageTree) -> None:
-        if any(m.get("status") == "streaming" and writer_alive(m) for m in tree.messages):
+    def _refuse_if_streaming(tree: MessageTree) -> list[dict]:
+        """409 while a reply is being written; else the replies whose writer died."""
+        alive, dead = streaming(tree)
+        if alive:
             raise ApiError(409, "a reply is still being written in this conversation; "
                                 "try again when it is done")
+        return dead
 
     def new_messages(self, turn: Turn, parts: list[dict] | None, choice) -> None:
         """The user message (send, edit) and the empty reply a planned turn will store."""
@@ -481,7 +490,7 @@ class ConversationManager:
         with self._locked(owner, conversation_id):
             document = self.load(owner, conversation_id)
             tree = MessageTree.of(document)
-            self._refuse_if_streaming(tree)
+            dead = self._refuse_if_streaming(tree)
             if turn.kind == "send":
                 last = tree.last()
                 if (last["id"] if last else None) != turn.parent_id:
@@ -489,7 +498,7 @@ class ConversationManager:
                                         "send it again")
             stamp = now_iso()
             records = [record(0, "reply", stamp, id=m["id"], fields={"status": "interrupted"})
-                       for m in dead_streams(tree)]
+                       for m in dead]
             if turn.stored_user:
                 records.append(record(0, "message", stamp, message=turn.stored_user))
             reply = {**turn.stored_reply, "_writer": new_writer()}

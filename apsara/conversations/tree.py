@@ -52,7 +52,10 @@ class MessageTree:
         return message
 
     def siblings(self, message: dict) -> list[str]:
-        return list(self.children.get(message["parent_id"] or ROOT, ()))
+        parent = message["parent_id"] or ROOT
+        if self._children is None:  # one parent's children: a scan costs less than the whole map
+            return [m["id"] for m in self.messages if (m["parent_id"] or ROOT) == parent]
+        return list(self._children.get(parent, ()))
 
     def add(self, message: dict) -> dict:
         """Append a message under its parent and make it the active child there."""

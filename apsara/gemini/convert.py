@@ -64,19 +64,22 @@ def to_contents(turns: list[tuple[str, list[dict]]]) -> list[dict]:
     function_response parts are given the user role. Adjacent turns of one role merge.
     """
     contents: list[dict] = []
+    last_role, last_parts = None, []  # the newest content's, kept at hand: 1,000 turns are walked
     for role, parts in turns:
         for part in parts:
-            if part.get("type") == "text" and not part.get("thought_signature"):
+            kind = part.get("type")
+            if kind == "text" and not part.get("thought_signature"):
                 sdk_part = {"text": part.get("text", "")}  # most parts: no call for them
             else:
                 sdk_part = to_sdk_part(part)
                 if sdk_part is None:
                     continue
-            part_role = "user" if part.get("type") == "function_response" else role
-            if contents and contents[-1]["role"] == part_role:
-                contents[-1]["parts"].append(sdk_part)
+            part_role = "user" if kind == "function_response" else role
+            if part_role == last_role:
+                last_parts.append(sdk_part)
             else:
-                contents.append({"role": part_role, "parts": [sdk_part]})
+                last_role, last_parts = part_role, [sdk_part]
+                contents.append({"role": part_role, "parts": last_parts})
     return contents
 
 
