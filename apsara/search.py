@@ -24,6 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import checkpoints
 from .durable import native_lock
 
 SNIPPET_CHARS = 300
@@ -134,12 +135,14 @@ class Hit:
 class SearchIndex:
     def __init__(self, path: Path):
         self.path = path
+        self._checkpoints = checkpoints.for_file(path)
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # the history is the durable copy; this can be rebuilt
+        self._checkpoints.writer_settings(db)
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             db.execute("BEGIN IMMEDIATE")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:  # another process won
@@ -169,6 +172,7 @@ class SearchIndex:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+        self._checkpoints.wrote()
 
     # -- keeping in step ----------------------------------------------------------
     def put(self, owner: str, header: dict, updated_ns: int, texts: list[str], last_message_ns: int) -> None:

@@ -19,6 +19,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from .. import checkpoints
+
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -29,6 +31,7 @@ class SqliteDatabase:
         self._lock = threading.RLock()
         self._connection: sqlite3.Connection | None = None
         self._pid: int | None = None
+        self._checkpoints = checkpoints.for_file(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         pid = os.getpid()
@@ -39,6 +42,7 @@ class SqliteDatabase:
                                          timeout=BUSY_TIMEOUT_MS / 1000)
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
+            self._checkpoints.writer_settings(connection)
             connection.executescript(self._schema)
             self._connection, self._pid = connection, pid
         return self._connection
@@ -55,6 +59,7 @@ class SqliteDatabase:
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
+        self._checkpoints.wrote()
 
     @contextlib.contextmanager
     def read(self):

@@ -1,0 +1,94 @@
+"""SQLite's WAL checkpoints, off the writers' path.
+
+In WAL mode SQLite copies the log back into the database file (a checkpoint,
+with its fsyncs) inside whichever commit takes the log past 1,000 pages: now and
+then one index write of a turn took 2-15 ms instead of 0.1, and the turn waited
+for it. Writers here only count their commits; a thread of the OS's own (never a
+greenlet: SQLite calls do not yield) checkpoints every 0.2 s when there were
+some, with a connection of its own and PASSIVE, so it neither waits for nor
+blocks a writer. A writer's connection lets the log grow to SAFETY_PAGES before
+SQLite checkpoints in a commit itself: the safety net should this thread fall
+behind (a busy index writes ~1,000 pages a second).
+
+The thread ends after a while without writes (a test process opens many
+databases), and the next write starts another; a forked child starts its own.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from .durable import native_lock
+
+EVERY_S = 0.2
+IDLE_ROUNDS = 50  # ~10 s without a write: the thread closes its connection and ends
+SAFETY_PAGES = 10_000  # ~40 MB of log
+
+
+def _native():
+    """(start_new_thread, sleep) of the OS, also under gevent."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        import _thread
+        import time
+
+        return _thread.start_new_thread, time.sleep
+    return monkey.get_original("_thread", "start_new_thread"), monkey.get_original("time", "sleep")
+
+
+class Checkpointer:
+    """One per database file and process (see `for_file`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._writes = 0
+        self._running_in: int | None = None  # the pid whose thread is running
+
+    @staticmethod
+    def writer_settings(connection: sqlite3.Connection) -> None:
+        """For a connection that writes: checkpoints are this thread's, unless it falls far behind."""
+        connection.execute(f"PRAGMA wal_autocheckpoint={SAFETY_PAGES}")
+
+    def wrote(self) -> None:
+        """A commit was made: the log is checkpointed within EVERY_S."""
+        self._writes += 1
+        if self._running_in != os.getpid():
+            self._running_in = os.getpid()
+            start, _ = _native()
+            start(self._run, ())
+
+    def _run(self) -> None:
+        _, sleep = _native()
+        connection, idle = None, 0
+        try:
+            while idle < IDLE_ROUNDS or self._writes:
+                sleep(EVERY_S)
+                if not self._writes:
+                    idle += 1
+                    continue
+                self._writes, idle = 0, 0
+                try:
+                    if connection is None:
+                        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:  # busy or gone: the next round, or SQLite's own, does it
+                    connection = None
+        finally:
+            self._running_in = None
+            if connection is not None:
+                connection.close()
+
+
+_ALL: dict[Path, Checkpointer] = {}
+_ALL_LOCK = native_lock()
+
+
+def for_file(path: Path) -> Checkpointer:
+    path = Path(path)
+    with _ALL_LOCK:
+        checkpointer = _ALL.get(path)
+        if checkpointer is None:
+            checkpointer = _ALL[path] = Checkpointer(path)
+        return checkpointer
