@@ -133,29 +133,49 @@ def warm(base: str, data: Path, turns: int = 8) -> None:
         conn.close()
 
 
+SDK_ONLY = "bench.sdk_only:app"  # google-genai alone in the same Gunicorn: the floor under Apsara's figures
+
+
+def warm_sdk_only(base: str) -> None:
+    for _ in range(8):  # new connections: either worker
+        conn = connect(base)
+        for path in ("/turn?turns=10", "/turn?turns=500"):
+            post(conn, path, {}).read()
+        conn.close()
+
+
 def own_times(log: Path, offset: int) -> list[float]:
     """Per turn logged since `offset`: the worker's request time minus its Gemini call time."""
     text = log.read_bytes()[offset:].decode(errors="replace")
     return [float(d) - float(g) for d, g in re.findall(r"duration_ms=([\d.]+).*?gemini_ms=([\d.]+)", text)]
 
 
-def latency_section(base: str, fake_url: str, data: Path, turns: int, samples: int, log: Path) -> None:
+def connect(base: str) -> http.client.HTTPConnection:
+    host, port = base.removeprefix("http://").split(":")
+    return http.client.HTTPConnection(host, int(port))
+
+
+def timed_turn(conn, path: str) -> float:
+    start = time.perf_counter()
+    response = post(conn, path, {"text": "next question"})
+    response.read()
+    assert response.status == 201, response.status
+    return (time.perf_counter() - start) * 1000
+
+
+def latency_section(base: str, floor_base: str, fake_url: str, turns: int, samples: int, log: Path) -> None:
     client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=fake_url, api_version="v1beta",
                                                                           timeout=60_000))
     contents = direct_contents(turns)
-    host, port = base.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port))
-    direct, through = [], []
+    conn, floor_conn = connect(base), connect(floor_base)
+    direct, through, floor = [], [], []
     offset = log.stat().st_size
-    for n in range(samples):  # interleaved, so both see the same machine state
+    for n in range(samples):  # interleaved, so all three see the same machine state
         start = time.perf_counter()
         client.models.generate_content(model=MODEL, contents=contents)
         direct.append((time.perf_counter() - start) * 1000)
-        start = time.perf_counter()
-        response = post(conn, f"/api/v1/conversations/t{turns}-{n}/messages", {"text": "next question"})
-        response.read()
-        assert response.status == 201, response.status
-        through.append((time.perf_counter() - start) * 1000)
+        through.append(timed_turn(conn, f"/api/v1/conversations/t{turns}-{n}/messages"))
+        floor.append(timed_turn(floor_conn, f"/turn?turns={turns}"))
     d50, a50 = statistics.median(direct), statistics.median(through)
     # Pairs were taken back to back: the median of their differences shrugs off machine noise.
     paired = [t - d for t, d in zip(through, direct)]
@@ -165,6 +185,10 @@ def latency_section(base: str, fake_url: str, data: Path, turns: int, samples: i
     print(f"{turns:>4}-turn turn: direct p50 {d50:6.2f} ms | via Apsara p50 {a50:6.2f} ms p99 {pct(through, .99):6.2f} ms"
           f" | added (paired): p50 {added:6.2f} ms p99 {added99:6.2f} ms"
           f" (target p50 <= {target50}{f', p99 <= {target99}' if target99 else ''}: {verdict})")
+    # What any SDK call served by a Gunicorn worker costs over the same call made in-process.
+    hosted = statistics.median(f - d for f, d in zip(floor, direct))
+    print(f"{'':>15}the same call made by google-genai alone in a Gunicorn worker behind HTTP: added (paired) "
+          f"p50 {hosted:6.2f} ms; Apsara over that: p50 {statistics.median(t - f for t, f in zip(through, floor)):6.2f} ms")
     # The same from inside, free of the client's noise: what the worker spent beside Gemini.
     own = own_times(log, offset)
     if own:
@@ -485,13 +509,15 @@ def main() -> None:
         env = {"APSARA_DATA_DIR": str(data), "gemini": "bench", "GEMINI_BASE_URL": fake_url,
                "GUNICORN_ACCESS_LOG": "/dev/null", "LOG_LEVEL": "info"}
         log = Path(tmp) / "server.log"
-        with gunicorn(env, workers=2, worker_class=args.latency_class, log_path=log) as base:
+        with gunicorn(env, workers=2, worker_class=args.latency_class, log_path=log) as base, \
+                gunicorn(env, workers=2, worker_class=args.latency_class, app=SDK_ONLY) as floor_base:
             wait_for(base + "/health/live")
             warm(base, data)
+            warm_sdk_only(floor_base)
             print(f"Gunicorn {args.latency_class}, 2 workers, {os.cpu_count()} cores; fake Gemini in its own process")
             if "latency" in only:
-                latency_section(base, fake_url, data, 10, args.samples, log)
-                latency_section(base, fake_url, data, 500, args.samples // 2, log)
+                latency_section(base, floor_base, fake_url, 10, args.samples, log)
+                latency_section(base, floor_base, fake_url, 500, args.samples // 2, log)
             if "bytes" in only:
                 bytes_section(base, data, "b10", args.turns)
                 bytes_section(base, data, "b500", args.turns)
