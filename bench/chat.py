@@ -3,11 +3,14 @@
 Side by side, in one run, against the same offline Gemini fake (its own process):
   1. a direct google-genai call with a 10-turn (and a 500-turn) history, vs the
      same turn sent through Apsara under Gunicorn: added p50 and p99 (paired);
+     and the same call made by google-genai alone in the same Gunicorn
+     (bench/sdk_only.py): what hosting costs by itself;
   2. bytes written to the conversation's file per turn, compactions included,
      over a run of consecutive turns on a 10-turn and a 500-turn conversation;
   3. time to first delta, direct stream vs through Apsara;
   4. N concurrent 10-second streams: a bare HTTP client straight to the fake,
-     then through Apsara (per worker class): first-delta p99 side by side;
+     then through Apsara (per worker class), then through google-genai alone in
+     the same Gunicorn (bench/sdk_only.py): first-delta p99 side by side;
   5. resume: the first replayed byte of a finished 2,000-event reply, asked of
      another Gunicorn server sharing the data folder;
   6. stop: from the stop request (sent to the other server) to the moment the
@@ -276,9 +279,10 @@ def bare_first_chunks(fake_url: str, streams: int, seconds: float) -> tuple[list
     return firsts, errors
 
 
-def burst(bases: list[str], prefix: str, streams: int, seconds: float):
-    """`streams` streamed turns started at one instant on conversations `<prefix><n>`, spread
-    over the servers in `bases`: (completed, errors, first-delta times, stream times, wall s)."""
+def burst(bases: list[str], prefix: str, streams: int, seconds: float, path: str | None = None):
+    """`streams` streamed turns started at one instant on conversations `<prefix><n>` (or all to
+    `path`), spread over the servers in `bases`: (completed, errors, first-delta times, stream
+    times, wall s)."""
     ok, errors, firsts, totals = [], [], [], []
     lock, barrier = threading.Lock(), threading.Barrier(streams)
 
@@ -287,7 +291,7 @@ def burst(bases: list[str], prefix: str, streams: int, seconds: float):
             host, port = bases[n % len(bases)].removeprefix("http://").split(":")
             conn = http.client.HTTPConnection(host, int(port), timeout=seconds * 6)
             barrier.wait(30)
-            first, total = first_delta_via_apsara(conn, f"/api/v1/conversations/{prefix}{n}/messages")
+            first, total = first_delta_via_apsara(conn, path or f"/api/v1/conversations/{prefix}{n}/messages")
             with lock:
                 (ok if first is not None else errors).append(n)
                 if first is not None:
@@ -398,8 +402,21 @@ def concurrency_section(worker_class: str, streams: int, seconds: float) -> None
         for n in range(streams):
             document = store.read("local", f"c{n}")
             stored_ok += document["messages"][-1].get("status") == "complete"
+        # The floor: google-genai alone in the same Gunicorn, the same burst.
+        with gunicorn(env, workers=2, worker_class=worker_class, app=SDK_ONLY) as floor_base:
+            warm_sdk_only(floor_base)
+            workers = children(MASTERS[floor_base])
+            with CpuWatch({"SDK-only workers": workers, "fake Gemini": [fake.pid]}) as floor_watch:
+                floor_started = time.perf_counter()
+                _, floor_errors, floor_firsts, _, _ = burst([floor_base], "", streams, seconds, path="/stream")
     fake.terminate()
     fake.wait()
+    if floor_firsts:
+        floor_p99 = pct(floor_firsts, .99)
+        print(f"{'SDK only':>8}: the same burst through google-genai alone in the same Gunicorn: {len(floor_errors)} errors; "
+              f"first delta p50 {statistics.median(floor_firsts) * 1000:.0f} ms p99 {floor_p99 * 1000:.0f} ms = "
+              f"{floor_p99 / pct(bare, .99):.2f}x the bare client's p99")
+        print_cpu(floor_watch, floor_started, floor_p99, streams)
     p99 = pct(firsts, .99) if firsts else float("nan")
     ratio = p99 / pct(bare, .99) if bare else float("nan")
     print(f"{worker_class:>8}: {streams} concurrent {seconds:.0f}-second streams: {len(ok)} completed, "
