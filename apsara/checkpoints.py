@@ -10,7 +10,7 @@ blocks a writer. A writer's connection lets the log grow to SAFETY_PAGES before
 SQLite checkpoints in a commit itself: the safety net should this thread fall
 behind (a busy index writes ~1,000 pages a second).
 
-The thread ends after a while without writes (a test process opens many
+The thread ends after a few seconds without writes (a test process opens many
 databases), and the next write starts another; a forked child starts its own.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from .durable import native_lock
 
 EVERY_S = 0.2
-IDLE_ROUNDS = 50  # ~10 s without a write: the thread closes its connection and ends
+IDLE_ROUNDS = 25  # ~5 s without a write: the thread ends
 SAFETY_PAGES = 10_000  # ~40 MB of log
 
 
@@ -61,7 +61,7 @@ class Checkpointer:
 
     def _run(self) -> None:
         _, sleep = _native()
-        connection, idle = None, 0
+        idle = 0
         try:
             while idle < IDLE_ROUNDS or self._writes:
                 sleep(EVERY_S)
@@ -69,17 +69,29 @@ class Checkpointer:
                     idle += 1
                     continue
                 self._writes, idle = 0, 0
-                try:
-                    if connection is None:
-                        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:  # busy or gone: the next round, or SQLite's own, does it
-                    connection = None
+                self._checkpoint()
         finally:
             self._running_in = None
-            if connection is not None:
-                connection.close()
 
+    def _checkpoint(self) -> None:
+        """With a connection of its own, made for it: a waiting thread holds no file open (a test
+        process makes hundreds of databases), and never makes one that was removed (`mode=rw`)."""
+        with _IN_SQLITE:
+            try:
+                connection = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=rw", uri=True, isolation_level=None)
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    connection.close()
+            except sqlite3.Error:  # busy or gone: the next round, or SQLite's own, does it
+                pass
+
+
+# Held while the thread is inside SQLite, and by a fork: a child must not start with a lock of
+# SQLite's own taken by a thread it does not have.
+_IN_SQLITE = native_lock()
+os.register_at_fork(before=_IN_SQLITE.acquire, after_in_parent=_IN_SQLITE.release,
+                    after_in_child=_IN_SQLITE.release)
 
 _ALL: dict[Path, Checkpointer] = {}
 _ALL_LOCK = native_lock()

@@ -3,6 +3,7 @@
 What a checkpoint has copied is in the database file itself: a copy of that file
 alone (without its `-wal`) shows what has been checkpointed, and nothing else.
 """
+import os
 import shutil
 import sqlite3
 import time
@@ -46,15 +47,34 @@ def test_index_writes_reach_the_database_file_without_a_write_checkpointing(tmp_
     assert _wait_for_rows(index.path, tmp_path, "conversations", 40) == 40
 
 
+def _open_files_on(path) -> int:
+    """This process's descriptors open on the database, its log or its shared memory."""
+    folder = "/proc/self/fd"
+    count = 0
+    for fd in os.listdir(folder):
+        try:
+            count += os.readlink(f"{folder}/{fd}").startswith(str(path))
+        except OSError:  # closed meanwhile
+            pass
+    return count
+
+
 def test_the_thread_ends_when_idle_and_the_next_write_starts_another(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints, "IDLE_ROUNDS", 2)
     monkeypatch.setattr(checkpoints, "EVERY_S", 0.05)
     path = tmp_path / "usage.sqlite3"
     database = SqliteDatabase(path, "CREATE TABLE IF NOT EXISTS t (n INTEGER)")
     checkpointer = checkpoints.for_file(path)
+    with database.read():
+        held_by_the_writer = _open_files_on(path)
     with database.write() as sql:
         sql.execute("INSERT INTO t VALUES (1)")
     assert _wait_for_rows(path, tmp_path, "t", 1) == 1
+    # Between checkpoints the thread holds nothing open: hundreds of databases must not run a
+    # process out of file descriptors. (SQLite keeps the descriptor of a closed connection's
+    # database file, for reuse, while another connection of the process holds a lock on it:
+    # one, however many checkpoints.)
+    assert _open_files_on(path) <= held_by_the_writer + 1
     deadline = time.monotonic() + 5
     while checkpointer._running_in is not None and time.monotonic() < deadline:
         time.sleep(0.02)
