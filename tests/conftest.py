@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,17 @@ import pytest
 from apsara import create_app
 from apsara.config import Settings
 
+
+def _more_descriptors(wanted: int = 65536) -> None:
+    """The suite makes hundreds of apps, whose databases stay open until collected: a soft
+    limit of 1,024 descriptors (some machines' default) is too few for one test process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+_more_descriptors()
 
 from tests.postgres import STORE  # noqa: E402 (one copy, however this module is imported)
 
