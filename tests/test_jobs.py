@@ -191,3 +191,25 @@ def test_deleting_the_conversation_stops_its_reply(chat, fake):
     assert stream.finish()[-1][0] == "done"
     gate.set()
     assert chat.get(f"{API}/c1").status_code == 404
+
+
+def test_the_jobs_watcher_ends_when_idle_and_the_next_reply_starts_another(chat, chat_app, fake, monkeypatch):
+    from apsara.turns import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "WATCHER_IDLE_S", 0.1)
+    registry = chat_app.extensions["apsara"].chat.jobs
+    new_conversation(chat)
+    assert chat.post(f"{API}/c1/messages", json={"text": "one"}).status_code == 201
+    deadline = time.monotonic() + 5
+    while registry._watcher is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert registry._watcher is None, "an idle watcher kept running (and its app alive)"
+    # The next reply has a watcher again: it checkpoints what a slow stream received.
+    fake.push(Reply(parts=["slow", " reply"], chunk_delay_s=0.6))
+    response = chat.post(f"{API}/c1/messages", json={"text": "two", "stream": True}, buffered=False)
+    stream = response.response
+    first = next(stream)
+    assert registry._watcher is not None and registry._watcher.is_alive()
+    rest = b"".join(stream)
+    events = parse_sse((first + rest).decode())[0]
+    assert events[-1][0] == "done" and events[-1][2]["text"] == "slow reply"

@@ -27,6 +27,7 @@ log = logging.getLogger("apsara.jobs")
 
 CHECKPOINT_S = 0.25
 WATCH_PERIOD_S = 0.05
+WATCHER_IDLE_S = 10.0
 
 
 class Job:
@@ -132,8 +133,17 @@ class JobRegistry:
 
     # -- the watcher ------------------------------------------------------------------
     def _watch(self) -> None:
+        idle_since = time.monotonic()
         while True:
             time.sleep(WATCH_PERIOD_S)
+            with self._lock:
+                if self._jobs:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= WATCHER_IDLE_S:
+                    # Ends when idle, so that it does not keep a dropped app alive (a test process
+                    # makes hundreds, each with its databases open); the next job starts another.
+                    self._watcher = None
+                    return
             for job in list(self._jobs.values()):
                 try:
                     self._tend(job)
