@@ -19,23 +19,11 @@ import os
 import sqlite3
 from pathlib import Path
 
-from .durable import native_lock
+from .durable import native, native_lock
 
 EVERY_S = 0.2
 IDLE_ROUNDS = 25  # ~5 s without a write: the thread ends
 SAFETY_PAGES = 10_000  # ~40 MB of log
-
-
-def _native():
-    """(start_new_thread, sleep) of the OS, also under gevent."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        import _thread
-        import time
-
-        return _thread.start_new_thread, time.sleep
-    return monkey.get_original("_thread", "start_new_thread"), monkey.get_original("time", "sleep")
 
 
 class Checkpointer:
@@ -56,11 +44,10 @@ class Checkpointer:
         self._writes += 1
         if self._running_in != os.getpid():
             self._running_in = os.getpid()
-            start, _ = _native()
-            start(self._run, ())
+            native("_thread", "start_new_thread")(self._run, ())
 
     def _run(self) -> None:
-        _, sleep = _native()
+        sleep = native("time", "sleep")
         idle = 0
         try:
             while idle < IDLE_ROUNDS or self._writes:

@@ -6,6 +6,7 @@ of the folder. Readers need no lock: a rename is atomic.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -67,18 +68,21 @@ def on_disk_thread(work: Callable[[], object], meanwhile: Callable[[], None] | N
     return result
 
 
+def native(module: str, name: str):
+    """`module.name` as the standard library made it, also where gevent has patched it."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return getattr(importlib.import_module(module), name)
+    return monkey.get_original(module, name)
+
+
 def native_lock(reentrant: bool = False):
     """A lock of the OS's threads, also under gevent: for what the disk's threads share with
     greenlets. gevent's own locks, taken by a greenlet and by a native thread at once, lost a
     wake-up under a burst of turns and left every disk thread waiting. Hold one only for work
     that never yields to gevent (SQLite calls): a greenlet waiting on it stops the worker."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        import threading
-
-        return threading.RLock() if reentrant else threading.Lock()
-    return monkey.get_original("_thread", "RLock" if reentrant else "allocate_lock")()
+    return native("_thread", "RLock" if reentrant else "allocate_lock")()
 
 
 _pool: tuple[int, Callable] | None = None

@@ -19,7 +19,7 @@ import httpx2
 from google import genai
 from google.genai import types
 
-from apsara.gemini.client import REPLY_TYPES
+from apsara.gemini.client import build_reply_types
 from bench.chat import MODEL, direct_contents
 
 _histories: dict[int, list[dict]] = {}
@@ -28,10 +28,7 @@ _histories: dict[int, list[dict]] = {}
 def _warmed_client() -> genai.Client:
     """Made as the worker imports the app, as Apsara's workers warm up before their first request:
     otherwise a burst's first requests to a worker would each make a client of their own."""
-    for name in REPLY_TYPES:
-        model = getattr(types, name, None)
-        if model is not None:
-            model.model_rebuild()
+    build_reply_types()
     return genai.Client(api_key="bench", http_options=types.HttpOptions(
         base_url=os.environ["GEMINI_BASE_URL"], api_version="v1beta", timeout=60_000,
         # The default pool holds 100 connections: a burst's others would wait for a stream to end.

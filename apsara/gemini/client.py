@@ -32,6 +32,13 @@ REPLY_TYPES = ("HttpOptions", "HttpResponse", "GenerateContentConfig", "Thinking
                "GenerateContentResponse", "Candidate", "GenerateContentResponseUsageMetadata")
 
 
+def build_reply_types() -> None:
+    for name in REPLY_TYPES:
+        model = getattr(types, name, None)
+        if model is not None:
+            model.model_rebuild()
+
+
 class GeminiClient:
     def __init__(self, settings: Settings):
         self._settings = settings
@@ -72,10 +79,7 @@ class GeminiClient:
         context) and the validators of the SDK types a reply meets. Call after the fork.
         A failure here is only logged: the first reply would meet it again, and say so."""
         try:
-            for name in REPLY_TYPES:
-                model = getattr(types, name, None)
-                if model is not None:
-                    model.model_rebuild()
+            build_reply_types()
             if self.configured:
                 self.sdk  # noqa: B018 - made now, kept for the process's life
         except Exception:  # noqa: BLE001
