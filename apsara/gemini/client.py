@@ -16,7 +16,7 @@ from google import genai
 from google.genai import types
 
 from ..config import Settings
-from . import metering
+from . import field_lookup, metering
 from .upstream import StoppableTransport
 
 log = logging.getLogger("apsara.gemini")
@@ -91,6 +91,7 @@ class GeminiClient:
         if self._client is None or self._pid != pid:
             with self._lock:
                 if self._client is None or self._pid != pid:
+                    field_lookup.install()  # the SDK's request building, half the CPU on long histories
                     self._client = genai.Client(api_key=self._settings.gemini_api_key,
                                                 http_options=self.http_options())
                     self._pid = pid
