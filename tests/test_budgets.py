@@ -13,7 +13,7 @@ import pytest
 from apsara import create_app
 from apsara.config import ConfigError, from_env
 from apsara.testing.fake_gemini import Reply
-from tests.conftest import UserClient, make_settings
+from tests.conftest import UserClient, make_settings, parse_sse
 from tests.postgres import server_env
 from tests.servers import call, gunicorn
 from tests.test_usage import API, assert_ledger_matches_bill, send, start, usage, wait_until_written
@@ -166,4 +166,46 @@ def test_an_auto_turn_over_budget_never_asks_the_judge(tmp_path, fake):
     assert send(client, "hello again").status_code == 429
     assert client.post("/api/v1/route", json={"text": "hi"}).status_code == 429
     assert len(fake.generate_requests()) == asked
+    assert_ledger_matches_bill(client, fake)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_function_round_is_held_too_and_a_used_up_budget_ends_the_turn(tmp_path, fake, stream):
+    client = budget_app(tmp_path, fake, {"default": {"tokens_per_day": 1000}}).test_client()
+    start(client, tools=["calculator"])
+    # The first call alone uses up the day's 1,000 tokens: the model's next answer is never asked for.
+    fake.push(Reply(parts=[{"functionCall": {"name": "calculator", "args": {"expression": "6 * 7"}}}],
+                    usage={"promptTokenCount": 1400, "candidatesTokenCount": 100, "totalTokenCount": 1500}),
+              Reply(parts=["It is 42."]))
+    response = send(client, "6*7?", stream=stream)
+    if stream:
+        events, _ = parse_sse(response.get_data(as_text=True))
+        name, data = events[-1][0], events[-1][2]
+        assert name == "error" and data["error"]["code"] == 429
+        reply = data["reply"]
+    else:  # the turn's own error, as any failed reply's: with the reply as stored
+        assert response.status_code == 429 and "tokens_per_day" in response.json["error"]["message"]
+        assert int(response.headers["Retry-After"]) > 0
+        reply = response.json["reply"]
+    assert len(fake.generate_requests()) == 1
+    assert reply["status"] == "error" and "tokens_per_day" in reply["error"]["message"]
+    # What the turn did is kept and shown: the call and its result.
+    assert [p["type"] for p in reply["parts"]] == ["function_call", "function_response"]
+    assert reply["parts"][1]["response"]["result"] == 42
+    stored = client.get(f"{API}/c1").json["messages"][-1]
+    assert stored["id"] == reply["id"] and stored["status"] == "error"
+    assert_ledger_matches_bill(client, fake)
+    assert send(client, "again").status_code == 429
+
+
+def test_a_function_round_within_the_budget_runs_on(tmp_path, fake):
+    client = budget_app(tmp_path, fake, {"default": {"tokens_per_day": 1_000_000}}).test_client()
+    start(client, tools=["calculator"])
+    fake.push(Reply(parts=[{"functionCall": {"name": "calculator", "args": {"expression": "6 * 7"}}}],
+                    usage={"promptTokenCount": 1400, "candidatesTokenCount": 100, "totalTokenCount": 1500}),
+              Reply(parts=["It is 42."]))
+    reply = send(client, "6*7?").json["reply"]
+    assert reply["status"] == "complete" and reply["parts"][-1]["text"] == "It is 42."
+    assert len(fake.generate_requests()) == 2
+    assert usage(client)["totals"]["total_tokens"] >= 1500
     assert_ledger_matches_bill(client, fake)

@@ -124,7 +124,7 @@ class TurnPlanner:
             else:
                 settings[key] = value
         routing = None
-        input_tokens = self._estimate_tokens(header["system_instruction"], context)
+        input_tokens = self.estimate_tokens(header["system_instruction"], context)
         if (model_override or header["model"]) == AUTO:
             # Budget hook: reserve for the dearest model `auto` may pick, before its judge is asked.
             bill.hold(self._auto_candidates(), input_tokens, settings.get("max_output_tokens"))
@@ -158,7 +158,7 @@ class TurnPlanner:
         file_types = [p["mime_type"] for m in context for p in m["parts"] if p["type"] == "file"]
         previous = next((m.get("routing", {}).get("tier") for m in reversed(context[:-1])
                          if m["role"] == "model" and m.get("routing")), None)
-        tokens = self._estimate_tokens(system_instruction, context)
+        tokens = self.estimate_tokens(system_instruction, context)
         return self.router.route(text, file_types=file_types, tools=tools, context_tokens=tokens,
                                  previous_tier=previous, history_turns=len(context) // 2, billed_to=bill)
 
@@ -176,7 +176,7 @@ class TurnPlanner:
 
     # -- context size ----------------------------------------------------------------------
     @staticmethod
-    def _estimate_tokens(system_instruction: str, context: list[dict]) -> int:
+    def estimate_tokens(system_instruction: str, context: list[dict]) -> int:
         """A generous guess (3 characters a token); only a guess near the limit costs a countTokens call."""
         chars = len(system_instruction or "")
         tokens = 0
@@ -202,7 +202,7 @@ class TurnPlanner:
             raise to_api_error(exc, self.gemini.secret) from None
 
     def _check_size(self, owner: str, choice: Choice, context: list[dict], estimate: int) -> None:
-        """`estimate`: `_estimate_tokens` of this context and system instruction."""
+        """`estimate`: `estimate_tokens` of this context and system instruction."""
         limit = choice.model.input_token_limit
         has_media = any(p["type"] == "file" and not p["mime_type"].startswith(("image/", "text/"))
                         for m in context for p in m["parts"])
@@ -254,7 +254,7 @@ class TurnPlanner:
         judge = self.catalog.get(self.settings.auto_judge_model) if self.router.judge else None
         try:
             if judge is not None:
-                bill.hold([judge], self._estimate_tokens(system_instruction, context[-1:]), JUDGE_OUTPUT_TOKENS)
+                bill.hold([judge], self.estimate_tokens(system_instruction, context[-1:]), JUDGE_OUTPUT_TOKENS)
             return self.route_turn(context, tools or [], system_instruction, bill).to_dict()
         finally:
             bill.settle()

@@ -131,6 +131,12 @@ class ReplyRunner:
                 self.planner.request_for(owner, turn)
             try:
                 for step in range(self.settings.max_function_steps + 1):
+                    if step and turn.bill is not None:
+                        # Held against the budget as the first call was: one the earlier
+                        # calls used up ends the turn here, with what they made.
+                        turn.bill.renew([choice.model], self.planner.estimate_tokens(
+                            choice.system_instruction, turn.context + [{"parts": builder.parts}]),
+                            choice.settings.get("max_output_tokens"))
                     first_new = len(builder.parts)
                     yield from send(self.gemini, choice.model.id, contents, config, builder, stream, turn.bill)
                     step_parts = builder.parts[first_new:]

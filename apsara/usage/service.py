@@ -2,7 +2,8 @@
 
 A turn (or /generate, a title, a route preview) opens a `Bill`: who pays, for
 which conversation. Before its first Gemini call, `bill.hold(...)` reserves the
-worst case of that call against the user's budget (or refuses with 429), and
+worst case of that call against the user's budget (or refuses with 429); before
+each further one (a function round) `bill.renew(...)` checks and reserves again;
 `bill.settle()` at the end frees what was not spent. Every Gemini call reports to
 `UsageService.record` (the Gemini client's `on_call` hook), which prices it,
 writes it to the ledger against the bill's reservation, and counts it in metrics.
@@ -38,6 +39,13 @@ class Bill:
         (default: the model's output limit). The first hold checks the budget and may refuse
         with 429; a later one only changes the amount (a turn that now knows its model)."""
         self._service.hold(self, list(models), input_tokens, output_tokens)
+
+    def renew(self, models: Iterable, input_tokens: int, output_tokens: int | None = None) -> None:
+        """Before a further call of the same turn (a function round). What the earlier calls
+        spent is settled by now, so the budget is checked again as for a new turn (429 when
+        they reached it) and the reservation is made anew for this call's worst case."""
+        self.settle()
+        self.hold(models, input_tokens, output_tokens)
 
     def settle(self) -> None:
         """The turn is over: what it spent is in the ledger, the rest of its reservation goes."""
