@@ -213,3 +213,31 @@ def test_the_jobs_watcher_ends_when_idle_and_the_next_reply_starts_another(chat,
     rest = b"".join(stream)
     events = parse_sse((first + rest).decode())[0]
     assert events[-1][0] == "done" and events[-1][2]["text"] == "slow reply"
+
+
+def test_a_reply_reads_back_no_checkpoint_of_its_own_yet_sees_a_stop_recorded_between_them(chat, chat_app, fake,
+                                                                                         monkeypatch):
+    services = chat_app.extensions["apsara"]
+    store = services.manager.store
+    read_back = []
+    original = store.follow
+
+    def follow(*args):
+        records, position = original(*args)
+        read_back.extend(records or [])
+        return records, position
+
+    monkeypatch.setattr(store, "follow", follow)
+    new_conversation(chat)
+    fake.push(Reply(parts=[f" {n}" for n in range(40)], chunk_delay_s=0.05))  # 2 s: several checkpoints
+    stream = Streaming(chat, "c1", "go")
+    reply_id = wait_until(lambda: next((e[2]["id"] for e in stream.events() if e[0] == "reply_start"), None))
+    wait_until(lambda: len(chat.get(f"{API}/c1").json["messages"][-1]["parts"]) > 0)  # checkpointed
+    time.sleep(0.6)  # more checkpoints, and the stop checks after them
+    assert not [r for r in read_back if r["type"] == "progress"]
+    # A stop written to the file by another process, between two checkpoints, is still seen.
+    services.manager.request_stop("local", "c1", reply_id)
+    events = stream.finish()
+    assert events[-1][0] == "done" and events[-1][2]["status"] == "stopped"
+    assert any(r["type"] == "stop" for r in read_back)
+    assert chat.get(f"{API}/c1").json["messages"][-1]["status"] == "stopped"

@@ -509,16 +509,15 @@ class ConversationManager:
             turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None
             turn.reply = message_view(tree.get(reply["id"]), tree, link)
 
-    def checkpoint(self, owner: str, conversation_id: str, reply_id: str, events: list) -> bool:
+    def checkpoint(self, owner: str, conversation_id: str, reply_id: str, events: list) -> dict | None:
         """Append a reply's progress (no fsync: a killed process loses nothing written).
-        False when the conversation is gone."""
+        Returns the store's mark; None when the conversation is gone."""
         try:
             with self.store.locked(owner, conversation_id, existing=True):
-                self.store.append(owner, conversation_id,
-                                  [record(0, "progress", now_iso(), id=reply_id, events=events)], sync=False)
-            return True
+                return self.store.append(owner, conversation_id,
+                                         [record(0, "progress", now_iso(), id=reply_id, events=events)], sync=False)
         except (Missing, LockTimeout):
-            return False
+            return None
 
     def finish_reply(self, owner: str, conversation_id: str, reply_id: str, events: list, fields: dict,
                      text: str | None = None) -> bool:

@@ -470,7 +470,8 @@ class ConversationStore:
         """Append records (numbered here) and a mark in one write; then fsync unless
         `sync` is False. `on_written()` runs while the fsync is under way. `reply_texts`:
         the text of replies these records end, when the caller has it (else it is read back
-        for the search index). Call inside `locked()`. Returns the new mark (with `size`)."""
+        for the search index). Call inside `locked()`. Returns the new mark (with `size`, and
+        the follow() positions after these records and before them: `position`, `began_at`)."""
         path = self.path(owner, conversation_id)
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND)
@@ -543,6 +544,7 @@ class ConversationStore:
                 os.close(fd)
         mark["size"] = size + len(data)
         mark["position"] = (inode, mark["size"])  # where a follow() of what comes next starts
+        mark["began_at"] = (inode, size)  # and where these records start
         return mark
 
     def _repair(self, fd: int, conversation_id: str) -> int:

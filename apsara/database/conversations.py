@@ -250,7 +250,8 @@ class PgConversationStore:
             with self.db.connection() as conn:
                 _add_texts(conn, owner, conversation_id, "message", texts)
         return {"seq": seq, "updated_at": updated_at, "message_count": count, "base": base,
-                "size": base + record_bytes, "position": (generation, seq)}
+                "size": base + record_bytes, "position": (generation, seq),
+                "began_at": (generation, seq - len(records))}
 
     @staticmethod
     def needs_compaction(mark: dict) -> bool:

@@ -170,7 +170,12 @@ class JobRegistry:
                 return
             batch = job.unflushed()
             job.last_flush = time.monotonic()
-            self.manager.checkpoint(job.owner, job.conversation_id, job.reply_id, batch)
+            mark = self.manager.checkpoint(job.owner, job.conversation_id, job.reply_id, batch)
+            # The job's own progress holds no stop: when nothing else was appended since the
+            # last look, the next looks on from after it instead of reading it back (200
+            # streams checkpointing 4 times a second would otherwise read all that back too).
+            if mark is not None and job.position == mark["began_at"]:
+                job.position = mark["position"]
 
     def _stop_recorded(self, job: Job) -> bool:
         """Whether a `stop` record for this reply was appended since we last looked, or
