@@ -45,6 +45,9 @@ class Checkpointer:
     def wrote(self) -> None:
         """A commit was made: the log is checkpointed within EVERY_S."""
         self._writes += 1
+        self._start()
+
+    def _start(self) -> None:
         if self._running_in != os.getpid():
             self._running_in = os.getpid()
             native("_thread", "start_new_thread")(self._run, ())
@@ -62,6 +65,8 @@ class Checkpointer:
                 self._checkpoint()
         finally:
             self._running_in = None
+            if self._writes:  # one came as this thread was ending, and saw it running
+                self._start()
 
     def _checkpoint(self) -> None:
         """With a connection of its own, made for it: a waiting thread holds no file open (a test

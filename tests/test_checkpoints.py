@@ -60,7 +60,7 @@ def _open_files_on(path) -> int:
 
 
 def test_the_thread_ends_when_idle_and_the_next_write_starts_another(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoints, "IDLE_ROUNDS", 20)  # it waits a second before it ends
+    monkeypatch.setattr(checkpoints, "IDLE_ROUNDS", 100)  # it waits 5 s before it ends
     monkeypatch.setattr(checkpoints, "EVERY_S", 0.05)
     path = tmp_path / "usage.sqlite3"
     database = SqliteDatabase(path, "CREATE TABLE IF NOT EXISTS t (n INTEGER)")
@@ -79,7 +79,7 @@ def test_the_thread_ends_when_idle_and_the_next_write_starts_another(tmp_path, m
         time.sleep(0.01)
     assert held <= held_by_the_writer + 1
     assert checkpointer._running_in is not None, "counted after the thread ended, not between checkpoints"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while checkpointer._running_in is not None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert checkpointer._running_in is None, "the idle thread did not end"

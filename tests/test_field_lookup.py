@@ -7,6 +7,7 @@ import base64
 import json
 from pathlib import Path
 
+import pydantic
 import pytest
 from google import genai
 from google.genai import _common, models, types
@@ -119,7 +120,28 @@ def test_the_recorded_real_requests(monkeypatch, fake, body):
     assert ours[0]["contents"] == body["contents"]
 
 
-def test_the_lookup_answers_as_the_sdk_on_odd_paths():
+class Plain(pydantic.BaseModel):  # not one of the SDK's models
+    a: int = 1
+
+
+class Mapping(_common.BaseModel):  # an SDK model that answers `in` and `[]` itself
+    a: int = 1
+
+    def __contains__(self, key):
+        return key == "a"
+
+    def __getitem__(self, key):
+        return f"item {key}"
+
+
+class Falsy(_common.BaseModel):
+    a: int = 1
+
+    def __bool__(self):
+        return False
+
+
+def test_the_lookup_answers_as_the_sdk_on_odd_paths(monkeypatch):
     part = types.Part(text="", thought=False)
     content = types.Content(role="user", parts=[part])
     cases = [
@@ -128,9 +150,13 @@ def test_the_lookup_answers_as_the_sdk_on_odd_paths():
         (content, ["parts"]), (content, ["parts[]", "text"]), (content, ["parts[0]", "text"]),
         (content, ["missing"]), (content, ["role", "upper"]), (part, ["text"]), (part, ["thought"]),
         (part, ["inline_data", "data"]), (content, ["_self"]), (None, ["a"]), ({"a": content}, ["a", "role"]),
-        ({"contents": [content]}, ["contents[]", "parts"]),
+        ({"contents": [content]}, ["contents[]", "parts"]), (Plain(), ["a"]), ({"x": Plain()}, ["x", "a"]),
+        (Mapping(), ["a"]), (Mapping(), ["b"]), (Falsy(), ["a"]), (part, ["text", "upper"]),
     ]
-    for data, keys in cases:
-        for default in (None, "fallback"):
-            assert (field_lookup.get_value_by_path(data, keys, default_value=default)
-                    == field_lookup.ORIGINAL(data, keys, default_value=default)), (data, keys, default)
+    defaults = (None, "fallback")
+    _with_lookup(monkeypatch, field_lookup.ORIGINAL)  # the SDK's own all the way down, for what it answers
+    expected = [field_lookup.ORIGINAL(data, keys, default_value=d) for data, keys in cases for d in defaults]
+    _with_lookup(monkeypatch, field_lookup.get_value_by_path)
+    answers = [field_lookup.get_value_by_path(data, keys, default_value=d) for data, keys in cases for d in defaults]
+    for case, answer, wanted in zip([(data, keys, d) for data, keys in cases for d in defaults], answers, expected):
+        assert answer == wanted, case

@@ -229,7 +229,7 @@ def test_a_reply_reads_back_no_checkpoint_of_its_own_yet_sees_a_stop_recorded_be
 
     monkeypatch.setattr(store, "follow", follow)
     new_conversation(chat)
-    fake.push(Reply(parts=[f" {n}" for n in range(40)], chunk_delay_s=0.05))  # 2 s: several checkpoints
+    fake.push(Reply(parts=[f" {n}" for n in range(200)], chunk_delay_s=0.05))  # 10 s, unless stopped
     stream = Streaming(chat, "c1", "go")
     reply_id = wait_until(lambda: next((e[2]["id"] for e in stream.events() if e[0] == "reply_start"), None))
     wait_until(lambda: len(chat.get(f"{API}/c1").json["messages"][-1]["parts"]) > 0)  # checkpointed

@@ -10,8 +10,9 @@ for building the request went there (google-genai 3.3.0). Every long conversatio
 every turn paid it.
 
 `get_value_by_path` below is the SDK's function with that one step going straight to
-the attribute: the same answer for every input (tests hold it to the original on
-real requests). It is installed only over the exact function it was written against:
+the attribute, for the models where `key in model` can only be false (the SDK's own,
+which define no `__contains__` and keep pydantic's `__iter__`): the same answer for
+every input (tests hold it to the original on odd paths and real requests). It is installed only over the exact function it was written against:
 when an upgrade changes the SDK's, the SDK keeps its own and a test says so.
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ import inspect
 import logging
 from typing import Any
 
+import pydantic
 from google.genai import _common
-from pydantic import BaseModel
 
 log = logging.getLogger("apsara.gemini")
 
@@ -52,7 +53,10 @@ def get_value_by_path(data: Any, keys: list[str], *, default_value: Any = None) 
             if key_name in data and data[key_name]:
                 return get_value_by_path(data[key_name][0], keys[i + 1:], default_value=default_value)
             return default_value
-        if isinstance(data, BaseModel):  # the change: `key in data` is never true for one
+        never_contains = _NEVER_CONTAINS.get(type(data))
+        if never_contains is None:
+            never_contains = _never_contains(type(data))
+        if never_contains:  # the change: no walk over every field first
             if not hasattr(data, key):
                 return default_value
             data = getattr(data, key)
@@ -61,6 +65,17 @@ def get_value_by_path(data: Any, keys: list[str], *, default_value: Any = None) 
         else:
             return default_value
     return data
+
+
+_NEVER_CONTAINS: dict[type, bool] = {}  # per type: asking each time cost more than the walk saved
+
+
+def _never_contains(kind: type) -> bool:
+    """A model of the SDK's, for which `key in data` compares the key with (name, value) pairs."""
+    answer = (issubclass(kind, _common.BaseModel) and kind.__iter__ is pydantic.BaseModel.__iter__
+              and not hasattr(kind, "__contains__"))
+    _NEVER_CONTAINS[kind] = answer
+    return answer
 
 
 def replaces_sdk_function() -> bool:

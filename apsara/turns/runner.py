@@ -131,9 +131,9 @@ class ReplyRunner:
                 self.planner.request_for(owner, turn)
             try:
                 for step in range(self.settings.max_function_steps + 1):
-                    if step and turn.bill is not None:
-                        # Held against the budget as the first call was: one the earlier
-                        # calls used up ends the turn here, with what they made.
+                    if step and turn.bill is not None and turn.bill.holding:
+                        # Held against the budget as the first call was. A 429 here ends
+                        # the turn, keeping the parts made so far.
                         turn.bill.renew([choice.model], self.planner.estimate_tokens(
                             choice.system_instruction, turn.context + [{"parts": builder.parts}]),
                             choice.settings.get("max_output_tokens"))

@@ -47,8 +47,14 @@ class Bill:
         self.settle()
         self.hold(models, input_tokens, output_tokens)
 
+    @property
+    def holding(self) -> bool:
+        """Whether this bill holds part of a budget (there is one for its user)."""
+        return self.reservation_id is not None
+
     def settle(self) -> None:
-        """The turn is over: what it spent is in the ledger, the rest of its reservation goes."""
+        """What the turn spent is in the ledger: the rest of its reservation goes (when the
+        turn ends, or before a further call renews it)."""
         if self.reservation_id is not None:
             reservation, self.reservation_id = self.reservation_id, None
             self._service.ledger.release(reservation)
