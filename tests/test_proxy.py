@@ -122,3 +122,21 @@ def test_nginx_answers_json_when_gunicorn_is_down(tmp_path):
     assert status == 502
     assert body["error"]["status"] == "UPSTREAM_ERROR" and set(body["error"]) == {"code", "status", "message",
                                                                                    "details"}
+
+
+def test_nginxs_own_refusal_on_v1_is_openais_shape(proxied):
+    base, _, _ = proxied
+    raw = _exchange(base, b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 209715200\r\n\r\n")
+    head, _, answer = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"application/json" in head
+    error = json.loads(answer)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+
+
+def test_nginx_answers_openais_shape_on_v1_when_gunicorn_is_down(tmp_path):
+    with nginx(SITE, free_port(), tmp_path / "nginx") as base:
+        status, body = call("GET", f"{base}/v1/models")
+        api_status, api_body = call("GET", f"{base}/api/v1/models")
+    assert status == 502 and body["error"]["type"] == "server_error" and body["error"]["code"] == "upstream_error"
+    assert api_status == 502 and api_body["error"]["status"] == "UPSTREAM_ERROR"
