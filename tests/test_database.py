@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -14,7 +15,8 @@ import pytest
 
 from apsara import create_app
 from apsara.database.migrations import MIGRATIONS, migrate
-from tests.conftest import make_settings
+from apsara.testing.fake_gemini import Reply
+from tests.conftest import make_settings, parse_sse
 from tests.postgres import STORE, empty
 
 API = "/api/v1/conversations"
@@ -189,3 +191,52 @@ def test_a_file_of_several_chunks_comes_back_whole(on_database, postgres_url):
     download = client.get(f"/api/v1/files/{meta['id']}/content")
     assert download.status_code == 200 and download.headers["Content-Length"] == str(len(data))
     assert download.data == data
+
+
+def test_a_stop_written_by_another_replica_is_told_at_once(postgres_url, tmp_path, fake, monkeypatch):
+    """Two apps on one database stand for two replicas; the one running the reply never asks
+    for the stop (its asking is turned off): only the notification can stop it, and does."""
+    from apsara.database import stops
+
+    empty(postgres_url)
+    STORE["database_url"] = postgres_url
+    try:
+        running = create_app(make_settings(tmp_path / "a", gemini_api_key="k", gemini_base_url=fake.url))
+        other = create_app(make_settings(tmp_path / "b", gemini_api_key="k", gemini_base_url=fake.url))
+    finally:
+        STORE["database_url"] = None
+    monkeypatch.setattr(stops, "ASK_LISTENING_S", 3600.0)
+    client = running.test_client()
+    client.post(API, json={"id": "c1"})
+    gate = threading.Event()
+    fake.push(Reply(parts=["read this", " not this"], hold=gate))
+    try:
+        response = client.post(f"{API}/c1/messages", json={"text": "go", "stream": True}, buffered=False)
+        chunks = response.response
+        first = b""
+        while b"read this" not in first:
+            first += next(chunks)
+        store = running.extensions["apsara"].store
+        deadline = time.monotonic() + 5
+        while not store.stops.listening and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert store.stops.listening
+        reply_id = next(data["id"] for name, _, data in parse_sse(first.decode())[0] if name == "reply_start")
+        started = time.monotonic()
+        stopped = other.test_client().post(f"{API}/c1/messages/{reply_id}/stop")
+        assert stopped.status_code == 200 and stopped.json["reply"]["status"] == "stopped"
+        assert fake.closed_streams and fake.closed_streams[0] - started < 1.0
+        end = parse_sse((first + b"".join(chunks)).decode())[0][-1]
+        assert end[0] == "done" and end[2]["status"] == "stopped"
+        # a deletion is told the same way
+        fake.push(Reply(parts=["more", " and more"], hold=gate))
+        response = client.post(f"{API}/c1/messages", json={"text": "again", "stream": True}, buffered=False)
+        chunks = response.response
+        seen = b""
+        while b"more" not in seen:
+            seen += next(chunks)
+        assert other.test_client().delete(f"{API}/c1").status_code == 204
+        assert parse_sse((seen + b"".join(chunks)).decode())[0][-1][0] == "done"
+        assert len(fake.closed_streams) == 2
+    finally:
+        gate.set()

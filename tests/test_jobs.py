@@ -228,6 +228,7 @@ def test_a_reply_reads_back_no_checkpoint_of_its_own_yet_sees_a_stop_recorded_be
         return records, position
 
     monkeypatch.setattr(store, "follow", follow)
+    monkeypatch.setattr(store, "listen_for_stops", lambda on_stop, wanted: None)  # the stop is found by asking
     new_conversation(chat)
     fake.push(Reply(parts=[f" {n}" for n in range(200)], chunk_delay_s=0.05))  # 10 s, unless stopped
     stream = Streaming(chat, "c1", "go")

@@ -376,6 +376,9 @@ class ConversationStore:
                     records.append(orjson.loads(line))
         return records, (inode, offset + end)
 
+    def listen_for_stops(self, on_stop, wanted) -> None:
+        """Nothing to listen to: a running reply asks with one stat() a watcher round."""
+
     def may_have_news(self, owner: str, conversation_id: str, position: tuple[int, int]) -> bool:
         """Whether `follow()` could find anything after `position` (or that the conversation
         is gone): one stat(), no read."""

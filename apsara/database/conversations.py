@@ -28,6 +28,7 @@ from ..conversations.journal import TOUCHING, replay
 from ..conversations.store import COMPACT_MIN_BYTES, LOCK_TIMEOUT_S, LockTimeout, Missing, check_id, iso_to_ns
 from ..search import message_text, snippet, words_of
 from . import Database
+from . import stops
 
 _LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 
@@ -84,11 +85,20 @@ def _index_records(conn, owner: str, conversation_id: str, records: list[dict]) 
 
 
 class PgConversationStore:
-    # How often a running reply asks for a stop request (well within the second promised).
-    stop_poll_s = 0.25
-
     def __init__(self, db: Database):
         self.db = db
+        self.stops = stops.StopListener(db.url)
+
+    @property
+    def stop_poll_s(self) -> float:
+        """How often a running reply asks for a stop request: rarely while stops are told
+        (stops.py), else well within the second promised."""
+        return stops.ASK_LISTENING_S if self.stops.listening else stops.ASK_S
+
+    def listen_for_stops(self, on_stop, wanted) -> None:
+        """Stop requests and deletions written by any replica, told to `on_stop(owner,
+        conversation_id, reply_id or None)` as they commit, until `wanted()` is false."""
+        self.stops.run(on_stop, wanted)
 
     # -- locking ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -238,6 +248,9 @@ class PgConversationStore:
             for number, rec in enumerate(records, start=seq - len(records) + 1):
                 rec["seq"] = number
             _index_records(conn, owner, conversation_id, records)
+            for rec in records:
+                if rec["type"] == "stop":
+                    stops.notify(conn, owner, conversation_id, rec["id"])
             if on_written is not None:
                 on_written()
         ended = [rec["id"] for rec in records if rec["type"] == "reply"]
@@ -259,9 +272,12 @@ class PgConversationStore:
         return mark.get("size", 0) - base > max(COMPACT_MIN_BYTES, base)
 
     def delete(self, owner: str, conversation_id: str) -> bool:
-        with self.db.connection() as conn:
-            return conn.execute("DELETE FROM conversations WHERE owner = %s AND id = %s",
-                                (check_id(owner), check_id(conversation_id))).rowcount > 0
+        with self.db.transaction() as conn:
+            deleted = conn.execute("DELETE FROM conversations WHERE owner = %s AND id = %s",
+                                   (check_id(owner), check_id(conversation_id))).rowcount > 0
+            if deleted:  # nobody can see its replies now: any replica running one stops it
+                stops.notify(conn, owner, conversation_id)
+            return deleted
 
     def sweep_temp_files(self, older_than_s: float = 600.0) -> int:
         return 0  # a transaction leaves nothing half-written behind

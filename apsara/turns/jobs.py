@@ -118,8 +118,11 @@ class JobRegistry:
             self._jobs[(job.owner, job.conversation_id, job.reply_id)] = job
             if self._watcher is None or self._pid != os.getpid() or not self._watcher.is_alive():
                 self._pid = os.getpid()
-                self._watcher = threading.Thread(target=self._watch, name="apsara-jobs", daemon=True)
-                self._watcher.start()
+                self._watcher = watcher = threading.Thread(target=self._watch, name="apsara-jobs", daemon=True)
+                watcher.start()
+                # Beside it, for as long as it runs: stops other processes write, told as they commit.
+                threading.Thread(target=self.manager.store.listen_for_stops, name="apsara-stops", daemon=True,
+                                 args=(self._stop_told, lambda: self._watcher is watcher)).start()
 
     def remove(self, job: Job) -> None:
         with self._lock:
@@ -161,6 +164,16 @@ class JobRegistry:
         if not job.stop_requested and now - job.stop_checked >= self.manager.store.stop_poll_s:
             job.stop_checked = now
             if self._stop_recorded(job):
+                log.info("reply %s stopped from another process (or its conversation deleted)", job.reply_id)
+                job.stop()
+
+    def _stop_told(self, owner: str, conversation_id: str, reply_id: str | None) -> None:
+        """A stop request for a reply (None: a deletion, for every reply of the conversation)."""
+        with self._lock:
+            jobs = [job for (o, c, r), job in self._jobs.items()
+                    if (o, c) == (owner, conversation_id) and reply_id in (None, r)]
+        for job in jobs:
+            if not job.stop_requested:
                 log.info("reply %s stopped from another process (or its conversation deleted)", job.reply_id)
                 job.stop()
 
