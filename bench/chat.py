@@ -464,12 +464,17 @@ def read_first_event(base: str, path: str, headers=None) -> float:
     return first
 
 
-def resume_and_stop_sections(samples: int) -> None:
+def resume_and_stop_sections(samples: int, database_url: str | None = None) -> None:
+    """Through two servers: on one data folder, or (`database_url`) as replicas on one database."""
     fake = FakeGemini().start()
     with tempfile.TemporaryDirectory() as tmp:
         env = {"APSARA_DATA_DIR": str(Path(tmp) / "data"), "gemini": "bench", "GEMINI_BASE_URL": fake.url,
                "GUNICORN_ACCESS_LOG": "/dev/null"}
-        with gunicorn(env, workers=1) as first, gunicorn(env, workers=1) as second:
+        other = env
+        if database_url:  # replicas share nothing on disk
+            env["APSARA_DATABASE_URL"] = database_url
+            other = {**env, "APSARA_DATA_DIR": str(Path(tmp) / "other")}
+        with gunicorn(env, workers=1) as first, gunicorn(other, workers=1) as second:
             host, port = first.removeprefix("http://").split(":")
             conn = http.client.HTTPConnection(host, int(port))
             post(conn, "/api/v1/conversations", {"id": "long"}).read()

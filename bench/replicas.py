@@ -6,7 +6,8 @@ Prints:
      database's p50 within 3 ms of the files');
   2. the newest 20 of 100,000 conversations on the database (target p50 <= 20 ms);
   3. N concurrent streams over two replicas on one database (target: 0 errors);
-  4. `python -m apsara.migrate` on 10,000 conversations (conversations a second).
+  4. `python -m apsara.migrate` on 10,000 conversations (conversations a second);
+  5. resume and stop of a reply through the other replica (as bench/chat.py on one folder).
 Needs Debian's postgresql package. Run: `.venv/bin/python bench/replicas.py [--streams 200]`.
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ from google.genai import types  # noqa: E402
 from apsara.clock import now_iso  # noqa: E402
 from apsara.conversations.store import iso_to_ns  # noqa: E402
 from apsara.database import Database  # noqa: E402
-from bench.chat import MODEL, burst, direct_contents, pct, post, seed, start_fake  # noqa: E402
+from bench.chat import (MODEL, burst, direct_contents, pct, post, resume_and_stop_sections, seed,  # noqa: E402
+                        start_fake)
 from tests.postgres import cluster, empty  # noqa: E402
 from tests.servers import gunicorn  # noqa: E402
 
@@ -170,6 +172,9 @@ def main() -> None:
             fake.wait()
         empty(url)
         streams_section(url, tmp / "streams", args.streams, args.seconds)
+        empty(url)
+        print("5. resume and stop across two replicas on the database:")
+        resume_and_stop_sections(args.samples // 4, database_url=url)
 
 
 if __name__ == "__main__":
