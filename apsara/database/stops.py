@@ -72,4 +72,7 @@ class StopListener:
         except (ValueError, KeyError, TypeError):
             log.warning("a stop notification that is not ours: ignored")
             return
-        on_stop(owner, conversation_id, reply_id)
+        try:
+            on_stop(owner, conversation_id, reply_id)
+        except Exception:  # one reply's trouble must not stop the listening for the others
+            log.exception("stopping reply %s of conversation %s", reply_id, conversation_id)
