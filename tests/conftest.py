@@ -155,3 +155,12 @@ def parse_sse(raw: str) -> tuple[list[tuple[str, int, dict]], int]:
         fields = dict(line.split(": ", 1) for line in block.split("\n"))
         events.append((fields["event"], int(fields["id"]), json.loads(fields["data"])))
     return events, pings
+
+
+def stream_until(client, path: str, body: dict, seen: bytes):
+    """A streamed POST read until `seen` has arrived: (what arrived, the rest to come)."""
+    chunks = client.post(path, json={**body, "stream": True}, buffered=False).response
+    arrived = b""
+    while seen not in arrived:
+        arrived += next(chunks)
+    return arrived, chunks

@@ -16,7 +16,7 @@ import pytest
 from apsara import create_app
 from apsara.database.migrations import MIGRATIONS, migrate
 from apsara.testing.fake_gemini import Reply
-from tests.conftest import make_settings, parse_sse
+from tests.conftest import make_settings, parse_sse, stream_until
 from tests.postgres import STORE, empty
 
 API = "/api/v1/conversations"
@@ -211,11 +211,7 @@ def test_a_stop_written_by_another_replica_is_told_at_once(postgres_url, tmp_pat
     gate = threading.Event()
     fake.push(Reply(parts=["read this", " not this"], hold=gate))
     try:
-        response = client.post(f"{API}/c1/messages", json={"text": "go", "stream": True}, buffered=False)
-        chunks = response.response
-        first = b""
-        while b"read this" not in first:
-            first += next(chunks)
+        first, chunks = stream_until(client, f"{API}/c1/messages", {"text": "go"}, b"read this")
         store = running.extensions["apsara"].store
         deadline = time.monotonic() + 5
         while not store.stops.listening and time.monotonic() < deadline:
@@ -230,11 +226,7 @@ def test_a_stop_written_by_another_replica_is_told_at_once(postgres_url, tmp_pat
         assert end[0] == "done" and end[2]["status"] == "stopped"
         # a deletion is told the same way
         fake.push(Reply(parts=["more", " and more"], hold=gate))
-        response = client.post(f"{API}/c1/messages", json={"text": "again", "stream": True}, buffered=False)
-        chunks = response.response
-        seen = b""
-        while b"more" not in seen:
-            seen += next(chunks)
+        seen, chunks = stream_until(client, f"{API}/c1/messages", {"text": "again"}, b"more")
         assert other.test_client().delete(f"{API}/c1").status_code == 204
         assert parse_sse((seen + b"".join(chunks)).decode())[0][-1][0] == "done"
         assert len(fake.closed_streams) == 2
