@@ -232,3 +232,31 @@ def test_a_stop_written_by_another_replica_is_told_at_once(postgres_url, tmp_pat
         assert len(fake.closed_streams) == 2
     finally:
         gate.set()
+
+
+def test_a_listener_whose_probe_never_comes_back_leaves_replies_asking_often(postgres_url, monkeypatch):
+    """As behind a pooler that does not pass LISTEN on: the listener does not count as listening."""
+    from apsara.database import stops
+
+    listener = stops.StopListener(postgres_url)
+    monkeypatch.setattr(stops.StopListener, "_probe", staticmethod(lambda conn, probe: None))
+    until = time.monotonic() + 1.5
+    thread = threading.Thread(target=listener.run, args=(lambda *told: None, lambda: time.monotonic() < until))
+    thread.start()
+    time.sleep(1.0)  # listening on its connection by now, but never told so
+    assert thread.is_alive() and not listener.listening
+    thread.join(10)
+    monkeypatch.undo()
+    heard = []
+    until = time.monotonic() + 1.5
+    thread = threading.Thread(target=listener.run, args=(lambda *told: heard.append(told),
+                                                         lambda: time.monotonic() < until))
+    thread.start()
+    deadline = time.monotonic() + 1.2
+    while not listener.listening and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert listener.listening  # its own probe came back
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        stops.notify(conn, "local", "c1", "m1")
+    thread.join(10)
+    assert heard == [("local", "c1", "m1")]

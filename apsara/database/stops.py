@@ -5,14 +5,16 @@ replica running the reply would only find it by asking, several times a second
 for each reply it runs. So the transaction that writes one also sends a
 notification, and each replica keeps one connection listening: the reply stops
 as the request commits. Running replies still ask now and then, in case a
-notification was missed (the listening connection dropped, or a pooler in front
-of the database that does not pass LISTEN on): every 0.25 s while this process
-is not listening, every few seconds while it is.
+notification was missed: every 0.25 s while this process is not listening,
+every few seconds while it is. It counts as listening once a probe it sent
+itself came back: behind a pooler that does not pass LISTEN on (PgBouncer in
+transaction mode), none does, and replies keep asking often.
 """
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from typing import Callable
 
@@ -53,10 +55,11 @@ class StopListener:
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    self._listening_in = os.getpid()
+                    probe = secrets.token_hex(8)
+                    self._probe(conn, probe)
                     while wanted():
                         for note in conn.notifies(timeout=WAKE_S):
-                            self._tell(note.payload, on_stop)
+                            self._heard(_parsed(note.payload), probe, on_stop)
             except psycopg.Error as exc:
                 log.warning("not listening for stop requests (%s): replies ask every %.2f s meanwhile",
                             type(exc).__name__, ASK_S)
@@ -65,14 +68,28 @@ class StopListener:
                 self._listening_in = None
 
     @staticmethod
-    def _tell(payload: str, on_stop) -> None:
-        try:
-            told = orjson.loads(payload)
-            owner, conversation_id, reply_id = told["owner"], told["conversation"], told["reply"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("a stop notification that is not ours: ignored")
+    def _probe(conn, probe: str) -> None:
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, orjson.dumps({"probe": probe}).decode()))
+
+    def _heard(self, told: dict | None, probe: str, on_stop) -> None:
+        if told is None:
+            return
+        if "probe" in told:  # ours came back: notifications reach this connection (others' are not news)
+            if told["probe"] == probe:
+                self._listening_in = os.getpid()
             return
         try:
-            on_stop(owner, conversation_id, reply_id)
+            on_stop(told["owner"], told["conversation"], told["reply"])
         except Exception:  # one reply's trouble must not stop the listening for the others
-            log.exception("stopping reply %s of conversation %s", reply_id, conversation_id)
+            log.exception("stopping reply %s", told["reply"])
+
+
+def _parsed(payload: str) -> dict | None:
+    try:
+        told = orjson.loads(payload)
+    except ValueError:
+        told = None
+    if isinstance(told, dict) and ("probe" in told or {"owner", "conversation", "reply"} <= told.keys()):
+        return told
+    log.warning("a notification on %s that is not ours: ignored", CHANNEL)
+    return None
