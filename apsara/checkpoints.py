@@ -9,9 +9,10 @@ some, with a connection of its own and PASSIVE, so it never waits for a writer.
 It still slows the writes made while it runs (its fsyncs and theirs go to one
 disk): checkpointing every 0.2 s, a 500-turn conversation's turns (~100 ms
 each, most overlapping a checkpoint) saw their usage write take 0.68 ms instead
-of 0.33 and their index write 8.5 ms instead of 0.7, medians. A writer's connection lets the log grow to SAFETY_PAGES before
-SQLite checkpoints in a commit itself: the safety net should this thread fall
-behind (a busy index writes ~1,000 pages a second).
+of 0.33 and their index write 8.5 ms instead of 0.7, medians. A writer's
+connection lets the log grow to SAFETY_PAGES before SQLite checkpoints in a
+commit itself: the safety net should this thread fall behind (a busy index
+writes ~1,000 pages a second).
 
 The thread ends after a few seconds without writes (a test process opens many
 databases), and the next write starts another; a forked child starts its own.

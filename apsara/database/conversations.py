@@ -27,8 +27,7 @@ from ..conversations.filters import ListFilters
 from ..conversations.journal import TOUCHING, replay
 from ..conversations.store import COMPACT_MIN_BYTES, LOCK_TIMEOUT_S, LockTimeout, Missing, check_id, iso_to_ns
 from ..search import message_text, snippet, words_of
-from . import Database
-from . import stops
+from . import Database, stops
 
 _LOCK_KEY = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 

@@ -33,8 +33,11 @@ WAKE_S = 1.0  # how often the listener looks whether it is still wanted
 def notify(conn, owner: str, conversation_id: str, reply_id: str | None = None) -> None:
     """Tell every listener, when `conn`'s transaction commits, that this reply (None: every
     reply of the conversation) must stop."""
-    payload = orjson.dumps({"owner": owner, "conversation": conversation_id, "reply": reply_id}).decode()
-    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+    _send(conn, {"owner": owner, "conversation": conversation_id, "reply": reply_id})
+
+
+def _send(conn, told: dict) -> None:
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, orjson.dumps(told).decode()))
 
 
 class StopListener:
@@ -69,7 +72,7 @@ class StopListener:
 
     @staticmethod
     def _probe(conn, probe: str) -> None:
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, orjson.dumps({"probe": probe}).decode()))
+        _send(conn, {"probe": probe})
 
     def _heard(self, told: dict | None, probe: str, on_stop) -> None:
         if told is None:

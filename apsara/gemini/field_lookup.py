@@ -12,8 +12,9 @@ every turn paid it.
 `get_value_by_path` below is the SDK's function with that one step going straight to
 the attribute, for the models where `key in model` can only be false (the SDK's own,
 which define no `__contains__` and keep pydantic's `__iter__`): the same answer for
-every input (tests hold it to the original on odd paths and real requests). It is installed only over the exact function it was written against:
-when an upgrade changes the SDK's, the SDK keeps its own and a test says so.
+every input (tests hold it to the original on odd paths and real requests). It is
+installed only over the exact function it was written against: when an upgrade
+changes the SDK's, the SDK keeps its own and a test says so.
 """
 from __future__ import annotations
 
@@ -35,6 +36,15 @@ CONVERTERS = ("_transformers", "_live_converters", "_operations_converters", "_t
               "caches", "documents", "file_search_stores", "files", "live", "models", "operations", "tunings")
 
 ORIGINAL = _common.get_value_by_path
+_NEVER_CONTAINS: dict[type, bool] = {}  # per type: asking each time cost more than the walk saved
+
+
+def _never_contains(kind: type) -> bool:
+    """A model of the SDK's, for which `key in data` compares the key with (name, value) pairs."""
+    answer = (issubclass(kind, _common.BaseModel) and kind.__iter__ is pydantic.BaseModel.__iter__
+              and not hasattr(kind, "__contains__"))
+    _NEVER_CONTAINS[kind] = answer
+    return answer
 
 
 def get_value_by_path(data: Any, keys: list[str], *, default_value: Any = None) -> Any:
@@ -65,17 +75,6 @@ def get_value_by_path(data: Any, keys: list[str], *, default_value: Any = None) 
         else:
             return default_value
     return data
-
-
-_NEVER_CONTAINS: dict[type, bool] = {}  # per type: asking each time cost more than the walk saved
-
-
-def _never_contains(kind: type) -> bool:
-    """A model of the SDK's, for which `key in data` compares the key with (name, value) pairs."""
-    answer = (issubclass(kind, _common.BaseModel) and kind.__iter__ is pydantic.BaseModel.__iter__
-              and not hasattr(kind, "__contains__"))
-    _NEVER_CONTAINS[kind] = answer
-    return answer
 
 
 def replaces_sdk_function() -> bool:

@@ -164,8 +164,7 @@ class JobRegistry:
         if not job.stop_requested and now - job.stop_checked >= self.manager.store.stop_poll_s:
             job.stop_checked = now
             if self._stop_recorded(job):
-                log.info("reply %s stopped from another process (or its conversation deleted)", job.reply_id)
-                job.stop()
+                self._stop_from_elsewhere(job)
 
     def _stop_told(self, owner: str, conversation_id: str, reply_id: str | None) -> None:
         """A stop request for a reply (None: a deletion, for every reply of the conversation)."""
@@ -174,8 +173,12 @@ class JobRegistry:
                     if (o, c) == (owner, conversation_id) and reply_id in (None, r)]
         for job in jobs:
             if not job.stop_requested:
-                log.info("reply %s stopped from another process (or its conversation deleted)", job.reply_id)
-                job.stop()
+                self._stop_from_elsewhere(job)
+
+    @staticmethod
+    def _stop_from_elsewhere(job: Job) -> None:
+        log.info("reply %s stopped from another process (or its conversation deleted)", job.reply_id)
+        job.stop()
 
     def checkpoint(self, job: Job) -> None:
         with job.flush_lock:
