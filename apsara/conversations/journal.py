@@ -26,6 +26,8 @@ from .tree import MessageTree
 RECORD_TYPES = ("conversation", "message", "progress", "reply", "select", "stop")
 # Records that are activity a user would call "updated"; progress and stop are not.
 TOUCHING = ("conversation", "message", "reply", "select")
+# Records after which the active path may be another length (a header brings its own count).
+PATH_CHANGING = ("conversation", "message", "select")
 
 
 def record(seq: int, kind: str, at: str, **payload) -> dict:
@@ -43,7 +45,7 @@ class Replay:
         self.tree = tree if tree is not None else MessageTree.of(document)  # kept in step with it
         self._owned: set[int] = set()
         self._index: dict[str, int] | None = None
-        self._touched = False
+        self._path_changed = False
 
     def _writable(self, message_id: str | None) -> dict | None:
         message = self.tree.get(message_id)
@@ -107,14 +109,16 @@ class Replay:
         if kind in TOUCHING:
             header = document["conversation"]
             header["updated_at"] = max(header.get("updated_at", ""), rec["at"])
-            self._touched = True
+        if kind in PATH_CHANGING:
+            self._path_changed = True
 
     def count_messages(self) -> None:
         """Bring the header's message count up to date, once for all the records applied
-        (it walks the active path: per record, that was the cost of a long conversation)."""
-        if self._touched:
+        (it walks the active path: per record, that was the cost of a long conversation).
+        A reply's progress and end leave the count as it was: the next turn's read walks nothing."""
+        if self._path_changed:
             self.document["conversation"]["message_count"] = len(self.tree.active_path())
-            self._touched = False
+            self._path_changed = False
 
 
 def fold(reply: dict, events) -> None:

@@ -24,7 +24,7 @@ from ..function_calls import FunctionCalls
 from ..gemini.caching import ContextCache
 from ..gemini.catalog import ModelCatalog, ModelInfo
 from ..gemini.client import GeminiClient
-from ..gemini.convert import to_contents
+from ..gemini.convert import ContentsMemo, to_contents
 from ..gemini.errors import to_api_error
 from ..gemini.requests import count_tokens, request_config
 from .. import metrics
@@ -57,6 +57,7 @@ class TurnPlanner:
         self.function_calls = function_calls
         self.settings = settings
         self.cache = ContextCache(gemini, settings.cache_min_tokens)
+        self.contents = ContentsMemo()  # a long conversation's turn converts only its new messages
         self.router = router
 
     def require_key(self) -> None:
@@ -300,6 +301,7 @@ class TurnPlanner:
                 self.save_cache_record(owner, turn, save)
             if use is not None:
                 return ContextCache.apply(use, turns, config)
+            return self.contents.contents((owner, turn.conversation_id), turns), config
         return to_contents(turns), config
 
     def save_cache_record(self, owner: str, turn: Turn, record: dict | None) -> None:
