@@ -2,7 +2,9 @@
 
 Side by side, in one run, against the same offline Gemini fake (its own process):
   1. a direct google-genai call with a 10-turn (and a 500-turn) history, vs the
-     same turn sent through Apsara under Gunicorn: added p50 and p99 (paired);
+     same turn sent through Apsara under Gunicorn: added p50 and p99 (paired),
+     each sample on a conversation of its own; at 500 turns, also consecutive
+     turns continuing one conversation, the direct history growing in step;
      and the same call made by google-genai alone in the same Gunicorn
      (bench/sdk_only.py): what hosting costs by itself;
   2. bytes written to the conversation's file per turn, compactions included,
@@ -202,7 +204,7 @@ def latency_section(base: str, floor_base: str, fake_url: str, turns: int, sampl
     added, added99 = statistics.median(paired), pct(paired, .99)
     target50, target99 = (6, 30) if turns <= 10 else (8, None)
     verdict = "met" if added <= target50 and (target99 is None or added99 <= target99) else "MISSED"
-    print(f"{turns:>4}-turn turn: direct p50 {d50:6.2f} ms | via Apsara p50 {a50:6.2f} ms p99 {pct(through, .99):6.2f} ms"
+    print(f"{turns:>4}-turn turn, a conversation each (read by the worker for the first time): direct p50 {d50:6.2f} ms | via Apsara p50 {a50:6.2f} ms p99 {pct(through, .99):6.2f} ms"
           f" | added (paired): p50 {added:6.2f} ms p99 {added99:6.2f} ms"
           f" (target p50 <= {target50}{f', p99 <= {target99}' if target99 else ''}: {verdict})")
     # What any SDK call served by a Gunicorn worker costs over the same call made in-process.
@@ -214,6 +216,41 @@ def latency_section(base: str, floor_base: str, fake_url: str, turns: int, sampl
     if own:
         print(f"{'':>15}Apsara's own time in the worker (request time minus its Gemini call): "
               f"p50 {statistics.median(own):6.2f} ms p99 {pct(own, .99):6.2f} ms over {len(own)} turns")
+
+
+def consecutive_section(base: str, fake_url: str, conversation_id: str, turns: int, samples: int,
+                        log: Path) -> None:
+    """The same pairs as a user continuing one conversation makes them: consecutive turns on
+    `conversation_id`, the direct call's history growing in step with Apsara's (its reply
+    and the next question). The worker read the conversation once; each turn after that
+    reads only the records appended since."""
+    client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=fake_url, api_version="v1beta",
+                                                                          timeout=60_000))
+    contents = direct_contents(turns)
+    conn = connect(base)
+    direct, through = [], []
+    offset = log.stat().st_size
+    for _ in range(samples):
+        start = time.perf_counter()
+        client.models.generate_content(model=MODEL, contents=contents)
+        direct.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        response = post(conn, f"/api/v1/conversations/{conversation_id}/messages", {"text": "next question"})
+        body = json.loads(response.read())
+        through.append((time.perf_counter() - start) * 1000)
+        assert response.status == 201, response.status
+        contents = contents + [{"role": "model", "parts": [{"text": body["reply"]["text"]}]},
+                               {"role": "user", "parts": [{"text": "next question"}]}]
+    paired = [t - d for t, d in zip(through, direct)]
+    added, target = statistics.median(paired), 8
+    print(f"{turns:>4}-turn conversation continued, {samples} consecutive turns: direct p50 "
+          f"{statistics.median(direct):6.2f} ms | via Apsara p50 {statistics.median(through):6.2f} ms"
+          f" | added (paired): p50 {added:6.2f} ms p99 {pct(paired, .99):6.2f} ms"
+          f" (target p50 <= {target}: {'met' if added <= target else 'MISSED'})")
+    own = own_times(log, offset)
+    if own:
+        print(f"{'':>15}Apsara's own time in the worker: p50 {statistics.median(own):6.2f} ms "
+              f"p99 {pct(own, .99):6.2f} ms over {len(own)} turns")
 
 
 def bytes_section(base: str, data: Path, conversation_id: str, turns: int) -> None:
@@ -543,6 +580,7 @@ def main() -> None:
             seed(data, f"s-{n}", 10)
         for n in range(args.samples // 2):
             seed(data, f"t500-{n}", 500)
+        seed(data, "c500", 500)
         seed(data, "b10", 10)
         seed(data, "b500", 500)
         env = {"APSARA_DATA_DIR": str(data), "gemini": "bench", "GEMINI_BASE_URL": fake_url,
@@ -560,6 +598,7 @@ def main() -> None:
             if "latency" in only:
                 latency_section(base, floor_base, fake_url, 10, args.samples, log)
                 latency_section(base, floor_base, fake_url, 500, args.samples // 2, log)
+                consecutive_section(base, fake_url, "c500", 500, args.samples // 2, log)
             if "bytes" in only:
                 bytes_section(base, data, "b10", args.turns)
                 bytes_section(base, data, "b500", args.turns)
