@@ -32,18 +32,14 @@ class Attachments:
             parts.append({"type": "file", "file_id": file_id, "mime_type": meta["mime_type"]})
         return parts
 
-    def resolve(self, owner: str, context: list[dict]) -> list[tuple[str, list[dict]]]:
-        """Context messages -> (role, parts) with every file part made sendable."""
-        newest = context[-1]["id"] if context else None
+    def resolve(self, owner: str, context: list[dict], files: list[tuple[int, dict]]) -> list[tuple[str, list[dict]]]:
+        """Context messages -> (role, parts) with every file part made sendable. `files`:
+        the context's file parts as (message index, part); the other messages go as they are."""
+        turns = [(message["role"], message["parts"]) for message in context]
+        newest = len(context) - 1
         inline_left = INLINE_BUDGET_BYTES
-        turns = []
-        for message in context:
-            for part in message["parts"]:
-                if part["type"] == "file":
-                    break
-            else:  # most messages hold no file: their parts go as they are
-                turns.append((message["role"], message["parts"]))
-                continue
+        for index in dict.fromkeys(index for index, _ in files):
+            message = context[index]
             parts = []
             for part in message["parts"]:
                 if part["type"] != "file":
@@ -54,14 +50,14 @@ class Attachments:
                     continue
                 signature = {"thought_signature": part["thought_signature"]} if part.get("thought_signature") else {}
                 size = meta["size_bytes"]
-                if message["id"] == newest and size <= INLINE_MAX_BYTES and size <= inline_left:
+                if index == newest and size <= INLINE_MAX_BYTES and size <= inline_left:
                     inline_left -= size
                     parts.append({"type": "inline", "mime_type": meta["mime_type"],
                                   "data": self.files.read_bytes(owner, meta["id"]), **signature})
                 else:
                     ref = self._uploaded(owner, meta)
                     parts.append({"type": "uri", "uri": ref["uri"], "mime_type": ref["mime_type"], **signature})
-            turns.append((message["role"], parts))
+            turns[index] = (message["role"], parts)
         return turns
 
     def _uploaded(self, owner: str, meta: dict) -> dict:

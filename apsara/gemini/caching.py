@@ -33,14 +33,10 @@ def min_cache_tokens(model_id: str) -> int:
     return 4096 if "pro" in model_id else 1024
 
 
-def prefix_length(context: list[dict]) -> int:
-    """How many context messages belong to the cacheable prefix: up to the last one
-    holding a file, never the newest message."""
-    for index in range(len(context) - 2, -1, -1):
-        for part in context[index]["parts"]:  # loops, not any(): 1,000 messages are walked per turn
-            if part["type"] == "file":
-                return index + 1
-    return 0
+def prefix_length(files: list[tuple[int, dict]], messages: int) -> int:
+    """How many of a context's `messages` belong to the cacheable prefix: up to the last
+    one holding a file, never the newest. `files`: its file parts as (message index, part)."""
+    return max((index + 1 for index, _ in files if index < messages - 1), default=0)
 
 
 def _key(model_id: str, config: types.GenerateContentConfig, ids: list[str]) -> str:
@@ -63,13 +59,15 @@ class ContextCache:
         self._min_tokens = min_tokens  # tests lower it
 
     def plan(self, record: dict | None, model_id: str, config: types.GenerateContentConfig,
-             turns: list[tuple[str, list[dict]]], context: list[dict], count) -> tuple[dict | None, dict | None]:
+             turns: list[tuple[str, list[dict]]], context: list[dict], files: list[tuple[int, dict]],
+             count) -> tuple[dict | None, dict | None]:
         """(cache to use or None, record to save or None when unchanged).
 
-        `turns` are the context's (role, parts) ready to send; `count(contents)` asks
-        Gemini for a token count and is called once per new prefix.
+        `turns` are the context's (role, parts) ready to send, `files` its file parts as
+        (message index, part); `count(contents)` asks Gemini for a token count and is
+        called once per new prefix.
         """
-        length = prefix_length(context)
+        length = prefix_length(files, len(context))
         if length == 0 and not config.system_instruction:
             return None, None
         key = _key(model_id, config, [m["id"] for m in context[:length]])
@@ -79,10 +77,9 @@ class ContextCache:
             if record.get("name") and _alive(record):
                 return record, None
         minimum = self._min_tokens or min_cache_tokens(model_id)
-        has_files = any(p["type"] == "file" for m in context[:length] for p in m["parts"])
         chars = len(str(config.system_instruction or "")) + sum(
             len(p.get("text", "")) for m in context[:length] for p in m["parts"])
-        if not has_files and chars < minimum:
+        if length == 0 and chars < minimum:  # a prefix ends at a file: length 0 holds none
             return None, None  # no token is shorter than a character: too small, no need to ask
         prefix = to_contents(turns[:length])
         head = ([{"role": "user", "parts": [{"text": str(config.system_instruction)}]}]

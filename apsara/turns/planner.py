@@ -94,7 +94,9 @@ class TurnPlanner:
                  "parts": parts} if parts is not None else None
         if probe is not None:
             context = context + [probe]
-        turn.choice = self.choose(owner, header, context, model, tools, settings, bill)
+        survey = self.survey(header["system_instruction"], context)
+        turn.choice = self.choose(owner, header, context, survey, model, tools, settings, bill)
+        turn.files = survey[1]
         self.manager.new_messages(turn, parts, turn.choice)
         if turn.stored_user is not None:
             context[-1] = turn.stored_user
@@ -113,10 +115,12 @@ class TurnPlanner:
                            {"text": ["empty message"]})
         return texts + kept
 
-    def choose(self, owner: str, header: dict, context: list[dict], model_override: str | None,
-               tools_override: list[str] | None, settings_override: dict | None, bill: Bill) -> Choice:
+    def choose(self, owner: str, header: dict, context: list[dict], survey: tuple[int, list[tuple[int, dict]]],
+               model_override: str | None, tools_override: list[str] | None, settings_override: dict | None,
+               bill: Bill) -> Choice:
         """Model, tools and settings for a turn whose newest message ends `context`; refuses
-        (422) what the model cannot take and a context over its input limit."""
+        (422) what the model cannot take and a context over its input limit. `survey`: the
+        survey() of the header's system instruction and `context`."""
         tools = tools_override if tools_override is not None else header["tools"]
         settings = dict(header["settings"])
         for key, value in (settings_override or {}).items():
@@ -125,7 +129,7 @@ class TurnPlanner:
             else:
                 settings[key] = value
         routing = None
-        input_tokens = self.estimate_tokens(header["system_instruction"], context)
+        input_tokens, files = survey
         if (model_override or header["model"]) == AUTO:
             # Budget hook: reserve for the dearest model `auto` may pick, before its judge is asked.
             bill.hold(self._auto_candidates(), input_tokens, settings.get("max_output_tokens"))
@@ -139,12 +143,12 @@ class TurnPlanner:
         check_tools(self.catalog, model, tools)
         check_thinking(model, settings)
         check_output(settings)
-        self._check_inputs(model, context)
+        self._check_inputs(model, files)
         # Budget hook: reserve this turn's worst case (or refuse with 429) before Gemini is called.
         bill.hold([model], input_tokens, settings.get("max_output_tokens"))
         choice = Choice(model, tools, settings, header["system_instruction"],
                         routing.to_dict() if routing else None)
-        self._check_size(owner, choice, context, input_tokens)
+        self._check_size(owner, choice, context, input_tokens, files)
         return choice
 
     def _auto_candidates(self) -> list[ModelInfo]:
@@ -163,50 +167,55 @@ class TurnPlanner:
         return self.router.route(text, file_types=file_types, tools=tools, context_tokens=tokens,
                                  previous_tier=previous, history_turns=len(context) // 2, billed_to=bill)
 
-    def _check_inputs(self, model: ModelInfo, context: list[dict]) -> None:
-        for message in context:
-            for part in message["parts"]:
-                if part["type"] != "file":
-                    continue
-                kind = input_kind(part["mime_type"])
-                if kind != "text" and kind not in model.inputs:
-                    able = ", ".join(m.id for m in self.catalog.models() if kind in m.inputs) or "none"
-                    message_text = (f"model '{model.id}' cannot read {kind} files "
-                                    f"('{part['file_id']}'); models that can: {able}")
-                    raise ApiError(422, message_text, {"files": [message_text]})
+    def _check_inputs(self, model: ModelInfo, files: list[tuple[int, dict]]) -> None:
+        for _, part in files:
+            kind = input_kind(part["mime_type"])
+            if kind != "text" and kind not in model.inputs:
+                able = ", ".join(m.id for m in self.catalog.models() if kind in m.inputs) or "none"
+                message_text = (f"model '{model.id}' cannot read {kind} files "
+                                f"('{part['file_id']}'); models that can: {able}")
+                raise ApiError(422, message_text, {"files": [message_text]})
 
     # -- context size ----------------------------------------------------------------------
     @staticmethod
     def estimate_tokens(system_instruction: str, context: list[dict]) -> int:
         """A generous guess (3 characters a token); only a guess near the limit costs a countTokens call."""
+        return TurnPlanner.survey(system_instruction, context)[0]
+
+    @staticmethod
+    def survey(system_instruction: str, context: list[dict]) -> tuple[int, list[tuple[int, dict]]]:
+        """(estimate_tokens(), the context's file parts as (message index, part)): one walk
+        over a context for every check of a turn (1,000 messages on a long conversation)."""
         chars = len(system_instruction or "")
         tokens = 0
-        for message in context:
+        files = []
+        for index, message in enumerate(context):
             for part in message["parts"]:
                 kind = part["type"]
                 if kind == "text":
                     chars += len(part.get("text", ""))
                 elif kind == "file":
                     tokens += 1000  # a picture is ~258-1,100 tokens; long media are counted exactly below
+                    files.append((index, part))
                 else:
                     chars += len(part.get("text", "")) + len(str(part.get("args") or part.get("response") or ""))
-        return chars // 3 + tokens
+        return chars // 3 + tokens, files
 
     def count(self, owner: str, choice: Choice, context: list[dict]) -> int:
         """Gemini's own count of what this context would cost; failures as ApiError."""
         try:
-            contents = to_contents(self.attachments.resolve(owner, context))
+            contents = to_contents(self.attachments.resolve(owner, context, self.survey("", context)[1]))
             if choice.system_instruction:
                 contents = [{"role": "user", "parts": [{"text": choice.system_instruction}]}] + contents
             return count_tokens(self.gemini, choice.model.id, contents) if contents else 0
         except Exception as exc:
             raise to_api_error(exc, self.gemini.secret) from None
 
-    def _check_size(self, owner: str, choice: Choice, context: list[dict], estimate: int) -> None:
-        """`estimate`: `estimate_tokens` of this context and system instruction."""
+    def _check_size(self, owner: str, choice: Choice, context: list[dict], estimate: int,
+                    files: list[tuple[int, dict]]) -> None:
+        """`estimate` and `files`: the survey() of this context and system instruction."""
         limit = choice.model.input_token_limit
-        has_media = any(p["type"] == "file" and not p["mime_type"].startswith(("image/", "text/"))
-                        for m in context for p in m["parts"])
+        has_media = any(not p["mime_type"].startswith(("image/", "text/")) for _, p in files)
         if not has_media and estimate <= limit // 2:
             return
         total = self.count(owner, choice, context)
@@ -272,11 +281,12 @@ class TurnPlanner:
         user = {"id": new_id("m"), "role": "user", "parent_id": None, "created_at": stamp, "parts": parts}
         bill = self.usage.bill(owner)  # usage hook, as in plan()
         try:
-            choice = self.choose(owner, header, [user], None, None, body.get("settings"), bill)
+            survey = self.survey(header["system_instruction"], [user])
+            choice = self.choose(owner, header, [user], survey, None, None, body.get("settings"), bill)
         except BaseException:
             bill.settle()
             raise
-        turn = Turn(header, None, None, [user], choice, persist=False, bill=bill)
+        turn = Turn(header, None, None, [user], choice, persist=False, bill=bill, files=survey[1])
         turn.stored_reply = {"id": new_id("m"), "role": "model", "parent_id": user["id"], "created_at": stamp,
                              "parts": [], "model": choice.model.id, "status": "streaming"}
         try:
@@ -291,12 +301,13 @@ class TurnPlanner:
         """(contents, config) for this turn; through the conversation's context cache when it pays."""
         choice: Choice = turn.choice
         config = request_config(choice, self.function_calls.declarations(choice))
-        turns = self.attachments.resolve(owner, turn.context)
+        turns = self.attachments.resolve(owner, turn.context, turn.files)
         if turn.persist and turn.conversation_id:
             def count(contents):
                 return count_tokens(self.gemini, choice.model.id, contents)
 
-            use, save = self.cache.plan(turn.header.get("_cache"), choice.model.id, config, turns, turn.context, count)
+            use, save = self.cache.plan(turn.header.get("_cache"), choice.model.id, config, turns, turn.context,
+                                        turn.files, count)
             if save is not None:
                 self.save_cache_record(owner, turn, save)
             if use is not None:
