@@ -71,6 +71,31 @@ def test_a_lost_mark_loses_no_complete_record(chat, settings, fake):
     assert chat.get(API).json["conversations"][0]["message_count"] == 4
 
 
+def test_readers_take_whole_appends_while_a_write_lands(chat, settings, fake):
+    """A user message and its reply go to disk in one write, ended by a mark. A reader that
+    meets the first records without the mark, while the writer holds the lock, is reading
+    as the write lands: it shows what was there before, never the message alone. Once no
+    writer holds the lock, whole records with no mark are a crash's and are shown."""
+    chat.post(API, json={"id": "c1"})
+    turn(chat, "c1", "one")
+    store = ConversationStore(settings.data_dir)  # another process's view of the same files
+    path = settings.data_dir / "history" / "local" / "c1.json"
+    before = store.read("local", "c1")
+    reply = before["messages"][-1]
+    landing = {"seq": before["seq"] + 1, "type": "message", "at": now_iso(),
+               "message": {"id": "m-landing", "role": "user", "parent_id": reply["id"], "created_at": now_iso(),
+                           "parts": [{"type": "text", "text": "two"}]}}
+    with store.locked("local", "c1"):
+        with open(path, "ab") as fh:
+            fh.write(orjson.dumps(landing) + b"\n")  # the user message landed, its reply and mark not yet
+        for reader in (store, ConversationStore(settings.data_dir)):  # brought up to date, and read whole
+            assert [m["id"] for m in reader.read("local", "c1")["messages"]] == [m["id"] for m in before["messages"]]
+        assert [m["text"] for m in chat.get(f"{API}/c1").json["messages"]] == ["one", "Echo: one"]
+    # The writer is gone and the mark never came: a crash's whole record, kept.
+    assert [m["text"] for m in chat.get(f"{API}/c1").json["messages"]] == ["one", "Echo: one", "two"]
+    assert store.read("local", "c1")["messages"][-1]["id"] == "m-landing"
+
+
 def encode_first_format(document: dict) -> bytes:
     """A conversation file exactly as the first format wrote it: one JSON document, header on line one."""
     header = orjson.dumps(document["conversation"])

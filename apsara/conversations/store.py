@@ -36,6 +36,7 @@ A file (schema_version 2) is lines of JSON:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import heapq
 import logging
@@ -152,6 +153,21 @@ def _last_line(chunk: bytes) -> bytes | None:
         return None
     start = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
     return chunk[start:-1] if start or len(chunk) < _TAIL else None
+
+
+def _whole_appends(chunk: bytes) -> int:
+    """How much of `chunk`, read from where an append began, is whole appends: up to the
+    end of its last mark line. An append writes its records and then its mark in one
+    write; a reader that meets the records without the mark is reading while that write
+    lands (a user message would show without its reply), and takes them on its next read."""
+    end = chunk.rfind(b"\n") + 1
+    last_line = chunk.rfind(b"\n", 0, max(end - 1, 0)) + 1
+    if end and chunk.startswith(_MARK, last_line):
+        return end  # the usual case: the chunk ends with a mark
+    at = chunk.rfind(b"\n" + _MARK, 0, end)
+    if at < 0:
+        return chunk.index(b"\n") + 1 if chunk.startswith(_MARK) else 0
+    return chunk.index(b"\n", at + 1) + 1
 
 
 def _parse_lines(raw: bytes, conversation_id: str):
@@ -308,9 +324,9 @@ class ConversationStore:
                 inode = os.fstat(fh.fileno()).st_ino
                 cached = self._cache.get(path)
                 if cached is not None and cached[0] == inode:
-                    fh.seek(cached[1])
-                    return self._brought_up_to_date(path, cached, fh.read(), conversation_id)
-                raw = fh.read()
+                    chunk, end = self._whole_from(fh, cached[1], owner, conversation_id)
+                    return self._brought_up_to_date(path, cached, chunk[:end], conversation_id)
+                raw, _ = self._whole_from(fh, 0, owner, conversation_id, after_snapshot=True)
         except FileNotFoundError:
             self._cache.pop(path, None)
             return None
@@ -318,9 +334,50 @@ class ConversationStore:
         self._remember(path, loaded)
         return _fresh(loaded[0]), loaded[1]
 
+    def _whole_from(self, fh, offset: int, owner: str, conversation_id: str, after_snapshot: bool = False):
+        """(the file's bytes from `offset`, how many of them to take). Whole appends only
+        while a writer holds the lock: records of an append whose mark is not there yet are
+        landing now. With no writer, whole lines after the last mark are a crash's (no mark
+        made it to disk) and are taken, as the next writer keeps them. `after_snapshot`:
+        `offset` is 0 and the snapshot's two lines come first."""
+        fh.seek(offset)
+        chunk = fh.read()
+        lines_end = chunk.rfind(b"\n") + 1
+        start = 0
+        if after_snapshot:
+            start = chunk.find(b"\n", chunk.find(b"\n") + 1) + 1
+            if start == 0 or _is_v1(chunk[:32]):
+                return chunk, lines_end  # the first format, or not even a snapshot: the parser decides
+        end = start + _whole_appends(chunk[start:lines_end])
+        if end < lines_end:
+            with self._no_writer(owner, conversation_id) as settled:
+                if settled:  # the append that was landing has landed, or nobody was writing
+                    fh.seek(offset)
+                    chunk = fh.read()
+                    end = chunk.rfind(b"\n") + 1
+        return chunk[:end] if after_snapshot else chunk, end
+
+    @contextlib.contextmanager
+    def _no_writer(self, owner: str, conversation_id: str):
+        """True while no writer holds the conversation's lock (none can take it before the
+        block ends), False while one does."""
+        lock_path = self._lock_path(owner, conversation_id)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+            else:
+                yield True
+        finally:
+            os.close(fd)
+
     def _brought_up_to_date(self, path, cached, chunk: bytes, conversation_id: str):
+        """`chunk`: what to take of the bytes after the cached position."""
         inode, offset, document = cached
-        end = chunk.rfind(b"\n") + 1
+        end = len(chunk)
         records = []
         for line in chunk[:end].split(b"\n")[:-1]:
             if not line.startswith(_MARK):
@@ -364,11 +421,9 @@ class ConversationStore:
             with open(self.path(owner, conversation_id), "rb") as fh:
                 if os.fstat(fh.fileno()).st_ino != inode:
                     return None, None
-                fh.seek(offset)
-                chunk = fh.read()
+                chunk, end = self._whole_from(fh, offset, owner, conversation_id)
         except FileNotFoundError:
             return None, None
-        end = chunk.rfind(b"\n") + 1
         records = []
         for line in chunk[:end].split(b"\n")[:-1]:
             if not line.startswith(_MARK):
@@ -505,7 +560,9 @@ class ConversationStore:
             if message_count is not None:
                 mark["message_count"] = message_count
             data = b"".join(lines) + _mark_line(mark)
-            os.write(fd, data)
+            if os.write(fd, data) != len(data):  # a full disk took part of it: take it back
+                os.ftruncate(fd, size)
+                raise OSError(errno.ENOSPC, "no room for the conversation's new records")
             mtime_ns = iso_to_ns(updated_at) if updated_at else None
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
