@@ -222,8 +222,8 @@ def consecutive_section(base: str, fake_url: str, conversation_id: str, turns: i
                         log: Path) -> None:
     """The same pairs as a user continuing one conversation makes them: consecutive turns on
     `conversation_id`, the direct call's history growing in step with Apsara's (its reply
-    and the next question). The worker read the conversation once; each turn after that
-    reads only the records appended since."""
+    and the next question). One connection: the worker serving it read the conversation
+    once, and each turn after that reads only the records appended since."""
     client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=fake_url, api_version="v1beta",
                                                                           timeout=60_000))
     contents = direct_contents(turns)
@@ -236,9 +236,10 @@ def consecutive_section(base: str, fake_url: str, conversation_id: str, turns: i
         direct.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
         response = post(conn, f"/api/v1/conversations/{conversation_id}/messages", {"text": "next question"})
-        body = json.loads(response.read())
+        raw = response.read()
         through.append((time.perf_counter() - start) * 1000)
-        assert response.status == 201, response.status
+        assert response.status == 201, (response.status, raw[:300])
+        body = json.loads(raw)
         contents = contents + [{"role": "model", "parts": [{"text": body["reply"]["text"]}]},
                                {"role": "user", "parts": [{"text": "next question"}]}]
     paired = [t - d for t, d in zip(through, direct)]

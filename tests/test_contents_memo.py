@@ -1,6 +1,7 @@
 """A turn's Content dicts, converted only from where its context changed, equal the
 whole conversion: over random conversations that grow, are edited, branch and shrink."""
 import random
+import sys
 
 from apsara.gemini.convert import ContentsMemo, to_contents
 
@@ -68,3 +69,15 @@ def test_contents_handed_out_are_not_changed_by_later_turns():
     second = memo.contents("k", turns)
     assert second == to_contents(turns)
     assert first == snapshot
+
+
+def test_the_newest_turns_inline_bytes_are_not_kept():
+    memo = ContentsMemo()
+    data = bytes(1024 * 1024)
+    before = sys.getrefcount(data)
+    turns = [("user", [{"type": "text", "text": "hello"}]), ("model", [{"type": "text", "text": "hi"}]),
+             ("user", [{"type": "text", "text": "and this?"}, {"type": "inline", "mime_type": "image/png", "data": data}])]
+    contents = memo.contents("k", turns)
+    assert contents[-1]["parts"][1]["inline_data"]["data"] is data
+    del contents, turns
+    assert sys.getrefcount(data) == before

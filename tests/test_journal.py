@@ -1,6 +1,7 @@
 """A conversation's file: records appended per turn, torn tails, compaction, the first format."""
 from __future__ import annotations
 
+import fcntl
 import json
 import threading
 
@@ -85,7 +86,9 @@ def test_readers_take_whole_appends_while_a_write_lands(chat, settings, fake):
     landing = {"seq": before["seq"] + 1, "type": "message", "at": now_iso(),
                "message": {"id": "m-landing", "role": "user", "parent_id": reply["id"], "created_at": now_iso(),
                            "parts": [{"type": "text", "text": "two"}]}}
-    with store.locked("local", "c1"):
+    lock = settings.data_dir / "locks" / "local" / "c1.lock"
+    with open(lock, "rb") as held:  # another process's writer holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX)
         with open(path, "ab") as fh:
             fh.write(orjson.dumps(landing) + b"\n")  # the user message landed, its reply and mark not yet
         for reader in (store, ConversationStore(settings.data_dir)):  # brought up to date, and read whole
@@ -94,6 +97,17 @@ def test_readers_take_whole_appends_while_a_write_lands(chat, settings, fake):
     # The writer is gone and the mark never came: a crash's whole record, kept.
     assert [m["text"] for m in chat.get(f"{API}/c1").json["messages"]] == ["one", "Echo: one", "two"]
     assert store.read("local", "c1")["messages"][-1]["id"] == "m-landing"
+    # A worker reading it for the first time while it holds the lock itself (a change of
+    # title, with a compaction) keeps the record too: its own lock is no other writer.
+    chat.application.extensions["apsara"].store._cache.clear()
+    store_module.COMPACT_MIN_BYTES, floor = 0, store_module.COMPACT_MIN_BYTES
+    try:
+        assert chat.patch(f"{API}/c1", json={"title": "Kept"}).status_code == 200
+    finally:
+        store_module.COMPACT_MIN_BYTES = floor
+    assert chat.get(API).json["conversations"][0]["message_count"] == 3
+    assert [m["id"] for m in ConversationStore(settings.data_dir).read("local", "c1")["messages"]][-1] == "m-landing"
+    assert chat.post(f"{API}/c1/messages/m-landing/select").status_code == 200
 
 
 def encode_first_format(document: dict) -> bytes:

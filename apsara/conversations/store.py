@@ -44,6 +44,7 @@ import os
 import re
 import sqlite3
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from datetime import datetime
@@ -237,6 +238,8 @@ class ConversationStore:
         self.search_index = SearchIndex(Path(data_dir) / "search" / "index.sqlite")
         # path -> (inode, offset read to, document): conversations this process read lately
         self._cache: OrderedDict = OrderedDict()
+        # (owner, conversation id) -> the thread (greenlet) holding its lock in this process
+        self._holders: dict[tuple[str, str], int] = {}
 
     def recency(self, owner: str) -> RecencyIndex:
         index = self._recency.get(owner)
@@ -286,11 +289,14 @@ class ConversationStore:
             if current == os.fstat(fd).st_ino:
                 break
             os.close(fd)  # a delete removed this lock file while we waited: take the new one
+        key = (owner, conversation_id)
+        self._holders[key] = threading.get_ident()  # its own reads take every whole record
         try:
             if existing and not self.exists(owner, conversation_id):
                 raise Missing(conversation_id)  # deleted while we waited
             yield
         finally:
+            self._holders.pop(key, None)
             if not self.exists(owner, conversation_id):
                 self._drop_lock_file(lock_path)  # no conversation, no lock file left behind
             os.close(fd)  # closing the descriptor releases the lock
@@ -359,11 +365,16 @@ class ConversationStore:
 
     @contextlib.contextmanager
     def _no_writer(self, owner: str, conversation_id: str):
-        """True while no writer holds the conversation's lock (none can take it before the
-        block ends), False while one does."""
-        lock_path = self._lock_path(owner, conversation_id)
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        """True while no other writer holds the conversation's lock (none can take it before
+        the block ends), False while one does. A reader holding the lock itself is the writer."""
+        if self._holders.get((owner, conversation_id)) == threading.get_ident():
+            yield True
+            return
+        try:  # never created here: a reader leaves no lock file, and needs no right to write
+            fd = os.open(self._lock_path(owner, conversation_id), os.O_RDONLY)
+        except OSError:  # no lock file (nobody ever wrote), or one this reader may not open
+            yield True
+            return
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

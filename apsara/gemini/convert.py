@@ -138,8 +138,12 @@ class ContentsMemo:
         contents = contents + fresh
         cut_turns = cut_turns + fresh_cut_turns
         cut_contents = cut_contents + [index + offset for index in fresh_cut_contents]
+        # The newest turn is left out of what is kept: it may carry a file's bytes inline
+        # (up to 15 MB), and the next turn reads it back from the store as another list.
+        cut = bisect.bisect_right(cut_turns, len(turns) - 1) - 1
+        kept_turns, kept_contents = (cut_turns[cut], cut_contents[cut]) if cut >= 0 else (0, 0)
         with self._lock:
-            self._kept[key] = (turns, contents, cut_turns, cut_contents)
+            self._kept[key] = (turns[:kept_turns], contents[:kept_contents], cut_turns[:cut], cut_contents[:cut])
             self._kept.move_to_end(key)
             while len(self._kept) > self._size:
                 self._kept.popitem(last=False)
