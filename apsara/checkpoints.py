@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from .durable import native, native_lock
@@ -28,6 +29,21 @@ from .durable import native, native_lock
 EVERY_S = 1.0
 IDLE_ROUNDS = 5  # ~5 s without a write: the thread ends
 SAFETY_PAGES = 10_000  # ~40 MB of log
+
+
+def switch_to_wal(connection: sqlite3.Connection, timeout_s: float) -> None:
+    """WAL mode, which the file keeps once set. Setting it needs the file to itself, and
+    SQLite answers "locked" at once, without its busy wait, while another process opens
+    the same new file (two workers starting on a fresh data folder): asked again meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 class Checkpointer:

@@ -140,7 +140,7 @@ class SearchIndex:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
+        checkpoints.switch_to_wal(db, 30)
         db.execute("PRAGMA synchronous=NORMAL")  # the history is the durable copy; this can be rebuilt
         self._checkpoints.writer_settings(db)
         if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:

@@ -3,6 +3,7 @@
 What a checkpoint has copied is in the database file itself: a copy of that file
 alone (without its `-wal`) shows what has been checkpointed, and nothing else.
 """
+import multiprocessing
 import os
 import shutil
 import sqlite3
@@ -86,3 +87,31 @@ def test_the_thread_ends_when_idle_and_the_next_write_starts_another(tmp_path, m
     with database.write() as sql:
         sql.execute("INSERT INTO t VALUES (2)")
     assert _wait_for_rows(path, tmp_path, "t", 2) == 2
+
+
+def test_workers_opening_a_new_database_at_once_all_write(tmp_path):
+    """Two workers starting on a fresh data folder open the shared database together:
+    switching the new file to WAL is refused at once to all but one, and is asked again."""
+    context = multiprocessing.get_context("fork")
+    failures = []
+    for trial in range(30):
+        path = tmp_path / f"shared-{trial}.sqlite"
+        barrier, answers = context.Barrier(6), context.Queue()
+
+        def open_and_write():
+            database = SqliteDatabase(path, "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER);")
+            barrier.wait()
+            try:
+                with database.write() as sql:
+                    sql.execute("INSERT OR REPLACE INTO t VALUES ('k', 1)")
+                answers.put(None)
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion
+                answers.put(repr(exc))
+
+        workers = [context.Process(target=open_and_write) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        failures += [answer for answer in (answers.get(timeout=30) for _ in workers) if answer]
+        for worker in workers:
+            worker.join()
+    assert failures == []

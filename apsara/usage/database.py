@@ -40,7 +40,7 @@ class SqliteDatabase:
             # One connection per process, shared by its threads or greenlets under our lock.
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                          timeout=BUSY_TIMEOUT_MS / 1000)
-            connection.execute("PRAGMA journal_mode=WAL")
+            checkpoints.switch_to_wal(connection, BUSY_TIMEOUT_MS / 1000)
             connection.execute("PRAGMA synchronous=NORMAL")
             self._checkpoints.writer_settings(connection)
             connection.executescript(self._schema)
