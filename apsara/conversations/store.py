@@ -390,7 +390,7 @@ class ConversationStore:
         inode, offset, document = cached
         end = len(chunk)
         records = []
-        for line in chunk[:end].split(b"\n")[:-1]:
+        for line in chunk.split(b"\n")[:-1]:
             if not line.startswith(_MARK):
                 try:
                     records.append(orjson.loads(line))

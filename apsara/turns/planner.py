@@ -10,6 +10,7 @@ conversation. The manager then commits the plan only if the tree has not moved.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..attachments import Attachments
 from ..clock import new_id, now_iso
@@ -43,6 +44,13 @@ class Choice:
     settings: dict
     system_instruction: str
     routing: dict | None = None  # how `auto` chose the model, when it did
+
+
+class Survey(NamedTuple):
+    """What one walk over a context finds for every check of a turn."""
+
+    tokens: int                     # estimate_tokens() of the context and system instruction
+    files: list[tuple[int, dict]]   # its file parts: (message index, part)
 
 
 class TurnPlanner:
@@ -96,7 +104,7 @@ class TurnPlanner:
             context = context + [probe]
         survey = self.survey(header["system_instruction"], context)
         turn.choice = self.choose(owner, header, context, survey, model, tools, settings, bill)
-        turn.files = survey[1]
+        turn.files = survey.files
         self.manager.new_messages(turn, parts, turn.choice)
         if turn.stored_user is not None:
             context[-1] = turn.stored_user
@@ -115,7 +123,7 @@ class TurnPlanner:
                            {"text": ["empty message"]})
         return texts + kept
 
-    def choose(self, owner: str, header: dict, context: list[dict], survey: tuple[int, list[tuple[int, dict]]],
+    def choose(self, owner: str, header: dict, context: list[dict], survey: Survey,
                model_override: str | None, tools_override: list[str] | None, settings_override: dict | None,
                bill: Bill) -> Choice:
         """Model, tools and settings for a turn whose newest message ends `context`; refuses
@@ -133,7 +141,7 @@ class TurnPlanner:
         if (model_override or header["model"]) == AUTO:
             # Budget hook: reserve for the dearest model `auto` may pick, before its judge is asked.
             bill.hold(self._auto_candidates(), input_tokens, settings.get("max_output_tokens"))
-            routing = self.route_turn(context, tools, header["system_instruction"], bill)
+            routing = self.route_turn(context, tools, survey, bill)
             metrics.auto_decision(routing)
             model = resolve_model(self.catalog, routing.model or AUTO)
             tools = [t for t in tools if t in model.tools]
@@ -155,16 +163,15 @@ class TurnPlanner:
         listed = {model_id for ids in self.router.tier_models.values() for model_id in ids}
         return [m for m in self.catalog.models() if m.id in listed] or self.catalog.models()
 
-    def route_turn(self, context: list[dict], tools: list[str], system_instruction: str = "",
-                   bill: Bill | None = None):
-        """The `auto` decision for a turn whose newest message ends `context`."""
+    def route_turn(self, context: list[dict], tools: list[str], survey: Survey, bill: Bill | None = None):
+        """The `auto` decision for a turn whose newest message ends `context`; `survey`: the
+        survey() of it and the system instruction."""
         newest = context[-1] if context else {"parts": []}
         text = "".join(p.get("text", "") for p in newest["parts"] if p["type"] == "text")
-        file_types = [p["mime_type"] for m in context for p in m["parts"] if p["type"] == "file"]
+        file_types = [p["mime_type"] for _, p in survey.files]
         previous = next((m.get("routing", {}).get("tier") for m in reversed(context[:-1])
                          if m["role"] == "model" and m.get("routing")), None)
-        tokens = self.estimate_tokens(system_instruction, context)
-        return self.router.route(text, file_types=file_types, tools=tools, context_tokens=tokens,
+        return self.router.route(text, file_types=file_types, tools=tools, context_tokens=survey.tokens,
                                  previous_tier=previous, history_turns=len(context) // 2, billed_to=bill)
 
     def _check_inputs(self, model: ModelInfo, files: list[tuple[int, dict]]) -> None:
@@ -180,12 +187,11 @@ class TurnPlanner:
     @staticmethod
     def estimate_tokens(system_instruction: str, context: list[dict]) -> int:
         """A generous guess (3 characters a token); only a guess near the limit costs a countTokens call."""
-        return TurnPlanner.survey(system_instruction, context)[0]
+        return TurnPlanner.survey(system_instruction, context).tokens
 
     @staticmethod
-    def survey(system_instruction: str, context: list[dict]) -> tuple[int, list[tuple[int, dict]]]:
-        """(estimate_tokens(), the context's file parts as (message index, part)): one walk
-        over a context for every check of a turn (1,000 messages on a long conversation)."""
+    def survey(system_instruction: str, context: list[dict]) -> Survey:
+        """One walk over a context for every check of a turn (1,000 messages on a long conversation)."""
         chars = len(system_instruction or "")
         tokens = 0
         files = []
@@ -199,12 +205,12 @@ class TurnPlanner:
                     files.append((index, part))
                 else:
                     chars += len(part.get("text", "")) + len(str(part.get("args") or part.get("response") or ""))
-        return chars // 3 + tokens, files
+        return Survey(chars // 3 + tokens, files)
 
     def count(self, owner: str, choice: Choice, context: list[dict]) -> int:
         """Gemini's own count of what this context would cost; failures as ApiError."""
         try:
-            contents = to_contents(self.attachments.resolve(owner, context, self.survey("", context)[1]))
+            contents = to_contents(self.attachments.resolve(owner, context, self.survey("", context).files))
             if choice.system_instruction:
                 contents = [{"role": "user", "parts": [{"text": choice.system_instruction}]}] + contents
             return count_tokens(self.gemini, choice.model.id, contents) if contents else 0
@@ -236,7 +242,8 @@ class TurnPlanner:
         context = context_path(tree, last["id"]) if last else []
         tools = header["tools"]
         if header["model"] == AUTO:
-            model = resolve_model(self.catalog, self.route_turn(context, tools, header["system_instruction"]).model
+            survey = self.survey(header["system_instruction"], context)
+            model = resolve_model(self.catalog, self.route_turn(context, tools, survey).model
                                   or self.manager.default_model())
         else:
             model = resolve_model(self.catalog, header["model"])
@@ -265,7 +272,7 @@ class TurnPlanner:
         try:
             if judge is not None:
                 bill.hold([judge], self.estimate_tokens(system_instruction, context[-1:]), JUDGE_OUTPUT_TOKENS)
-            return self.route_turn(context, tools or [], system_instruction, bill).to_dict()
+            return self.route_turn(context, tools or [], self.survey(system_instruction, context), bill).to_dict()
         finally:
             bill.settle()
 
@@ -286,7 +293,7 @@ class TurnPlanner:
         except BaseException:
             bill.settle()
             raise
-        turn = Turn(header, None, None, [user], choice, persist=False, bill=bill, files=survey[1])
+        turn = Turn(header, None, None, [user], choice, persist=False, bill=bill, files=survey.files)
         turn.stored_reply = {"id": new_id("m"), "role": "model", "parent_id": user["id"], "created_at": stamp,
                              "parts": [], "model": choice.model.id, "status": "streaming"}
         try:
