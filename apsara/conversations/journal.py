@@ -44,7 +44,6 @@ class Replay:
         self.document = document
         self.tree = tree if tree is not None else MessageTree.of(document)  # kept in step with it
         self._owned: set[int] = set()
-        self._index: dict[str, int] | None = None
         self._path_changed = False
 
     def _writable(self, message_id: str | None) -> dict | None:
@@ -56,10 +55,7 @@ class Replay:
         for key in ("_events", "_writer"):
             if key in copy:
                 copy[key] = type(copy[key])(copy[key])
-        if self._index is None:
-            self._index = {m["id"]: n for n, m in enumerate(self.document["messages"])}
-        self.document["messages"][self._index[message_id]] = copy
-        self.tree.by_id[message_id] = copy
+        self.tree.replace(copy)
         self._owned.add(id(copy))
         return copy
 
@@ -79,8 +75,6 @@ class Replay:
             if tree.get(message["id"]) is None and (not message["parent_id"] or tree.get(message["parent_id"])):
                 message = dict(message)
                 tree.add(message)
-                if self._index is not None:
-                    self._index[message["id"]] = len(self.document["messages"]) - 1
                 self._owned.add(id(message))
         elif kind == "progress":
             reply = tree.get(rec.get("id"))
@@ -98,6 +92,7 @@ class Replay:
                 reply["_ended_at"] = rec["at"]
                 reply.pop("_writer", None)
                 reply.pop("_stop", None)
+                tree.status_changed(reply)
         elif kind == "select":
             if tree.get(rec.get("id")) is not None:
                 tree.select(rec["id"])
@@ -113,11 +108,11 @@ class Replay:
             self._path_changed = True
 
     def count_messages(self) -> None:
-        """Bring the header's message count up to date, once for all the records applied
-        (it walks the active path: per record, that was the cost of a long conversation).
-        A reply's progress and end leave the count as it was: the next turn's read walks nothing."""
+        """Bring the header's message count up to date, once for all the records applied.
+        A message added at the end of the active path lengthens it by one without a walk
+        (the tree knows where it ends); a new version or a select walks it once."""
         if self._path_changed:
-            self.document["conversation"]["message_count"] = len(self.tree.active_path())
+            self.document["conversation"]["message_count"] = self.tree.path_length()
             self._path_changed = False
 
 

@@ -133,11 +133,10 @@ def new_writer() -> dict:
 
 
 def streaming(tree: MessageTree) -> tuple[list[dict], list[dict]]:
-    """(replies being written, replies whose writer died): one pass over the messages."""
+    """(replies being written, replies whose writer died)."""
     alive, dead = [], []
-    for message in tree.messages:
-        if message.get("status") == "streaming":
-            (alive if writer_alive(message) else dead).append(message)
+    for message in tree.streaming():
+        (alive if writer_alive(message) else dead).append(message)
     return alive, dead
 
 

@@ -58,6 +58,7 @@ from .filters import ListFilters
 from ..metrics import timed_store_write
 from .journal import TOUCHING, replay
 from .recency import RecencyIndex, _scan
+from .tree import MessageTree, carry_derived
 
 log = logging.getLogger("apsara.store")
 
@@ -206,9 +207,12 @@ def _parse_lines(raw: bytes, conversation_id: str):
 
 
 def _fresh(document: dict) -> dict:
-    """A document with containers of its own (message dicts are shared, never changed in place)."""
-    return {**document, "conversation": dict(document["conversation"]),
-            "messages": list(document.get("messages", ())), "active": dict(document.get("active", {}))}
+    """A document with containers of its own (message dicts are shared, never changed in place),
+    and what its tree knew of them."""
+    fresh = {**document, "conversation": dict(document["conversation"]),
+             "messages": list(document.get("messages", ())), "active": dict(document.get("active", {}))}
+    carry_derived(document, fresh)
+    return fresh
 
 
 def _ordered(keys: list, first: int):
@@ -405,6 +409,7 @@ class ConversationStore:
 
     def _remember(self, path, loaded) -> None:
         document, (inode, offset) = loaded
+        MessageTree.of(document)  # walked once here; each later read gets a copy of what it found
         self._cache[path] = (inode, offset, document)
         self._cache.move_to_end(path)
         while len(self._cache) > CACHED_CONVERSATIONS:
