@@ -32,10 +32,13 @@ class Attachments:
             parts.append({"type": "file", "file_id": file_id, "mime_type": meta["mime_type"]})
         return parts
 
-    def resolve(self, owner: str, context: list[dict], files: list[tuple[int, dict]]) -> list[tuple[str, list[dict]]]:
+    def resolve(self, owner: str, context: list[dict], files, known: list[tuple[str, list[dict]]] = ()
+                ) -> list[tuple[str, list[dict]]]:
         """Context messages -> (role, parts) with every file part made sendable. `files`:
-        the context's file parts as (message index, part); the other messages go as they are."""
-        turns = [(message["role"], message["parts"]) for message in context]
+        the context's file parts as (message index, part); the other messages go as they are.
+        `known`: the (role, parts) of the context's first messages, already made."""
+        turns = list(known)
+        turns += [(message["role"], message["parts"]) for message in context[len(known):]]
         newest = len(context) - 1
         inline_left = INLINE_BUDGET_BYTES
         for index in dict.fromkeys(index for index, _ in files):

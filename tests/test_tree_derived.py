@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import random
 
-from apsara.conversations.journal import Replay, record
+from apsara.conversations.journal import record
 from apsara.conversations.store import _fresh
+from tests.journaled import Journaled
 from apsara.conversations.tree import DERIVED, MessageTree
 
 
@@ -33,22 +34,13 @@ def _same_answers(document: dict) -> None:
 
 def test_kept_answers_match_a_walk_through_a_random_history():
     rng = random.Random(7)
-    document = {"conversation": {"message_count": 0}, "messages": [], "active": {}, "seq": 0}
-    seq, made = 0, 0
-
-    def apply(*records):
-        nonlocal seq
-        applier = Replay(document)
-        for rec in records:
-            seq += 1
-            rec["seq"] = seq
-            applier.apply(rec)
-        applier.count_messages()
+    journal, made = Journaled(), 0
+    apply = journal.apply
 
     for step in range(1500):
-        tree = MessageTree.of(document)
+        tree = MessageTree.of(journal.document)
         roll = rng.random()
-        if roll < 0.45 or not document["messages"]:  # a turn at the end of the path
+        if roll < 0.45 or not journal.document["messages"]:  # a turn at the end of the path
             last = tree.last()
             made += 2
             user = {"id": f"u{made}", "role": "user", "parent_id": last["id"] if last else None,
@@ -66,23 +58,23 @@ def test_kept_answers_match_a_walk_through_a_random_history():
                     status = rng.choice(["complete", "stopped", "error", "interrupted"])
                     apply(record(0, "reply", "t", id=reply["id"], events=[], fields={"status": status}))
         elif roll < 0.75:  # a new version of an earlier message (an edit or a regenerate)
-            target = rng.choice(document["messages"])
+            target = rng.choice(journal.document["messages"])
             made += 1
             version = {"id": f"v{made}", "role": target["role"], "parent_id": target["parent_id"],
                        "parts": [], "status": "complete"}
             apply(record(0, "message", "t", message=version))
         elif roll < 0.85:  # another version made active
-            apply(record(0, "select", "t", id=rng.choice(document["messages"])["id"]))
+            apply(record(0, "select", "t", id=rng.choice(journal.document["messages"])["id"]))
         elif roll < 0.95:  # the store hands out a copy: what the tree knew goes with it
-            copy = _fresh(document)
-            assert copy[DERIVED] is not document.get(DERIVED)
-            document = copy
+            copy = _fresh(journal.document)
+            assert copy[DERIVED] is not journal.document.get(DERIVED)
+            journal.document = copy
         else:  # containers replaced by other code: known again from the messages
-            document = {**document, "messages": [dict(m) for m in document["messages"]],
-                        "active": dict(document["active"])}
+            journal.document = {**journal.document, "messages": [dict(m) for m in journal.document["messages"]],
+                        "active": dict(journal.document["active"])}
         if step % 10 == 0:
-            _same_answers(document)
-    _same_answers(document)
+            _same_answers(journal.document)
+    _same_answers(journal.document)
 
 
 def test_a_copy_changes_apart_from_the_original():

@@ -183,7 +183,8 @@ class Turn:
     request: tuple | None = field(default=None, repr=False)  # (contents, config) ready to send
     position: tuple | None = None      # the store's read position just after the turn's records
     bill: object = None                # the usage bill this turn's Gemini calls go on
-    files: list = field(default_factory=list)  # the context's file parts: (message index, part)
+    files: tuple = ()                  # the context's file parts: (message index, part)
+    known_turns: list = field(default_factory=list)  # (role, parts) of the context's first messages, kept
 
 
 class ConversationManager:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import operator
 import threading
 from collections import OrderedDict
 
@@ -123,8 +124,11 @@ class ContentsMemo:
         start, contents, cut_turns, cut_contents = 0, [], [], []
         if kept is not None:
             old_turns, old_contents, old_cut_turns, old_cut_contents = kept
-            same = 0
-            for (role, parts), (old_role, old_parts) in zip(turns, old_turns):
+            # The very (role, parts) pairs the last turn had, as the planner keeps them, compare
+            # in C; from the first pair made afresh on, role and parts are compared one by one.
+            identical = list(map(operator.is_, turns, old_turns))
+            same = identical.index(False) if False in identical else len(identical)
+            for (role, parts), (old_role, old_parts) in zip(turns[same:], old_turns[same:]):
                 if parts is not old_parts or role != old_role:
                     break
                 same += 1

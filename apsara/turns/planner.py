@@ -26,6 +26,7 @@ from ..gemini.caching import ContextCache
 from ..gemini.catalog import ModelCatalog, ModelInfo
 from ..gemini.client import GeminiClient
 from ..gemini.convert import ContentsMemo, to_contents
+from .context import ContextMemo, KnownContext, sums_of
 from ..gemini.errors import to_api_error
 from ..gemini.requests import count_tokens, request_config
 from .. import metrics
@@ -49,8 +50,8 @@ class Choice:
 class Survey(NamedTuple):
     """What one walk over a context finds for every check of a turn."""
 
-    tokens: int                     # estimate_tokens() of the context and system instruction
-    files: list[tuple[int, dict]]   # its file parts: (message index, part)
+    tokens: int                            # estimate_tokens() of the context and system instruction
+    files: tuple[tuple[int, dict], ...]    # its file parts: (message index, part)
 
 
 class TurnPlanner:
@@ -65,7 +66,8 @@ class TurnPlanner:
         self.function_calls = function_calls
         self.settings = settings
         self.cache = ContextCache(gemini, settings.cache_min_tokens)
-        self.contents = ContentsMemo()  # a long conversation's turn converts only its new messages
+        self.contexts = ContextMemo()  # a long conversation's turn walks only its new messages
+        self.contents = ContentsMemo()  # and converts only those
         self.router = router
 
     def require_key(self) -> None:
@@ -95,14 +97,15 @@ class TurnPlanner:
               model, tools, settings, bill: Bill) -> Turn:
         header = dict(document["conversation"])
         parts = None if kind == "regenerate" else self._user_parts(target, text, file_parts)
-        context = context_path(tree, parent_id)
+        known = self.contexts.context((owner, conversation_id), tree, parent_id)
+        context = list(known.path)
         turn = Turn(header, None, None, context, None, conversation_id=conversation_id, kind=kind,
-                    parent_id=parent_id, bill=bill)
+                    parent_id=parent_id, bill=bill, known_turns=known.turns)
         probe = {"id": new_id("m"), "role": "user", "parent_id": parent_id, "created_at": now_iso(),
                  "parts": parts} if parts is not None else None
         if probe is not None:
-            context = context + [probe]
-        survey = self.survey(header["system_instruction"], context)
+            context.append(probe)
+        survey = self.survey_known(header["system_instruction"], known, probe)
         turn.choice = self.choose(owner, header, context, survey, model, tools, settings, bill)
         turn.files = survey.files
         self.manager.new_messages(turn, parts, turn.choice)
@@ -192,20 +195,17 @@ class TurnPlanner:
     @staticmethod
     def survey(system_instruction: str, context: list[dict]) -> Survey:
         """One walk over a context for every check of a turn (1,000 messages on a long conversation)."""
-        chars = len(system_instruction or "")
-        tokens = 0
-        files = []
-        for index, message in enumerate(context):
-            for part in message["parts"]:
-                kind = part["type"]
-                if kind == "text":
-                    chars += len(part.get("text", ""))
-                elif kind == "file":
-                    tokens += 1000  # a picture is ~258-1,100 tokens; long media are counted exactly below
-                    files.append((index, part))
-                else:
-                    chars += len(part.get("text", "")) + len(str(part.get("args") or part.get("response") or ""))
-        return Survey(chars // 3 + tokens, files)
+        return TurnPlanner._survey(system_instruction, sums_of(context))
+
+    @staticmethod
+    def survey_known(system_instruction: str, known: KnownContext, newest: dict | None) -> Survey:
+        """survey() of `known`'s path followed by `newest`, from what is known of the path."""
+        return TurnPlanner._survey(system_instruction,
+                                   sums_of([newest], len(known.path), known.sums) if newest else known.sums)
+
+    @staticmethod
+    def _survey(system_instruction: str, sums) -> Survey:
+        return Survey((len(system_instruction or "") + sums.chars) // 3 + sums.tokens, sums.files)
 
     def count(self, owner: str, choice: Choice, context: list[dict]) -> int:
         """Gemini's own count of what this context would cost; failures as ApiError."""
@@ -308,7 +308,7 @@ class TurnPlanner:
         """(contents, config) for this turn; through the conversation's context cache when it pays."""
         choice: Choice = turn.choice
         config = request_config(choice, self.function_calls.declarations(choice))
-        turns = self.attachments.resolve(owner, turn.context, turn.files)
+        turns = self.attachments.resolve(owner, turn.context, turn.files, turn.known_turns)
         if turn.persist and turn.conversation_id:
             def count(contents):
                 return count_tokens(self.gemini, choice.model.id, contents)
