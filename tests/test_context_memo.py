@@ -11,6 +11,7 @@ from apsara.conversations.manager import context_path
 from apsara.conversations.store import _fresh
 from apsara.conversations.tree import MessageTree
 from apsara.turns.context import ContextMemo, sums_of
+from apsara.testing.fake_gemini import Reply
 from tests.journaled import Journaled
 
 
@@ -112,3 +113,16 @@ def test_a_turn_walks_only_what_was_added():
     assert looked_at == ["r200", "u200", parent]
     assert second.path[:400] == first.path and second.turns[:400] == first.turns
     assert len(second.path) == 402
+
+
+def test_a_deleted_conversation_leaves_nothing_in_the_memos(chat_app, chat, fake):
+    """What a worker keeps of a conversation's last turn goes when the conversation does."""
+    fake.push(Reply(parts=["An answer."]), Reply(parts=["Another."]))
+    assert chat.post("/api/v1/conversations", json={"id": "kept"}).status_code == 201
+    assert chat.post("/api/v1/conversations/kept/messages", json={"text": "a secret"}).status_code == 201
+    assert chat.post("/api/v1/conversations/kept/messages", json={"text": "more"}).status_code == 201
+    planner, key = chat_app.extensions["apsara"].chat.planner, ("local", "kept")
+    memos = (planner.contexts._kept, planner.contents._kept)
+    assert all(key in kept for kept in memos)
+    assert chat.delete("/api/v1/conversations/kept").status_code == 204
+    assert not any(key in kept for kept in memos)

@@ -96,3 +96,11 @@ def test_a_message_added_outside_the_tree_is_noticed():
     document["active"]["a"] = "b"
     assert MessageTree.of(document).get("b") is not None
     assert MessageTree.of(document).path_length() == 2
+
+
+def test_a_stored_key_of_the_same_name_is_not_taken_for_what_the_tree_knows():
+    """A first-format file is a JSON object of the user's own: it may hold any key."""
+    document = {"conversation": {}, "messages": [{"id": "a", "role": "user", "parent_id": None, "parts": []}],
+                "active": {"": "a"}, DERIVED: {"by_id": {}}}
+    assert MessageTree.of(document).last()["id"] == "a"
+    assert _fresh(document)[DERIVED].by_id == {"a": document["messages"][0]}

@@ -27,7 +27,7 @@ from .journal import Replay, record
 from .options import check_choice
 from .parts import public_part
 from .store import ConversationStore, InvalidId, LockTimeout, Missing
-from .tree import MessageTree
+from .tree import DERIVED, MessageTree
 
 HEADER_FIELDS = ("id", "title", "title_source", "created_at", "updated_at", "model", "system_instruction",
                  "tools", "settings", "message_count", "archived", "pinned", "temporary")
@@ -288,6 +288,7 @@ class ConversationManager:
             header = json.dumps(document["conversation"], sort_keys=True, default=str)
             shape = (len(document.get("messages", [])), dict(document.get("active", {})))
             yield document
+            document.pop(DERIVED, None)  # changed in place, past what the tree keeps track of
             if (len(document.get("messages", [])), document.get("active", {})) != shape:
                 document["conversation"]["updated_at"] = max(now_iso(), document["conversation"]["updated_at"])
                 document["conversation"]["message_count"] = len(MessageTree.of(document).active_path())

@@ -409,7 +409,7 @@ class ConversationStore:
 
     def _remember(self, path, loaded) -> None:
         document, (inode, offset) = loaded
-        MessageTree.of(document)  # walked once here; each later read gets a copy of what it found
+        MessageTree.of(document).path_length()  # walked once here; each later read gets a copy of what it found
         self._cache[path] = (inode, offset, document)
         self._cache.move_to_end(path)
         while len(self._cache) > CACHED_CONVERSATIONS:

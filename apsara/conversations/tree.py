@@ -57,7 +57,7 @@ def carry_derived(document: dict, copy: dict) -> None:
     """Give `copy` (the document with its own message list and active map) what the
     document's tree knew, or nothing when that no longer describes the document."""
     derived = document.get(DERIVED)
-    if derived is not None and derived.serves(document.get("messages"), document.get("active")):
+    if isinstance(derived, Derived) and derived.serves(document.get("messages"), document.get("active")):
         copy[DERIVED] = derived.copy_for(copy["messages"], copy["active"])
     else:
         copy.pop(DERIVED, None)
@@ -76,7 +76,7 @@ class MessageTree:
         """The document's tree; what it derives stays with the document for the next one."""
         messages, active = document.setdefault("messages", []), document.setdefault("active", {})
         derived = document.get(DERIVED)
-        if derived is None or not derived.serves(messages, active):
+        if not isinstance(derived, Derived) or not derived.serves(messages, active):
             derived = document[DERIVED] = Derived(messages, active)
         return cls(messages, active, derived)
 

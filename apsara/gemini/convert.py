@@ -118,6 +118,11 @@ class ContentsMemo:
         self._lock = threading.Lock()
         self._size = conversations
 
+    def forget(self, key) -> None:
+        """A deleted conversation's contents are not kept."""
+        with self._lock:
+            self._kept.pop(key, None)
+
     def contents(self, key, turns: list[tuple[str, list[dict]]]) -> list[dict]:
         with self._lock:
             kept = self._kept.get(key)

@@ -65,6 +65,11 @@ class ContextMemo:
         self._lock = threading.Lock()
         self._size = conversations
 
+    def forget(self, key) -> None:
+        """A deleted conversation's messages are not kept."""
+        with self._lock:
+            self._kept.pop(key, None)
+
     def context(self, key, tree: MessageTree, upto: str | None) -> KnownContext:
         """The context ending at message `upto` (None: an empty conversation); the lists
         returned are the memo's own: copy before changing them."""

@@ -329,3 +329,5 @@ class TurnPlanner:
     def delete_conversation(self, owner: str, conversation_id: str) -> None:
         record = self.manager.delete(owner, conversation_id)
         self.cache.forget(record)
+        self.contexts.forget((owner, conversation_id))
+        self.contents.forget((owner, conversation_id))
