@@ -229,3 +229,39 @@ def test_a_reply_compacted_long_after_it_ended_still_replays(chat, settings, fak
     assert after[0] == before[0]  # reply_start, with its id
     assert after[-1] == before[-1]  # done, with its id and the stored reply
     assert "".join(d["text"] for e, _, d in after if e == "delta") == first["text"]
+
+
+def test_writers_in_one_process_take_turns_without_polling_the_file_lock(tmp_path, monkeypatch):
+    """A reply that ends while its turn's commit still holds the lock waits on this process's
+    own lock, which hands over at once, not on the file's, which is polled."""
+    store = ConversationStore(tmp_path)
+    with store.locked("local", "c1"):
+        store.write("local", "c1", {"conversation": {"id": "c1", "updated_at": now_iso(), "n": 0},
+                                    "messages": [], "active": {}})
+    polled = []
+    real_acquire = store_module._acquire
+
+    def acquire(fd, timeout_s):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            polled.append(fd)
+            real_acquire(fd, timeout_s)
+
+    monkeypatch.setattr(store_module, "_acquire", acquire)
+
+    def writer():
+        for _ in range(50):
+            with store.locked("local", "c1"):
+                document = store.read("local", "c1")
+                document["conversation"]["n"] += 1
+                store.write("local", "c1", document)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.read("local", "c1")["conversation"]["n"] == 200
+    assert polled == []
+    assert store._local_locks == {}  # nothing is kept of a lock nobody holds or waits for
