@@ -265,3 +265,50 @@ def test_writers_in_one_process_take_turns_without_polling_the_file_lock(tmp_pat
     assert store.read("local", "c1")["conversation"]["n"] == 200
     assert polled == []
     assert store._local_locks == {}  # nothing is kept of a lock nobody holds or waits for
+
+
+def _stored(store: ConversationStore, conversation_id: str) -> None:
+    with store.locked("local", conversation_id):
+        store.write("local", conversation_id, {"conversation": {"id": conversation_id, "updated_at": now_iso()},
+                                               "messages": [], "active": {}})
+
+
+def _user_message(conversation_id: str, text: str) -> list[dict]:
+    return [{"type": "message", "at": now_iso(), "message": {
+        "id": f"m-{conversation_id}", "role": "user", "parent_id": None, "created_at": now_iso(),
+        "parts": [{"type": "text", "text": text}]}}]
+
+
+def test_a_turns_index_write_follows_its_fsync_and_the_next_search_finds_it(tmp_path, monkeypatch):
+    """A turn's first byte waits for its records' fsync, not for the search index; a search
+    in the same process after it still finds the message."""
+    store = ConversationStore(tmp_path)
+    _stored(store, "c1")
+    gate, updated = threading.Event(), []
+    real_update = store.search_index.update
+
+    def held_update(*args, **kwargs):
+        assert gate.wait(10)
+        updated.append(args[1])
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(store.search_index, "update", held_update)
+    with store.locked("local", "c1"):
+        store.append("local", "c1", _user_message("c1", "zebra crossing"), index_later=True)
+    assert updated == []  # durable, and back, while the index write waits
+    gate.set()
+    assert [header["id"] for header, _, _ in store.search("local", "zebra", 10)] == ["c1"]
+    assert updated == ["c1"] and store._pending_index == {}
+
+
+def test_index_writes_left_running_are_settled_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "PENDING_INDEX_WRITES", 3)
+    store = ConversationStore(tmp_path)
+    for n in range(8):
+        _stored(store, f"c{n}")
+        with store.locked("local", f"c{n}"):
+            store.append("local", f"c{n}", _user_message(f"c{n}", f"word{n}"), index_later=True)
+        assert len(store._pending_index) <= 3
+    _stored(store, "c7")  # a whole rewrite waits for the write left running first
+    assert ("local", "c7") not in store._pending_index
+    assert [h["id"] for h, _, _ in store.search("local", "word2", 10)] == ["c2"]
