@@ -312,3 +312,14 @@ def test_index_writes_left_running_are_settled_not_kept(tmp_path, monkeypatch):
     _stored(store, "c7")  # a whole rewrite waits for the write left running first
     assert ("local", "c7") not in store._pending_index
     assert [h["id"] for h, _, _ in store.search("local", "word2", 10)] == ["c2"]
+
+
+def test_an_index_write_that_lands_late_never_moves_a_conversation_back(tmp_path):
+    """Another worker's later change can reach the index before this worker's earlier one."""
+    store = ConversationStore(tmp_path)
+    _stored(store, "c1")
+    later, earlier = now_iso(), an_hour_ago()
+    store.search_index.update("local", "c1", later, iso_to_ns(later), ["newer words"])
+    store.search_index.update("local", "c1", earlier, iso_to_ns(earlier), ["older words"])
+    assert store.search_index.indexed()[("local", "c1")] == (iso_to_ns(later), later)
+    assert [h["id"] for h, _, _ in store.search("local", "older", 10)] == ["c1"]  # its text still counts
