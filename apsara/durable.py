@@ -68,11 +68,6 @@ def on_disk_thread(work: Callable[[], object], meanwhile: Callable[[], None] | N
     return result
 
 
-def started_on_disk_thread(work: Callable[[], object]) -> Callable[[], object]:
-    """`work()` started now on one of the disk's threads; returns `wait()`, for its result."""
-    return _disk_threads()(work)
-
-
 def native(module: str, name: str):
     """`module.name` as the standard library made it, also where gevent has patched it."""
     try:

@@ -202,10 +202,8 @@ class SearchIndex:
                 self._put_header(db, owner, {**header, "id": conversation_id, "updated_at": updated_at},
                                  updated_ns)
             else:
-                # Never back: another worker's later change may have landed first.
-                found = db.execute("UPDATE conversations SET updated_at = CASE WHEN ? >= updated_ns THEN ? "
-                                   "ELSE updated_at END, updated_ns = max(updated_ns, ?) WHERE owner = ? AND id = ?",
-                                   (updated_ns, updated_at, updated_ns, owner, conversation_id)).rowcount
+                found = db.execute("UPDATE conversations SET updated_ns = ?, updated_at = ? WHERE owner = ? "
+                                   "AND id = ?", (updated_ns, updated_at, owner, conversation_id)).rowcount
                 if not found:
                     return False
             if last_message_ns is not None:

@@ -505,9 +505,7 @@ class ConversationManager:
                 records.append(record(0, "message", stamp, message=turn.stored_user))
             reply = {**turn.stored_reply, "_writer": new_writer()}
             records.append(record(0, "message", stamp, message=reply))
-            # The first byte waits for the fsync, not for the search index (it follows at once).
-            mark = self._append(owner, conversation_id, document, records, tree, on_written=on_written,
-                                index_later=True)
+            mark = self._append(owner, conversation_id, document, records, tree, on_written=on_written)
             turn.position = mark["position"]
             link = self.link(owner)
             turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None

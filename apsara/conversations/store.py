@@ -52,7 +52,7 @@ from pathlib import Path
 
 import orjson
 
-from ..durable import TEMP_PREFIX, fsync_dir, on_disk_thread, started_on_disk_thread, write_atomically
+from ..durable import TEMP_PREFIX, fsync_dir, on_disk_thread, write_atomically
 from ..search import SearchIndex, message_text
 from .filters import ListFilters
 from ..metrics import timed_store_write
@@ -72,8 +72,6 @@ _TAIL = 4096
 COMPACT_MIN_BYTES = 256 * 1024
 # Parsed conversations kept per worker process (a 1,000-message one is a few MB in memory).
 CACHED_CONVERSATIONS = 64
-# Index writes left running that a process keeps a handle on, at most (see append's `index_later`).
-PENDING_INDEX_WRITES = 64
 
 LOCK_TIMEOUT_S = 30.0
 
@@ -246,9 +244,6 @@ class ConversationStore:
         self._cache: OrderedDict = OrderedDict()
         # (owner, conversation id) -> the thread (greenlet) holding its lock in this process
         self._holders: dict[tuple[str, str], int] = {}
-        # (owner, conversation id) -> wait() for an index write left running by its last change
-        self._pending_index: dict[tuple[str, str], object] = {}
-        self._pending_guard = threading.Lock()
         # (owner, conversation id) -> [this process's lock of it, how many hold or wait for it]
         self._local_locks: dict[tuple[str, str], list] = {}
         self._local_guard = threading.Lock()
@@ -570,7 +565,6 @@ class ConversationStore:
         Call inside `locked()`: creation and compaction."""
         target = self.path(owner, conversation_id)
         self._user_dir(owner, create=True)
-        self._settle_index(owner, conversation_id)  # the whole row below is the last word
         mtime_ns = iso_to_ns(document["conversation"]["updated_at"])
         self._cache.pop(target, None)
         write_atomically(target, encode(document), mtime_ns)
@@ -578,17 +572,12 @@ class ConversationStore:
         self._indexing(self.search_index.put_many, [_index_row(owner, document)])
 
     def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
-               sync: bool = True, on_written=None, reply_texts: dict[str, str] | None = None,
-               index_later: bool = False) -> dict:
+               sync: bool = True, on_written=None, reply_texts: dict[str, str] | None = None) -> dict:
         """Append records (numbered here) and a mark in one write; then fsync unless
         `sync` is False. `on_written()` runs while the fsync is under way. `reply_texts`:
         the text of replies these records end, when the caller has it (else it is read back
-        for the search index). `index_later`: return once the records are durable, the search
-        index following on the disk's thread (a turn's first byte waits for its fsync, not for
-        the index; the conversation's next change or a search waits for it). Call inside
-        `locked()`. Returns the new mark (with `size`, and the follow() positions after these
-        records and before them: `position`, `began_at`)."""
-        self._settle_index(owner, conversation_id)  # an earlier change's index write lands first
+        for the search index). Call inside `locked()`. Returns the new mark (with `size`, and
+        the follow() positions after these records and before them: `position`, `began_at`)."""
         path = self.path(owner, conversation_id)
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND)
@@ -646,18 +635,18 @@ class ConversationStore:
                         os.fsync(own_fd)
                     finally:
                         os.close(own_fd)
-                    return None if index_later else write_index()
+                    return write_index()
 
                 with timed_store_write():
                     indexed = on_disk_thread(make_durable, meanwhile=on_written)
-                if index_later:  # after the fsync, so the index is never ahead of the file
-                    self._index_pending(owner, conversation_id, started_on_disk_thread(write_index))
-                    indexed = True
             else:
                 indexed = write_index()
                 if on_written is not None:
                     on_written()
-            self._after_index(owner, conversation_id, indexed)
+            if indexed is False:
+                self._index_whole(owner, conversation_id)
+            elif isinstance(indexed, sqlite3.Error):  # the files are the truth; the next start mends it
+                log.error("search index: could not keep up with a change: %s", indexed)
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -714,39 +703,10 @@ class ConversationStore:
             return False
         fsync_dir(target.parent)
         self.recency(owner).record(conversation_id, None)
-        self._settle_index(owner, conversation_id)  # or a late write would put it back
         self._indexing(self.search_index.remove, owner, conversation_id)
         return True
 
     # -- the search index ---------------------------------------------------------
-    def _after_index(self, owner: str, conversation_id: str, indexed) -> None:
-        """What a change's index write answered: True; False when the conversation is not in
-        the index yet (indexed whole now); or the SQLite error it met."""
-        if indexed is False:
-            self._index_whole(owner, conversation_id)
-        elif isinstance(indexed, sqlite3.Error):  # the files are the truth; the next start mends it
-            log.error("search index: could not keep up with a change: %s", indexed)
-
-    def _index_pending(self, owner: str, conversation_id: str, wait) -> None:
-        with self._pending_guard:
-            self._pending_index[(owner, conversation_id)] = wait
-            oldest = next(iter(self._pending_index)) if len(self._pending_index) > PENDING_INDEX_WRITES else None
-        if oldest is not None:  # a conversation nobody changed since: settled here, not kept
-            self._settle_index(*oldest)
-
-    def _settle_index(self, owner: str, conversation_id: str) -> None:
-        """Wait for the index write an earlier change of the conversation left running."""
-        with self._pending_guard:
-            wait = self._pending_index.pop((owner, conversation_id), None)
-        if wait is not None:
-            self._after_index(owner, conversation_id, wait())
-
-    def _settle_all_index(self) -> None:
-        with self._pending_guard:
-            keys = list(self._pending_index)
-        for key in keys:
-            self._settle_index(*key)
-
     @staticmethod
     def _indexing(step, *args) -> None:
         # The files are the truth: an index write that fails never fails the change. The row
@@ -791,7 +751,6 @@ class ConversationStore:
     def search(self, owner: str, query: str, limit: int, after: tuple[int, str] | None = None,
                filters: ListFilters = ListFilters()) -> list[tuple[dict, str, tuple[int, str]]]:
         """(header, snippet, position) of the conversations matching `query`, newest first."""
-        self._settle_all_index()  # what this process wrote is found
         found = []
         for hit in self.search_index.search(owner, query, limit=limit, after=after, archived=filters.archived,
                                             pinned=filters.pinned, temporary=filters.temporary):

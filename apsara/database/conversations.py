@@ -213,11 +213,9 @@ class PgConversationStore:
                        [message_text(m) for m in document.get("messages", ())])
 
     def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
-               sync: bool = True, on_written=None, reply_texts: dict[str, str] | None = None,
-               index_later: bool = False) -> dict:
+               sync: bool = True, on_written=None, reply_texts: dict[str, str] | None = None) -> dict:
         """Append records (numbered here, as the row's seq); call inside `locked()`. Returns a
-        mark with `size` and `base`, as the file store's, for `needs_compaction()`. The search
-        rows go in the same transaction, so `index_later` changes nothing here.
+        mark with `size` and `base`, as the file store's, for `needs_compaction()`.
 
         One statement: the row takes the next numbers and the records go in with them."""
         bodies, header, touched = [], None, None
