@@ -152,15 +152,27 @@ def is_context(message: dict) -> bool:
 def context_path(tree: MessageTree, upto: str | None) -> list[dict]:
     """What the model is sent: the path from the root to `upto`, user messages and
     replies the user read (failed, blocked, interrupted replies never go back)."""
-    path, by_id = [], tree.by_id
-    node = by_id.get(upto) if upto else None
-    while node is not None:  # the common cases first, without a call: 1,000 messages are walked per turn
-        if node["role"] == "user" or node.get("status") == "complete" or is_context(node):
-            path.append(node)
-        parent_id = node["parent_id"]
-        node = by_id.get(parent_id) if parent_id else None
+    path = walk_context(tree, upto)[0]
     path.reverse()
     return path
+
+
+def walk_context(tree: MessageTree, upto: str | None, stop: dict | None = None) -> tuple[list[dict], bool, bool]:
+    """The context messages from `upto` up to the root, newest first, or up to the message
+    dict `stop` (that very dict, left out); whether `stop` was met; and whether no reply
+    still being written was passed (one may yet end as context)."""
+    path, get, settled = [], tree.get, True
+    node = get(upto) if upto else None
+    while node is not None:  # the common cases first, without a call: a read afresh walks every message
+        if node is stop:
+            return path, True, settled
+        if node["role"] == "user" or node.get("status") == "complete" or is_context(node):
+            path.append(node)
+        elif node.get("status") == "streaming":
+            settled = False
+        parent_id = node["parent_id"]
+        node = get(parent_id) if parent_id else None
+    return path, False, settled
 
 
 @dataclass

@@ -46,7 +46,6 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 
@@ -58,6 +57,7 @@ from .filters import ListFilters
 from ..metrics import timed_store_write
 from .journal import TOUCHING, replay
 from .recency import RecencyIndex, _scan
+from ..recent import Recent
 from .tree import MessageTree, carry_derived
 
 log = logging.getLogger("apsara.store")
@@ -241,7 +241,7 @@ class ConversationStore:
         self._recency: dict[str, RecencyIndex] = {}
         self.search_index = SearchIndex(Path(data_dir) / "search" / "index.sqlite")
         # path -> (inode, offset read to, document): conversations this process read lately
-        self._cache: OrderedDict = OrderedDict()
+        self._cache = Recent(CACHED_CONVERSATIONS)
         # (owner, conversation id) -> the thread (greenlet) holding its lock in this process
         self._holders: dict[tuple[str, str], int] = {}
         # (owner, conversation id) -> [this process's lock of it, how many hold or wait for it]
@@ -370,7 +370,7 @@ class ConversationStore:
                     return self._brought_up_to_date(path, cached, chunk[:end], conversation_id)
                 raw, _ = self._whole_from(fh, 0, owner, conversation_id, after_snapshot=True)
         except FileNotFoundError:
-            self._cache.pop(path, None)
+            self._cache.forget(path)
             return None
         loaded = self._parse(raw, inode, conversation_id)
         self._remember(path, loaded)
@@ -442,10 +442,7 @@ class ConversationStore:
     def _remember(self, path, loaded) -> None:
         document, (inode, offset) = loaded
         MessageTree.of(document).path_length()  # walked once here; each later read gets a copy of what it found
-        self._cache[path] = (inode, offset, document)
-        self._cache.move_to_end(path)
-        while len(self._cache) > CACHED_CONVERSATIONS:
-            self._cache.popitem(last=False)
+        self._cache.put(path, (inode, offset, document))
 
     def _parse(self, raw: bytes, inode: int, conversation_id: str):
         if _is_v1(raw[:32]):
@@ -566,7 +563,7 @@ class ConversationStore:
         target = self.path(owner, conversation_id)
         self._user_dir(owner, create=True)
         mtime_ns = iso_to_ns(document["conversation"]["updated_at"])
-        self._cache.pop(target, None)
+        self._cache.forget(target)
         write_atomically(target, encode(document), mtime_ns)
         self.recency(owner).record(conversation_id, mtime_ns)
         self._indexing(self.search_index.put_many, [_index_row(owner, document)])
@@ -696,7 +693,7 @@ class ConversationStore:
 
     def delete(self, owner: str, conversation_id: str) -> bool:
         target = self.path(owner, conversation_id)
-        self._cache.pop(target, None)
+        self._cache.forget(target)
         try:
             target.unlink()
         except FileNotFoundError:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import base64
 import bisect
 import operator
-import threading
-from collections import OrderedDict
 
 from google.genai import types
 
+from ..recent import Recent
 from .catalog import ModelInfo
 
 
@@ -114,18 +113,14 @@ class ContentsMemo:
     contents in place (the SDK validates them into objects of its own)."""
 
     def __init__(self, conversations: int = 64):
-        self._kept: OrderedDict = OrderedDict()  # key -> (turns, contents, cut turns, cut contents)
-        self._lock = threading.Lock()
-        self._size = conversations
+        self._kept = Recent(conversations)  # key -> (turns, contents, cut turns, cut contents)
 
     def forget(self, key) -> None:
         """A deleted conversation's contents are not kept."""
-        with self._lock:
-            self._kept.pop(key, None)
+        self._kept.forget(key)
 
     def contents(self, key, turns: list[tuple[str, list[dict]]]) -> list[dict]:
-        with self._lock:
-            kept = self._kept.get(key)
+        kept = self._kept.get(key)
         start, contents, cut_turns, cut_contents = 0, [], [], []
         if kept is not None:
             old_turns, old_contents, old_cut_turns, old_cut_contents = kept
@@ -151,11 +146,7 @@ class ContentsMemo:
         # (up to 15 MB), and the next turn reads it back from the store as another list.
         cut = bisect.bisect_right(cut_turns, len(turns) - 1) - 1
         kept_turns, kept_contents = (cut_turns[cut], cut_contents[cut]) if cut >= 0 else (0, 0)
-        with self._lock:
-            self._kept[key] = (turns[:kept_turns], contents[:kept_contents], cut_turns[:cut], cut_contents[:cut])
-            self._kept.move_to_end(key)
-            while len(self._kept) > self._size:
-                self._kept.popitem(last=False)
+        self._kept.put(key, (turns[:kept_turns], contents[:kept_contents], cut_turns[:cut], cut_contents[:cut]))
         return contents
 
 

@@ -15,12 +15,11 @@ On 1,000 messages that is a few microseconds instead of ~0.3 ms each turn.
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import NamedTuple
 
-from ..conversations.manager import is_context
+from ..conversations.manager import walk_context
 from ..conversations.tree import MessageTree
+from ..recent import Recent
 
 
 class Sums(NamedTuple):
@@ -61,42 +60,24 @@ class ContextMemo:
     """The last context of each of the last `conversations` conversations a worker served."""
 
     def __init__(self, conversations: int = 64):
-        self._kept: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self._size = conversations
+        self._kept = Recent(conversations)
 
     def forget(self, key) -> None:
         """A deleted conversation's messages are not kept."""
-        with self._lock:
-            self._kept.pop(key, None)
+        self._kept.forget(key)
 
     def context(self, key, tree: MessageTree, upto: str | None) -> KnownContext:
         """The context ending at message `upto` (None: an empty conversation); the lists
         returned are the memo's own: copy before changing them."""
-        with self._lock:
-            kept = self._kept.get(key)
-        end = tree.get(upto) if upto else None
-        base, added, node, settled = _NOTHING, [], end, True
-        while node is not None:
-            if kept is not None and node is kept.end:
-                base = kept
-                break
-            # The common cases first, without a call: a context read afresh walks every message.
-            if node["role"] == "user" or node.get("status") == "complete" or is_context(node):
-                added.append(node)
-            elif node.get("status") == "streaming":
-                settled = False  # left out now, it may end as context: never a base for later turns
-            parent_id = node["parent_id"]
-            node = tree.get(parent_id) if parent_id else None
+        kept = self._kept.get(key)
+        end = tree.by_id.get(upto) if upto else None  # the dict the walk starts from
+        added, met, settled = walk_context(tree, upto, kept.end if kept is not None else None)
+        base = kept if met else _NOTHING
         added.reverse()
         known = KnownContext(end, base.path + added, base.turns + [(m["role"], m["parts"]) for m in added],
                              sums_of(added, len(base.path), base.sums))
-        with self._lock:
-            if settled:
-                self._kept[key] = known
-                self._kept.move_to_end(key)
-                while len(self._kept) > self._size:
-                    self._kept.popitem(last=False)
-            else:
-                self._kept.pop(key, None)
+        if settled:
+            self._kept.put(key, known)
+        else:  # a path that passed a reply still being written: never a base for later turns
+            self._kept.forget(key)
         return known
