@@ -16,7 +16,7 @@ from google import genai
 from google.genai import types
 
 from ..config import Settings
-from . import field_lookup, metering
+from . import field_lookup, metering, type_check
 from .upstream import StoppableTransport
 
 log = logging.getLogger("apsara.gemini")
@@ -30,6 +30,14 @@ MAX_MODEL_PAGES = 20
 REPLY_TYPES = ("HttpOptions", "HttpResponse", "GenerateContentConfig", "ThinkingConfig",
                "_GenerateContentParameters", "Content", "UserContent", "Part",
                "GenerateContentResponse", "Candidate", "GenerateContentResponseUsageMetadata")
+
+
+def speed_up_sdk() -> None:
+    """Make google-genai build its requests for less CPU, sending the same bytes: its
+    field lookup (half its CPU on a long history) and its pre-validation type check (a
+    quarter of what was left). Each is put in only over the SDK code it was written for."""
+    field_lookup.install()
+    type_check.install()
 
 
 def build_reply_types() -> None:
@@ -91,7 +99,7 @@ class GeminiClient:
         if self._client is None or self._pid != pid:
             with self._lock:
                 if self._client is None or self._pid != pid:
-                    field_lookup.install()  # the SDK's request building, half the CPU on long histories
+                    speed_up_sdk()
                     self._client = genai.Client(api_key=self._settings.gemini_api_key,
                                                 http_options=self.http_options())
                     self._pid = pid
