@@ -11,10 +11,12 @@ every turn paid it.
 
 `get_value_by_path` below is the SDK's function with that one step going straight to
 the attribute, for the models where `key in model` can only be false (the SDK's own,
-which define no `__contains__` and keep pydantic's `__iter__`): the same answer for
-every input (tests hold it to the original on odd paths and real requests). It is
-installed only over the exact function it was written against: when an upgrade
-changes the SDK's, the SDK keeps its own and a test says so.
+which define no `__contains__` and keep pydantic's `__iter__`); and a path of one field
+of such a model, the converters' usual question, is answered before the walk begins
+(another tenth of the request's CPU). The same answer for every input (tests hold it
+to the original on odd paths and real requests). It is installed only over the exact
+function it was written against: when an upgrade changes the SDK's, the SDK keeps its
+own and a test says so.
 """
 from __future__ import annotations
 
@@ -36,18 +38,27 @@ CONVERTERS = ("_transformers", "_live_converters", "_operations_converters", "_t
               "caches", "documents", "file_search_stores", "files", "live", "models", "operations", "tunings")
 
 ORIGINAL = _common.get_value_by_path
-_NEVER_CONTAINS: dict[type, bool] = {}  # per type: asking each time cost more than the walk saved
 
 
-def _never_contains(kind: type) -> bool:
-    """A model of the SDK's, for which `key in data` compares the key with (name, value) pairs."""
-    answer = (issubclass(kind, _common.BaseModel) and kind.__iter__ is pydantic.BaseModel.__iter__
-              and not hasattr(kind, "__contains__"))
-    _NEVER_CONTAINS[kind] = answer
-    return answer
+class _NeverContains(dict):
+    """Per type: asking each time cost more than the walk saved."""
+
+    def __missing__(self, kind: type) -> bool:
+        """A model of the SDK's, for which `key in data` compares the key with (name, value) pairs."""
+        answer = (issubclass(kind, _common.BaseModel) and kind.__iter__ is pydantic.BaseModel.__iter__
+                  and not hasattr(kind, "__contains__"))
+        self[kind] = answer
+        return answer
+
+
+_NEVER_CONTAINS = _NeverContains()
 
 
 def get_value_by_path(data: Any, keys: list[str], *, default_value: Any = None) -> Any:
+    if len(keys) == 1 and data and _NEVER_CONTAINS[type(data)]:  # the converters' usual question
+        key = keys[0]
+        if not key.endswith(("[]", "[0]")) and key != "_self":
+            return getattr(data, key, default_value)
     if keys == ["_self"]:
         return data
     for i, key in enumerate(keys):
@@ -63,10 +74,7 @@ def get_value_by_path(data: Any, keys: list[str], *, default_value: Any = None) 
             if key_name in data and data[key_name]:
                 return get_value_by_path(data[key_name][0], keys[i + 1:], default_value=default_value)
             return default_value
-        never_contains = _NEVER_CONTAINS.get(type(data))
-        if never_contains is None:
-            never_contains = _never_contains(type(data))
-        if never_contains:  # the change: no walk over every field first
+        if _NEVER_CONTAINS[type(data)]:  # the change: no walk over every field first
             if not hasattr(data, key):
                 return default_value
             data = getattr(data, key)
