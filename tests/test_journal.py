@@ -6,6 +6,7 @@ import json
 import threading
 
 import orjson
+import pytest
 
 from apsara.clock import an_hour_ago, now_iso
 from apsara.conversations import store as store_module
@@ -265,3 +266,21 @@ def test_writers_in_one_process_take_turns_without_polling_the_file_lock(tmp_pat
     assert store.read("local", "c1")["conversation"]["n"] == 200
     assert polled == []
     assert store._local_locks == {}  # nothing is kept of a lock nobody holds or waits for
+
+
+def test_the_paths_a_store_keeps_made_are_its_own_and_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "KNOWN_PATHS", 3)
+    store = ConversationStore(tmp_path)
+    first = store.path("alice", "c1")
+    assert store.path("alice", "c1") is first  # made once
+    assert first == tmp_path / "history" / "alice" / "c1.json"
+    assert store.path("bob", "c1") == tmp_path / "history" / "bob" / "c1.json"
+    assert store._lock_path("bob", "c1") == tmp_path / "locks" / "bob" / "c1.lock"
+    for bad_owner, bad_id in (("alice", "../bob/c1"), ("..", "c1"), ("alice", "."), ("a/b", "c1"), ("alice", "c\x00")):
+        with pytest.raises(store_module.InvalidId):
+            store.path(bad_owner, bad_id)
+        with pytest.raises(store_module.InvalidId):
+            store._lock_path(bad_owner, bad_id)
+    for n in range(10):
+        store.path("alice", f"n{n}")
+        assert len(store._paths) <= 3

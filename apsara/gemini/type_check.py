@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import types
+from types import FunctionType
 from typing import Any, Union, get_args, get_origin
 
 import pydantic
@@ -34,7 +34,7 @@ log = logging.getLogger("apsara.gemini")
 # The SDK's function this one replaces, by the sha256 of its source.
 REPLACES = "95c4d9d02f97b5c78bcfaee449310c040c2af327b425a3e470607aa11b413da2"
 
-SDK_CHECK: types.FunctionType = _common.BaseModel.__dict__["_check_field_type_mismatches"].__func__
+SDK_CHECK: FunctionType = _common.BaseModel.__dict__["_check_field_type_mismatches"].__func__
 # The SDK's own code, kept to compare with and to put back.
 ORIGINAL_CODE = SDK_CHECK.__code__
 logger = _common.logger  # the name the code below reads from the SDK module's globals once swapped in
@@ -83,9 +83,9 @@ def check_field_type_mismatches(cls, data: Any) -> Any:
     return data
 
 
-def sdk_original() -> types.FunctionType:
+def sdk_original() -> FunctionType:
     """The SDK's check as it shipped, callable as (cls, data), whatever is installed."""
-    return types.FunctionType(ORIGINAL_CODE, SDK_CHECK.__globals__, "_check_field_type_mismatches")
+    return FunctionType(ORIGINAL_CODE, SDK_CHECK.__globals__, "_check_field_type_mismatches")
 
 
 def replaces_sdk_function() -> bool:
