@@ -561,6 +561,8 @@ def main() -> None:
     # The workers' collector settings (gunicorn.conf.py) here too: the SDK's own work on a
     # long history is cheaper with them, and the pairs must differ only by Apsara's work.
     gc.set_threshold(50_000, 20, 10)
+    gc.collect()
+    gc.freeze()  # and, as a worker does once started, what the imports made is left out
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)

@@ -34,8 +34,13 @@ def test_warm_up_builds_the_client_and_the_reply_types_once_per_process(fake):
 
 def test_a_wrapped_app_still_starts_with_the_gunicorn_settings(tmp_path, fake):
     # post_worker_init warms the app's Gemini client; an app wrapped in middleware has none to find.
-    (tmp_path / "wrapped.py").write_text("from wsgi import app as inner\n\n"
+    # It also sets the collector up, for any app.
+    (tmp_path / "wrapped.py").write_text("import gc, json\nfrom wsgi import app as inner\n\n"
                                          "def app(environ, start_response):\n"
+                                         "    if environ['PATH_INFO'] == '/gc':\n"
+                                         "        start_response('200 OK', [('Content-Type', 'application/json')])\n"
+                                         "        return [json.dumps({'frozen': gc.get_freeze_count(),\n"
+                                         "                            'threshold': gc.get_threshold()}).encode()]\n"
                                          "    return inner(environ, start_response)\n")
     env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "k", "GEMINI_BASE_URL": fake.url,
            "PYTHONPATH": f"{tmp_path}:{ROOT}"}
@@ -46,6 +51,9 @@ def test_a_wrapped_app_still_starts_with_the_gunicorn_settings(tmp_path, fake):
         assert status == 201
         status, body = call("POST", base + "/api/v1/conversations/w1/messages", {"text": "hello"})
         assert status == 201 and body["reply"]["text"]
+        # The worker's start is left out of its collections, with the collector's settings.
+        status, body = call("GET", base + "/gc")
+        assert status == 200 and body["frozen"] > 50_000 and body["threshold"] == [50_000, 20, 10]
 
 
 def test_the_standalone_fake_keeps_only_its_last_requests():
