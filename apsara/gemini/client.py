@@ -16,7 +16,7 @@ from google import genai
 from google.genai import types
 
 from ..config import Settings
-from . import field_lookup, metering, type_check
+from . import extra_fields, field_lookup, metering, type_check
 from .upstream import StoppableTransport
 
 log = logging.getLogger("apsara.gemini")
@@ -33,11 +33,13 @@ REPLY_TYPES = ("HttpOptions", "HttpResponse", "GenerateContentConfig", "Thinking
 
 
 def speed_up_sdk() -> None:
-    """Make google-genai build its requests for less CPU, sending the same bytes: its
-    field lookup (half its CPU on a long history) and its pre-validation type check (a
-    quarter of what was left). Each is put in only over the SDK code it was written for."""
+    """Make google-genai build its requests and read Gemini's answers for less CPU, with the
+    same results: its field lookup (half its CPU on a long history), its pre-validation type
+    check (a quarter of what was left) and its pruning of unknown answer fields (two thirds
+    of a streamed chunk's). Each is put in only over the SDK code it was written for."""
     field_lookup.install()
     type_check.install()
+    extra_fields.install()
 
 
 def build_reply_types() -> None:
