@@ -62,7 +62,10 @@ def post_worker_init(worker):
     # What the worker made to start (modules, the app, the SDK's types and validators: ~250,000
     # objects) lives as long as it does: leave it out of every collection from now on. A full
     # collection with 64 long conversations cached took ~225 ms, stalling every stream of the
-    # worker, and ~40 ms without them. The garbage of the start is collected first.
+    # worker, and ~40 ms without them. The garbage of the start is collected first. What is
+    # frozen is never collected as a cycle again: nothing made before this point may be
+    # dropped later while part of a reference cycle (the Gemini client, the app and its
+    # services live as long as the worker; caches replace plain data).
     gc.collect()
     gc.freeze()
 

@@ -6,8 +6,11 @@ level, and odd ones; then answers read through the real SDK from the fake.
 """
 import copy
 import json
+import sys
 from pathlib import Path
+from typing import Optional
 
+import pydantic
 import pytest
 from google import genai
 from google.genai import _common, types
@@ -78,12 +81,54 @@ def test_the_recorded_answers_are_there():
 
 @pytest.mark.parametrize("model,answer", CASES, ids=[f"{m.__name__}-{n}" for n, (m, _) in enumerate(CASES)])
 def test_the_same_keys_kept_and_dropped_as_the_sdk(monkeypatch, model, answer):
+    stock, ours = _both(monkeypatch, model, answer)
+    assert ours == stock
+
+
+class Inner(_common.BaseModel):
+    value: Optional[int] = None
+
+
+class Collide(_common.BaseModel):
+    """One field's alias ("aB") is another field's name: the SDK takes the alias."""
+    a_b: Optional[Inner] = None
+    aB: Optional[list[Inner]] = pydantic.Field(default=None, alias="other")
+
+
+class Early(_common.BaseModel):
+    """A forward reference to a model defined only after the first answer is read."""
+    later: Optional["DefinedLater"] = None  # noqa: F821 - set on this module by the test
+
+
+def _both(monkeypatch, model, answer):
+    """`answer` pruned by the SDK's function and by Apsara's; each recurses through the SDK
+    module's name, so that name is each one's in turn."""
     stock, ours = copy.deepcopy(answer), copy.deepcopy(answer)
-    monkeypatch.setattr(_common, "_remove_extra_fields", extra_fields.ORIGINAL)  # its recursion too
+    monkeypatch.setattr(_common, "_remove_extra_fields", extra_fields.ORIGINAL)
     extra_fields.ORIGINAL(model, stock)
     monkeypatch.setattr(_common, "_remove_extra_fields", extra_fields.remove_extra_fields)
     extra_fields.remove_extra_fields(model, ours)
+    return stock, ours
+
+
+def test_an_alias_that_is_another_fields_name(monkeypatch):
+    answer = {"aB": {"value": 1, "extra": 2}, "other": [{"value": 3, "extra": 4}], "a_b": {"extra": 5}}
+    stock, ours = _both(monkeypatch, Collide, answer)
     assert ours == stock
+    assert stock["aB"] == {"value": 1}  # walked as `a_b`, the field whose alias it is
+
+
+def test_a_model_read_before_its_forward_reference_exists(monkeypatch):
+    answer = {"later": {"value": 1, "extra": 2}, "unknown": 3}
+    stock, ours = _both(monkeypatch, Early, answer)
+    assert ours == stock == {"later": {"value": 1, "extra": 2}}  # nothing to walk it against yet
+
+    class DefinedLater(_common.BaseModel):
+        value: Optional[int] = None
+
+    monkeypatch.setattr(sys.modules[__name__], "DefinedLater", DefinedLater, raising=False)
+    stock, ours = _both(monkeypatch, Early, answer)
+    assert ours == stock == {"later": {"value": 1}}  # built now: walked
 
 
 def test_answers_read_through_the_sdk_are_the_same(monkeypatch, fake):

@@ -3,7 +3,6 @@
 Each request is sent twice through the real SDK to the fake, once with the SDK's own
 lookup and once with Apsara's; the bodies the fake received must be identical.
 """
-import base64
 import json
 from pathlib import Path
 
@@ -14,11 +13,11 @@ from google.genai import _common, models, types
 
 from apsara.gemini import field_lookup
 from apsara.gemini.catalog import ModelInfo
-from apsara.gemini.convert import generation_config, to_contents
+from apsara.gemini.convert import generation_config
 from apsara.gemini.requests import BUILT_IN
+from tests.sdk_parts import every_part_kind
 
 RECORDED = Path(__file__).parent / "fixtures" / "real-gemini"
-SIGNATURE = base64.b64encode(b"signed").decode()
 
 
 def test_installed_over_the_sdk_function_it_was_written_for():
@@ -50,25 +49,6 @@ def _bodies(monkeypatch, fake, send) -> list[dict]:
     return bodies
 
 
-def _every_part_kind() -> list:
-    turns = [
-        ("user", [{"type": "text", "text": "plot x²"}, {"type": "inline", "mime_type": "image/png",
-                                                      "data": base64.b64encode(b"\x89PNG").decode()},
-                  {"type": "uri", "uri": "https://generativelanguage.googleapis.com/v1beta/files/a1",
-                   "mime_type": "application/pdf"}]),
-        ("model", [{"type": "thought", "text": "thinking", "thought_signature": SIGNATURE},
-                   {"type": "code", "language": "python", "code": "print(1)"},
-                   {"type": "code_result", "outcome": "OUTCOME_OK", "output": "1\n"},
-                   {"type": "function_call", "name": "weather", "args": {"city": "Oslo", "days": [1, 2]},
-                    "call_id": "c1", "thought_signature": SIGNATURE},
-                   {"type": "function_response", "name": "weather", "response": {"temp": -3.5, "ok": False},
-                    "call_id": "c1"},
-                   {"type": "text", "text": "", "thought_signature": SIGNATURE}]),
-        ("user", [{"type": "text", "text": "🙂 and \u202e"}]),
-    ]
-    return to_contents(turns)
-
-
 def test_a_request_with_every_part_kind_and_setting(monkeypatch, fake):
     model = ModelInfo(id="gemini-2.5-flash", display_name="Flash", thinking=("budget",))
     settings = {"temperature": 0.2, "top_p": 0.9, "top_k": 5, "max_output_tokens": 99, "stop_sequences": ["END"],
@@ -83,7 +63,7 @@ def test_a_request_with_every_part_kind_and_setting(monkeypatch, fake):
     config = generation_config(model, settings, "Be brief.", tools, tool_config=types.ToolConfig(
         function_calling_config=types.FunctionCallingConfig(mode="AUTO"), include_server_side_tool_invocations=True),
         response_modalities=["TEXT", "IMAGE"])
-    contents = _every_part_kind()
+    contents = every_part_kind()
     fake.files["files/a1"] = {"bytes": b"%PDF-1.4", "mime_type": "application/pdf", "expired": False}
 
     def send(client):
@@ -152,6 +132,7 @@ def test_the_lookup_answers_as_the_sdk_on_odd_paths(monkeypatch):
         (part, ["inline_data", "data"]), (content, ["_self"]), (None, ["a"]), ({"a": content}, ["a", "role"]),
         ({"contents": [content]}, ["contents[]", "parts"]), (Plain(), ["a"]), ({"x": Plain()}, ["x", "a"]),
         (Mapping(), ["a"]), (Mapping(), ["b"]), (Falsy(), ["a"]), (part, ["text", "upper"]),
+        (content, ["parts[]"]), (content, ["parts[0]"]), (part, ["_self"]), (Falsy(), ["_self"]),
     ]
     defaults = (None, "fallback")
     _with_lookup(monkeypatch, field_lookup.ORIGINAL)  # the SDK's own all the way down, for what it answers

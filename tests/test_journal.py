@@ -276,7 +276,8 @@ def test_the_paths_a_store_keeps_made_are_its_own_and_bounded(tmp_path, monkeypa
     assert first == tmp_path / "history" / "alice" / "c1.json"
     assert store.path("bob", "c1") == tmp_path / "history" / "bob" / "c1.json"
     assert store._lock_path("bob", "c1") == tmp_path / "locks" / "bob" / "c1.lock"
-    for bad_owner, bad_id in (("alice", "../bob/c1"), ("..", "c1"), ("alice", "."), ("a/b", "c1"), ("alice", "c\x00")):
+    for bad_owner, bad_id in (("alice", "../bob/c1"), ("..", "c1"), ("alice", "."), ("a/b", "c1"), ("alice", "c\x00"),
+                              ("alice", ["c1"]), (["alice"], "c1"), ("alice", None)):
         with pytest.raises(store_module.InvalidId):
             store.path(bad_owner, bad_id)
         with pytest.raises(store_module.InvalidId):

@@ -275,16 +275,19 @@ class ConversationStore:
         return self._paths_of(owner, conversation_id)[1]
 
     def _paths_of(self, owner: str, conversation_id: str) -> tuple[Path, Path]:
-        paths = self._paths.get((owner, conversation_id))
+        # Only ids that passed check_id are ever kept, and any other value misses.
+        key = (owner, conversation_id)
+        paths = self._paths.get(key) if type(owner) is str and type(conversation_id) is str else None
         if paths is None:
             # The id pattern admits no separator, dot-only name or NUL, so the paths
             # cannot leave the user's folder (no resolve(): it walks the disk each call).
-            paths = (self._user_dir(owner) / (check_id(conversation_id) + _SUFFIX),
-                     self.locks_dir / check_id(owner) / (conversation_id + ".lock"))
+            owner, conversation_id = check_id(owner), check_id(conversation_id)
+            paths = (self.history_dir / owner / (conversation_id + _SUFFIX),
+                     self.locks_dir / owner / (conversation_id + ".lock"))
             str(paths[0]), str(paths[1])  # made once: pathlib keeps the string it made
             if len(self._paths) >= KNOWN_PATHS:
                 self._paths.clear()
-            self._paths[(owner, conversation_id)] = paths
+            self._paths[key] = paths
         return paths
 
     # -- locking ---------------------------------------------------------------

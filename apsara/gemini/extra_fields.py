@@ -16,14 +16,14 @@ the SDK keeps its own and a test says so.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import typing
 from typing import Any, NamedTuple, Union
 
 import pydantic
 from google.genai import _common
+
+from .sdk_source import is_source
 
 log = logging.getLogger("apsara.gemini")
 
@@ -33,17 +33,17 @@ REPLACES = "93dfe844c64658f0d9a25399be28d9731f63ef7c5cf0b63578a54c0a21f42eb3"
 ORIGINAL = _common._remove_extra_fields
 
 
-class Field(NamedTuple):
+class KeptKey(NamedTuple):
     model: type | None       # what a dict value is walked against (None: not walked)
     items: type | None       # what the dicts of a list value are walked against (None: not walked)
 
 
-_PLANS: dict[type, dict[str, Field]] = {}
+_PLANS: dict[type, dict[str, KeptKey]] = {}
 
 
-def _plan(model) -> dict[str, Field]:
+def _plan(model) -> dict[str, KeptKey]:
     """The SDK's decisions for each key `model` keeps, as it makes them key by key."""
-    plan: dict[str, Field] = {}
+    plan: dict[str, KeptKey] = {}
     fields = model.model_fields
     names = {name: name for name in fields}
     names.update({info.alias: name for name, info in fields.items()})  # an alias wins, as in the SDK's
@@ -55,7 +55,7 @@ def _plan(model) -> dict[str, Field]:
         if not _common._is_struct_type(annotation):
             item_args = typing.get_args(annotation)
             items = _common._as_base_model_type(item_args[0] if item_args else None)
-        plan[key] = Field(_common._as_base_model_type(annotation), items)
+        plan[key] = KeptKey(_common._as_base_model_type(annotation), items)
     return plan
 
 
@@ -68,23 +68,19 @@ def remove_extra_fields(model: Any, response: dict[str, object]) -> None:
         if getattr(model, "__pydantic_complete__", False):  # its annotations are final
             _PLANS[model] = plan
     for key, value in list(response.items()):
-        field = plan.get(key)
-        if field is None:
+        kept = plan.get(key)
+        if kept is None:
             response.pop(key)
-        elif isinstance(value, dict) and field.model is not None:
-            remove_extra_fields(field.model, value)
-        elif isinstance(value, list) and field.items is not None:
+        elif isinstance(value, dict) and kept.model is not None:
+            remove_extra_fields(kept.model, value)
+        elif isinstance(value, list) and kept.items is not None:
             for item in value:
                 if isinstance(item, dict):
-                    remove_extra_fields(field.items, item)
+                    remove_extra_fields(kept.items, item)
 
 
 def replaces_sdk_function() -> bool:
-    try:
-        source = inspect.getsource(ORIGINAL)
-    except (OSError, TypeError):  # installed without sources
-        return False
-    return hashlib.sha256(source.encode()).hexdigest() == REPLACES
+    return is_source(ORIGINAL, REPLACES)
 
 
 def install() -> bool:

@@ -20,14 +20,14 @@ own and a test says so.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
-import inspect
 import logging
 from typing import Any
 
 import pydantic
 from google.genai import _common
+
+from .sdk_source import is_source
 
 log = logging.getLogger("apsara.gemini")
 
@@ -55,12 +55,12 @@ _NEVER_CONTAINS = _NeverContains()
 
 
 def get_value_by_path(data: Any, keys: list[str], *, default_value: Any = None) -> Any:
-    if len(keys) == 1 and data and _NEVER_CONTAINS[type(data)]:  # the converters' usual question
-        key = keys[0]
-        if not key.endswith(("[]", "[0]")) and key != "_self":
-            return getattr(data, key, default_value)
     if keys == ["_self"]:
         return data
+    if len(keys) == 1 and data and _NEVER_CONTAINS[type(data)]:  # the converters' usual question
+        # "x[]" and "x[0]" too: the SDK's `"x" in data` is false on these models, and no
+        # attribute has such a name, so both answer the default.
+        return getattr(data, keys[0], default_value)
     for i, key in enumerate(keys):
         if not data:
             return default_value
@@ -86,11 +86,7 @@ def get_value_by_path(data: Any, keys: list[str], *, default_value: Any = None) 
 
 
 def replaces_sdk_function() -> bool:
-    try:
-        source = inspect.getsource(ORIGINAL)
-    except (OSError, TypeError):  # installed without sources
-        return False
-    return hashlib.sha256(source.encode()).hexdigest() == REPLACES
+    return is_source(ORIGINAL, REPLACES)
 
 
 def install() -> bool:

@@ -20,14 +20,14 @@ SDK keeps its own and a test says so.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 from types import FunctionType
 from typing import Any, Union, get_args, get_origin
 
 import pydantic
 from google.genai import _common
+
+from .sdk_source import is_source
 
 log = logging.getLogger("apsara.gemini")
 
@@ -89,11 +89,7 @@ def sdk_original() -> FunctionType:
 
 
 def replaces_sdk_function() -> bool:
-    try:
-        source = inspect.getsource(sdk_original())
-    except (OSError, TypeError):  # installed without sources
-        return False
-    return hashlib.sha256(source.encode()).hexdigest() == REPLACES
+    return is_source(sdk_original(), REPLACES)
 
 
 def install() -> bool:
