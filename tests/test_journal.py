@@ -10,6 +10,7 @@ import pytest
 
 from apsara.clock import an_hour_ago, now_iso
 from apsara.conversations import store as store_module
+from apsara.conversations.journal import record
 from apsara.conversations.store import ConversationStore, iso_to_ns
 
 API = "/api/v1/conversations"
@@ -146,6 +147,26 @@ def test_first_format_files_load_list_and_take_new_turns(chat, settings, fake):
     assert lines_of(path)[0]["schema_version"] == 2
     assert [m["text"] for m in chat.get(f"{API}/old").json["messages"]][:3] == ["hello", "hi there", "again"]
     assert fake.last_body()["contents"][0]["parts"][0]["text"] == "hello"
+
+
+def test_a_first_format_file_whose_first_record_adds_no_message_counts_its_messages(tmp_path):
+    stamp = an_hour_ago()
+    document = {"conversation": {"id": "old", "title": "", "created_at": stamp, "updated_at": stamp,
+                                 "model": "gemini-3.8-flash", "system_instruction": "", "tools": [],
+                                 "settings": {}, "message_count": 7},  # wrong: the path holds two
+                "messages": [{"id": "u1", "role": "user", "parent_id": None, "created_at": stamp,
+                              "parts": [{"type": "text", "text": "hello"}]},
+                             {"id": "r1", "role": "model", "parent_id": "u1", "created_at": stamp,
+                              "parts": [], "status": "streaming"}],
+                "active": {"": "u1", "u1": "r1"}}
+    folder = tmp_path / "history" / "local"
+    folder.mkdir(parents=True)
+    (folder / "old.json").write_bytes(encode_first_format(document))
+    store = ConversationStore(tmp_path)
+    with store.locked("local", "old", existing=True):  # a reply's end, the first record
+        store.append("local", "old", [record(0, "reply", now_iso(), id="r1", fields={"status": "interrupted"})])
+    assert store.read_header("local", "old")["message_count"] == 2
+    assert store.read("local", "old")["conversation"]["message_count"] == 2
 
 
 def test_compaction_while_readers_read(chat, settings, fake, monkeypatch):

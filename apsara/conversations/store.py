@@ -702,8 +702,11 @@ class ConversationStore:
                 "message_count": header.get("message_count", 0), "header_at": header_at, "base": base}
 
     def _migrate(self, owner: str, conversation_id: str) -> None:
-        """A first-format file becomes a snapshot before its first record."""
+        """A first-format file becomes a snapshot before its first record. Its header's
+        message count is made true on the way: a first record that adds no message (a
+        reply's end) would otherwise carry a wrong one on."""
         document = self.read(owner, conversation_id)
+        document["conversation"]["message_count"] = MessageTree.of(document).path_length()
         self.write(owner, conversation_id, document)
 
     def needs_compaction(self, mark: dict) -> bool:
