@@ -169,6 +169,42 @@ def test_a_first_format_file_whose_first_record_adds_no_message_counts_its_messa
     assert store.read("local", "old")["conversation"]["message_count"] == 2
 
 
+def _document(texts: list[str]) -> dict:
+    stamp = now_iso()
+    messages, active, parent = [], {}, None
+    for n, text in enumerate(texts):
+        message = {"id": f"m{n}", "role": "user" if n % 2 == 0 else "model", "parent_id": parent,
+                   "created_at": stamp, "parts": [{"type": "text", "text": text}]}
+        if n % 2:
+            message["status"] = "complete"
+        messages.append(message)
+        active[parent or ""] = message["id"]
+        parent = message["id"]
+    header = {"id": "c1", "title": "", "created_at": stamp, "updated_at": stamp, "model": "gemini-3.8-flash",
+              "system_instruction": "", "tools": [], "settings": {}, "message_count": len(messages)}
+    return {"conversation": header, "messages": messages, "active": active, "seq": len(texts)}
+
+
+def test_a_file_replaced_under_its_old_inode_number_is_read_afresh(tmp_path):
+    # Two compactions in another process, or a deletion and a new conversation of the same id,
+    # can hand the file a freed inode number back: what this process read before must not
+    # take the new file's bytes for records appended to the old one.
+    store = ConversationStore(tmp_path)
+    with store.locked("local", "c1"):
+        store.write("local", "c1", _document(["old question", "old answer"]))
+    assert [m["id"] for m in store.read("local", "c1")["messages"]] == ["m0", "m1"]  # now cached
+    path = store.path("local", "c1")
+    inode = path.stat().st_ino
+    replacement = store_module.encode(_document([f"new text {n} " * 5 for n in range(6)]))
+    with open(path, "r+b") as fh:  # another file, the same inode number
+        fh.write(replacement)
+        fh.truncate()
+    assert path.stat().st_ino == inode
+    read = store.read("local", "c1")
+    assert [m["id"] for m in read["messages"]] == [f"m{n}" for n in range(6)]
+    assert read["messages"][0]["parts"][0]["text"].startswith("new text 0")
+
+
 def test_compaction_while_readers_read(chat, settings, fake, monkeypatch):
     monkeypatch.setattr(store_module, "COMPACT_MIN_BYTES", 1500)
     chat.post(API, json={"id": "c1"})

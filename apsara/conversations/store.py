@@ -217,6 +217,15 @@ def _fresh(document: dict) -> dict:
     return fresh
 
 
+def _same_file(cached: tuple, fd: int, inode: int) -> bool:
+    """Whether the open file is the one a cache entry was read from, grown since. The same
+    inode number is not enough: a file replaced twice (two compactions by another process,
+    or a deletion and a new conversation of the same id) may get a freed number back. Its
+    first line (the snapshot's header and seq, rewritten by each replacement) tells."""
+    first_line = cached[3]
+    return cached[0] == inode and os.pread(fd, len(first_line), 0) == first_line
+
+
 def _ordered(keys: list, first: int):
     head = heapq.nsmallest(first, keys)
     yield from head
@@ -242,7 +251,8 @@ class ConversationStore:
         self.locks_dir = Path(data_dir) / "locks"
         self._recency: dict[str, RecencyIndex] = {}
         self.search_index = SearchIndex(Path(data_dir) / "search" / "index.sqlite")
-        # path -> (inode, offset read to, document): conversations this process read lately
+        # path -> (inode, offset read to, document, the file's first line): conversations this
+        # process read lately
         self._cache = Recent(CACHED_CONVERSATIONS)
         # (owner, conversation id) -> the thread (greenlet) holding its lock in this process
         self._holders: dict[tuple[str, str], int] = {}
@@ -384,7 +394,7 @@ class ConversationStore:
             with open(path, "rb") as fh:
                 inode = os.fstat(fh.fileno()).st_ino
                 cached = self._cache.get(path)
-                if cached is not None and cached[0] == inode:
+                if cached is not None and _same_file(cached, fh.fileno(), inode):
                     chunk, end = self._whole_from(fh, cached[1], owner, conversation_id)
                     return self._brought_up_to_date(path, cached, chunk[:end], conversation_id)
                 raw, _ = self._whole_from(fh, 0, owner, conversation_id, after_snapshot=True)
@@ -392,7 +402,7 @@ class ConversationStore:
             self._cache.forget(path)
             return None
         loaded = self._parse(raw, inode, conversation_id)
-        self._remember(path, loaded)
+        self._remember(path, loaded, raw[:raw.find(b"\n") + 1])
         return _fresh(loaded[0]), loaded[1]
 
     def _whole_from(self, fh, offset: int, owner: str, conversation_id: str, after_snapshot: bool = False):
@@ -442,7 +452,7 @@ class ConversationStore:
 
     def _brought_up_to_date(self, path, cached, chunk: bytes, conversation_id: str):
         """`chunk`: what to take of the bytes after the cached position."""
-        inode, offset, document = cached
+        inode, offset, document, first_line = cached
         end = len(chunk)
         records = []
         for line in chunk.split(b"\n")[:-1]:
@@ -454,14 +464,14 @@ class ConversationStore:
         document = _fresh(document)
         if records:
             replay(document, records)
-            self._remember(path, (document, (inode, offset + end)))
+            self._remember(path, (document, (inode, offset + end)), first_line)
             return _fresh(document), (inode, offset + end)
         return document, (inode, offset + end)
 
-    def _remember(self, path, loaded) -> None:
+    def _remember(self, path, loaded, first_line: bytes) -> None:
         document, (inode, offset) = loaded
         MessageTree.of(document).path_length()  # walked once here; each later read gets a copy of what it found
-        self._cache.put(path, (inode, offset, document))
+        self._cache.put(path, (inode, offset, document, first_line))
 
     def _parse(self, raw: bytes, inode: int, conversation_id: str):
         if _is_v1(raw[:32]):
