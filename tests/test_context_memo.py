@@ -8,7 +8,7 @@ import random
 
 from apsara.conversations.journal import record
 from apsara.conversations.manager import context_path
-from apsara.conversations.store import _fresh
+from apsara.conversations.store import reader_copy
 from apsara.conversations.tree import MessageTree
 from apsara.turns.context import ContextMemo, sums_of
 from apsara.testing.fake_gemini import Reply
@@ -78,7 +78,7 @@ def test_the_kept_context_is_the_walked_one_through_a_random_history():
         elif roll < 0.8:
             apply(record(0, "select", "t", id=rng.choice(journal.document["messages"])["id"]))
         elif roll < 0.9:
-            journal.document = _fresh(journal.document)
+            journal.document = reader_copy(journal.document)
         elif roll < 0.94:  # read again from disk: other dicts, the same messages
             journal.document = _read_again(journal.document, lambda m: [dict(p) for p in m["parts"]])
         elif roll < 0.97:  # deleted, and imported again under the same ids with other texts

@@ -260,3 +260,42 @@ def test_a_listener_whose_probe_never_comes_back_leaves_replies_asking_often(pos
         stops.notify(conn, "local", "c1", "m1")
     thread.join(10)
     assert heard == [("local", "c1", "m1")]
+
+
+def test_a_replica_keeps_what_it_read_yet_sees_every_change_made_elsewhere(postgres_url, tmp_path, fake):
+    empty(postgres_url)
+    STORE["database_url"] = postgres_url
+    try:
+        apps = [create_app(make_settings(tmp_path / name, gemini_api_key="k", gemini_base_url=fake.url))
+                for name in ("one", "two")]
+        one, two = (app.test_client() for app in apps)
+        kept = apps[1].extensions["apsara"].store._cache
+
+        def texts(client, cid="c1"):
+            return [m["text"] for m in client.get(f"{API}/{cid}").json["messages"]]
+
+        one.post(API, json={"id": "c1"})
+        one.post(f"{API}/c1/messages", json={"text": "first"})
+        assert texts(two) == texts(one)
+        first_message = kept.get(("local", "c1"))[0]["messages"][0]
+        one.post(f"{API}/c1/messages", json={"text": "second"})  # appended by the other replica
+        assert texts(two) == texts(one) and len(texts(two)) == 4
+        assert kept.get(("local", "c1"))[0]["messages"][0] is first_message  # brought up to date, not read again
+
+        store = apps[0].extensions["apsara"].store
+        with store.locked("local", "c1"):  # rewritten there (a compaction), then appended to
+            store.write("local", "c1", store.read("local", "c1"))
+        one.post(f"{API}/c1/messages", json={"text": "third"})
+        assert texts(two) == texts(one) and len(texts(two)) == 6
+
+        # Deleted there and made again under the same id, shorter: not the old one's records.
+        one.post(API, json={"id": "c2"})
+        one.post(f"{API}/c2/messages", json={"text": "old 1"})
+        one.post(f"{API}/c2/messages", json={"text": "old 2"})
+        assert len(texts(two, "c2")) == 4
+        assert one.delete(f"{API}/c2").status_code == 204
+        one.post(API, json={"id": "c2"})
+        one.post(f"{API}/c2/messages", json={"text": "new"})
+        assert texts(two, "c2") == texts(one, "c2") and texts(two, "c2")[0] == "new"
+    finally:
+        STORE["database_url"] = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from apsara.conversations.journal import record
-from apsara.conversations.store import _fresh
+from apsara.conversations.store import reader_copy
 from tests.journaled import Journaled
 from apsara.conversations.tree import DERIVED, MessageTree
 
@@ -66,7 +66,7 @@ def test_kept_answers_match_a_walk_through_a_random_history():
         elif roll < 0.85:  # another version made active
             apply(record(0, "select", "t", id=rng.choice(journal.document["messages"])["id"]))
         elif roll < 0.95:  # the store hands out a copy: what the tree knew goes with it
-            copy = _fresh(journal.document)
+            copy = reader_copy(journal.document)
             assert copy[DERIVED] is not journal.document.get(DERIVED)
             journal.document = copy
         else:  # containers replaced by other code: known again from the messages
@@ -81,7 +81,7 @@ def test_a_copy_changes_apart_from_the_original():
     document = {"conversation": {"message_count": 0}, "messages": [], "active": {}, "seq": 0}
     tree = MessageTree.of(document)
     tree.add({"id": "a", "role": "user", "parent_id": None, "parts": []})
-    copy = _fresh(document)
+    copy = reader_copy(document)
     MessageTree.of(copy).add({"id": "b", "role": "model", "parent_id": "a", "parts": [], "status": "streaming"})
     original = MessageTree.of(document)
     assert original.get("b") is None and original.last()["id"] == "a" and original.path_length() == 1
@@ -103,4 +103,4 @@ def test_a_stored_key_of_the_same_name_is_not_taken_for_what_the_tree_knows():
     document = {"conversation": {}, "messages": [{"id": "a", "role": "user", "parent_id": None, "parts": []}],
                 "active": {"": "a"}, DERIVED: {"by_id": {}}}
     assert MessageTree.of(document).last()["id"] == "a"
-    assert _fresh(document)[DERIVED].by_id == {"a": document["messages"][0]}
+    assert reader_copy(document)[DERIVED].by_id == {"a": document["messages"][0]}

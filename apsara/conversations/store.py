@@ -208,7 +208,7 @@ def _parse_lines(raw: bytes, conversation_id: str):
     return document, records, end, mark
 
 
-def _fresh(document: dict) -> dict:
+def reader_copy(document: dict) -> dict:
     """A document with containers of its own (message dicts are shared, never changed in place),
     and what its tree knew of them."""
     fresh = {**document, "conversation": dict(document["conversation"]),
@@ -403,7 +403,7 @@ class ConversationStore:
             return None
         loaded = self._parse(raw, inode, conversation_id)
         self._remember(path, loaded, raw[:raw.find(b"\n") + 1])
-        return _fresh(loaded[0]), loaded[1]
+        return reader_copy(loaded[0]), loaded[1]
 
     def _whole_from(self, fh, offset: int, owner: str, conversation_id: str, after_snapshot: bool = False):
         """(the file's bytes from `offset`, how many of them to take). Whole appends only
@@ -461,11 +461,11 @@ class ConversationStore:
                     records.append(orjson.loads(line))
                 except ValueError:
                     log.warning("conversation %s: skipped an unreadable record", conversation_id)
-        document = _fresh(document)
+        document = reader_copy(document)
         if records:
             replay(document, records)
             self._remember(path, (document, (inode, offset + end)), first_line)
-            return _fresh(document), (inode, offset + end)
+            return reader_copy(document), (inode, offset + end)
         return document, (inode, offset + end)
 
     def _remember(self, path, loaded, first_line: bytes) -> None:

@@ -12,6 +12,13 @@ knows which one runs:
   method writes inside it commits together, so a change is all there or absent.
 - a read position is `(generation, seq)`: `follow()` gives the records after
   `seq`, or (None, None) once the snapshot was rewritten (generation moved on).
+  A new row starts at a random generation, so a conversation deleted and made
+  again under its id never meets a position of the old one.
+- each worker keeps the conversations it read lately and brings one up to date
+  with the records after its position, in one query (`follow()`), as the file
+  store does with the bytes appended since: a turn does not fetch and parse the
+  whole snapshot of a long conversation, and the turn memos find the very
+  message dicts they kept.
 - `append(sync=False)` (checkpoints, stop requests) commits without waiting for
   the WAL flush: a crash of the database may lose the last ones, as the file
   store's page cache may.
@@ -19,13 +26,17 @@ knows which one runs:
 from __future__ import annotations
 
 import contextlib
+import secrets
 
 import orjson
 import psycopg
 
 from ..conversations.filters import ListFilters
 from ..conversations.journal import TOUCHING, replay
-from ..conversations.store import COMPACT_MIN_BYTES, LOCK_TIMEOUT_S, LockTimeout, Missing, check_id, iso_to_ns
+from ..conversations.store import (CACHED_CONVERSATIONS, COMPACT_MIN_BYTES, LOCK_TIMEOUT_S, LockTimeout, Missing,
+                                   check_id, iso_to_ns, reader_copy)
+from ..conversations.tree import MessageTree
+from ..recent import Recent
 from ..search import message_text, snippet, words_of
 from . import Database, stops
 
@@ -87,6 +98,8 @@ class PgConversationStore:
     def __init__(self, db: Database):
         self.db = db
         self.stops = stops.StopListener(db.url)
+        # (owner, id) -> (document, position): conversations this process read lately
+        self._cache = Recent(CACHED_CONVERSATIONS)
 
     @property
     def stop_poll_s(self) -> float:
@@ -128,7 +141,33 @@ class PgConversationStore:
         return loaded[0] if loaded else None
 
     def load(self, owner: str, conversation_id: str):
-        """(document, position) or None."""
+        """(document, position) or None. A conversation read before by this process is
+        brought up to date with the records after its position; the document's containers
+        are its own, its message dicts may be shared with the cache (as the file store's)."""
+        key = (check_id(owner), check_id(conversation_id))
+        cached = self._cache.get(key)
+        if cached is not None:
+            document, position = cached
+            records, position = self._records_after(owner, conversation_id, position)
+            if position is not None:  # the same snapshot: only what was appended since
+                document = reader_copy(document)
+                if records:
+                    replay(document, records)
+                    self._remember(key, document, position)
+                    return reader_copy(document), position
+                return document, position
+        loaded = self._load_whole(owner, conversation_id)
+        if loaded is None:
+            self._cache.forget(key)
+            return None
+        self._remember(key, *loaded)
+        return reader_copy(loaded[0]), loaded[1]
+
+    def _remember(self, key: tuple[str, str], document: dict, position) -> None:
+        MessageTree.of(document).path_length()  # walked once here; each later read gets a copy of what it found
+        self._cache.put(key, (document, position))
+
+    def _load_whole(self, owner: str, conversation_id: str):
         with self.db.connection() as conn:
             row = conn.execute(
                 "SELECT c.snapshot, c.generation, c.seq, r.seqs, r.bodies FROM conversations c, LATERAL ("
@@ -142,6 +181,11 @@ class PgConversationStore:
         return _document(snapshot, _records(seqs, bodies)), (generation, seq)
 
     def follow(self, owner: str, conversation_id: str, position):
+        """Records appended since `position`: (records, new position), or (None, None)
+        when the snapshot was rewritten or the conversation deleted: read it again whole."""
+        return self._records_after(owner, conversation_id, position)
+
+    def _records_after(self, owner: str, conversation_id: str, position):
         generation, seq = position
         with self.db.connection() as conn:
             row = conn.execute(
@@ -199,12 +243,12 @@ class PgConversationStore:
                          (check_id(owner), check_id(conversation_id)))
             conn.execute(
                 "INSERT INTO conversations (owner, id, snapshot, snapshot_seq, generation, seq, record_bytes, header, "
-                " updated_at, updated_ns, message_count) VALUES (%s, %s, %s, %s, 1, %s, 0, %s, %s, %s, %s) "
+                " updated_at, updated_ns, message_count) VALUES (%s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s) "
                 "ON CONFLICT (owner, id) DO UPDATE SET snapshot = EXCLUDED.snapshot, "
                 " snapshot_seq = EXCLUDED.snapshot_seq, generation = conversations.generation + 1, "
                 " seq = EXCLUDED.seq, record_bytes = 0, header = EXCLUDED.header, updated_at = EXCLUDED.updated_at, "
                 " updated_ns = EXCLUDED.updated_ns, message_count = EXCLUDED.message_count",
-                (owner, conversation_id, snapshot, seq, seq, orjson.dumps(header), header["updated_at"],
+                (owner, conversation_id, snapshot, seq, secrets.randbits(62), seq, orjson.dumps(header), header["updated_at"],
                  iso_to_ns(header["updated_at"]), header.get("message_count", 0)))
             conn.execute("DELETE FROM search_texts WHERE owner = %s AND conversation_id = %s",
                          (owner, conversation_id))
@@ -271,6 +315,7 @@ class PgConversationStore:
         return mark.get("size", 0) - base > max(COMPACT_MIN_BYTES, base)
 
     def delete(self, owner: str, conversation_id: str) -> bool:
+        self._cache.forget((check_id(owner), check_id(conversation_id)))
         with self.db.transaction() as conn:
             deleted = conn.execute("DELETE FROM conversations WHERE owner = %s AND id = %s",
                                    (check_id(owner), check_id(conversation_id))).rowcount > 0
