@@ -14,6 +14,8 @@ import psycopg
 import pytest
 
 from apsara import create_app
+from apsara.clock import now_iso
+from apsara.conversations.journal import record
 from apsara.database.migrations import MIGRATIONS, migrate
 from apsara.testing.fake_gemini import Reply
 from tests.conftest import make_settings, parse_sse, stream_until
@@ -283,10 +285,11 @@ def test_a_replica_keeps_what_it_read_yet_sees_every_change_made_elsewhere(postg
         assert kept.get(("local", "c1"))[0]["messages"][0] is first_message  # brought up to date, not read again
 
         store = apps[0].extensions["apsara"].store
+        one.post(f"{API}/c1/messages", json={"text": "third"})  # not read by two before the rewrite
         with store.locked("local", "c1"):  # rewritten there (a compaction), then appended to
             store.write("local", "c1", store.read("local", "c1"))
-        one.post(f"{API}/c1/messages", json={"text": "third"})
-        assert texts(two) == texts(one) and len(texts(two)) == 6
+        one.post(f"{API}/c1/messages", json={"text": "fourth"})
+        assert texts(two) == texts(one) and len(texts(two)) == 8
 
         # Deleted there and made again under the same id, shorter: not the old one's records.
         one.post(API, json={"id": "c2"})
@@ -299,3 +302,19 @@ def test_a_replica_keeps_what_it_read_yet_sees_every_change_made_elsewhere(postg
         assert texts(two, "c2") == texts(one, "c2") and texts(two, "c2")[0] == "new"
     finally:
         STORE["database_url"] = None
+
+
+def test_what_a_transaction_read_is_not_kept_when_it_rolls_back(on_database):
+    client = on_database.test_client()
+    client.post(API, json={"id": "c1", "title": "Real"})
+    store = on_database.extensions["apsara"].store
+    assert store.read("local", "c1")["conversation"]["title"] == "Real"  # kept by this worker
+    header = {**store.read_header("local", "c1"), "title": "Never committed"}
+    with pytest.raises(RuntimeError):
+        with store.locked("local", "c1"):
+            store.append("local", "c1", [record(0, "conversation", now_iso(), conversation=header)])
+            assert store.read("local", "c1")["conversation"]["title"] == "Never committed"  # its own view
+            raise RuntimeError("the change fails before it commits")
+    assert store.read("local", "c1")["conversation"]["title"] == "Real"
+    assert client.patch(f"{API}/c1", json={"title": "Later"}).status_code == 200
+    assert client.get(f"{API}/c1").json["title"] == "Later" and store.read("local", "c1")["conversation"]["title"] == "Later"

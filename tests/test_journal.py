@@ -205,6 +205,26 @@ def test_a_file_replaced_under_its_old_inode_number_is_read_afresh(tmp_path):
     assert read["messages"][0]["parts"][0]["text"].startswith("new text 0")
 
 
+def test_a_file_made_again_from_the_same_export_under_its_old_inode_number_is_read_afresh(tmp_path):
+    # The same first line (the same header and snapshot seq, imported again after a deletion)
+    # but not the same file: what this process read beyond it must not be kept.
+    store = ConversationStore(tmp_path)
+    exported = store_module.encode(_document(["question", "answer"]))
+    path = store.path("local", "c1")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(exported)
+    with store.locked("local", "c1"):
+        store.append("local", "c1", [record(0, "conversation", now_iso(), conversation={
+            **_document([])["conversation"], "title": "renamed before the deletion"})])
+    assert store.read("local", "c1")["conversation"]["title"] == "renamed before the deletion"  # cached
+    inode = path.stat().st_ino
+    with open(path, "r+b") as fh:  # the export again, the same inode number
+        fh.write(exported)
+        fh.truncate()
+    assert path.stat().st_ino == inode
+    assert store.read("local", "c1")["conversation"]["title"] == ""
+
+
 def test_compaction_while_readers_read(chat, settings, fake, monkeypatch):
     monkeypatch.setattr(store_module, "COMPACT_MIN_BYTES", 1500)
     chat.post(API, json={"id": "c1"})

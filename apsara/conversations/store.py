@@ -72,6 +72,8 @@ _TAIL = 4096
 COMPACT_MIN_BYTES = 256 * 1024
 # Parsed conversations kept per worker process (a 1,000-message one is a few MB in memory).
 CACHED_CONVERSATIONS = 64
+# How much of a cached file's bytes before the read position is compared, to know it is the same file.
+_TAIL_BYTES = 256
 # Paths of this many conversations are kept made; past that they are made afresh.
 KNOWN_PATHS = 4096
 
@@ -221,9 +223,12 @@ def _same_file(cached: tuple, fd: int, inode: int) -> bool:
     """Whether the open file is the one a cache entry was read from, grown since. The same
     inode number is not enough: a file replaced twice (two compactions by another process,
     or a deletion and a new conversation of the same id) may get a freed number back. Its
-    first line (the snapshot's header and seq, rewritten by each replacement) tells."""
-    first_line = cached[3]
-    return cached[0] == inode and os.pread(fd, len(first_line), 0) == first_line
+    first line (the snapshot's header and seq, rewritten by each replacement) and the bytes
+    just before where the entry stopped reading (the last mark: seq, time, count) tell,
+    even for a replacement made from the same export."""
+    cached_inode, offset, _, first_line, tail = cached
+    return (cached_inode == inode and os.pread(fd, len(first_line), 0) == first_line
+            and os.pread(fd, len(tail), offset - len(tail)) == tail)
 
 
 def _ordered(keys: list, first: int):
@@ -251,8 +256,8 @@ class ConversationStore:
         self.locks_dir = Path(data_dir) / "locks"
         self._recency: dict[str, RecencyIndex] = {}
         self.search_index = SearchIndex(Path(data_dir) / "search" / "index.sqlite")
-        # path -> (inode, offset read to, document, the file's first line): conversations this
-        # process read lately
+        # path -> (inode, offset read to, document, the file's first line, the bytes just before
+        # the offset): conversations this process read lately
         self._cache = Recent(CACHED_CONVERSATIONS)
         # (owner, conversation id) -> the thread (greenlet) holding its lock in this process
         self._holders: dict[tuple[str, str], int] = {}
@@ -402,7 +407,7 @@ class ConversationStore:
             self._cache.forget(path)
             return None
         loaded = self._parse(raw, inode, conversation_id)
-        self._remember(path, loaded, raw[:raw.find(b"\n") + 1])
+        self._remember(path, loaded, raw[:raw.find(b"\n") + 1], raw[:loaded[1][1]][-_TAIL_BYTES:])
         return reader_copy(loaded[0]), loaded[1]
 
     def _whole_from(self, fh, offset: int, owner: str, conversation_id: str, after_snapshot: bool = False):
@@ -452,7 +457,7 @@ class ConversationStore:
 
     def _brought_up_to_date(self, path, cached, chunk: bytes, conversation_id: str):
         """`chunk`: what to take of the bytes after the cached position."""
-        inode, offset, document, first_line = cached
+        inode, offset, document, first_line, tail = cached
         end = len(chunk)
         records = []
         for line in chunk.split(b"\n")[:-1]:
@@ -464,14 +469,14 @@ class ConversationStore:
         document = reader_copy(document)
         if records:
             replay(document, records)
-            self._remember(path, (document, (inode, offset + end)), first_line)
+            self._remember(path, (document, (inode, offset + end)), first_line, (tail + chunk)[-_TAIL_BYTES:])
             return reader_copy(document), (inode, offset + end)
         return document, (inode, offset + end)
 
-    def _remember(self, path, loaded, first_line: bytes) -> None:
+    def _remember(self, path, loaded, first_line: bytes, tail: bytes) -> None:
         document, (inode, offset) = loaded
         MessageTree.of(document).path_length()  # walked once here; each later read gets a copy of what it found
-        self._cache.put(path, (inode, offset, document, first_line))
+        self._cache.put(path, (inode, offset, document, first_line, tail))
 
     def _parse(self, raw: bytes, inode: int, conversation_id: str):
         if _is_v1(raw[:32]):

@@ -71,6 +71,11 @@ class Database:
             finally:
                 self._local.conn = None
 
+    def in_transaction(self) -> bool:
+        """Whether this thread (greenlet) is inside `transaction()`: what it reads may yet be
+        rolled back."""
+        return getattr(self._local, "conn", None) is not None
+
     def ping(self) -> bool:
         try:
             with self.connection() as conn:

@@ -145,6 +145,9 @@ class PgConversationStore:
         brought up to date with the records after its position; the document's containers
         are its own, its message dicts may be shared with the cache (as the file store's)."""
         key = (check_id(owner), check_id(conversation_id))
+        # Inside a transaction of ours (under `locked()`) reads see its own records, which may
+        # yet be rolled back: kept only what every reader may see, what was committed.
+        committed = not self.db.in_transaction()
         cached = self._cache.get(key)
         if cached is not None:
             document, position = cached
@@ -153,14 +156,16 @@ class PgConversationStore:
                 document = reader_copy(document)
                 if records:
                     replay(document, records)
-                    self._remember(key, document, position)
+                    if committed:
+                        self._remember(key, document, position)
                     return reader_copy(document), position
                 return document, position
         loaded = self._load_whole(owner, conversation_id)
         if loaded is None:
             self._cache.forget(key)
             return None
-        self._remember(key, *loaded)
+        if committed:
+            self._remember(key, *loaded)
         return reader_copy(loaded[0]), loaded[1]
 
     def _remember(self, key: tuple[str, str], document: dict, position) -> None:
