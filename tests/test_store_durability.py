@@ -162,6 +162,34 @@ def test_listing_follows_writes_from_another_process(tmp_path):
     assert [h["id"] for h in reader.list_headers(OWNER, 2, after)[0]] == ["c2"]
 
 
+def test_a_recency_log_replaced_under_its_old_inode_number_is_read_afresh(tmp_path):
+    """A log compacted twice by other processes may get its freed inode number back: a reader
+    must not read on from where it stopped in the old log."""
+    reader, writer = ConversationStore(tmp_path), ConversationStore(tmp_path)
+    base = time.time() - 60
+
+    def write(n: int) -> None:
+        stamp = datetime.fromtimestamp(base + n, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with writer.locked(OWNER, f"c{n}"):
+            writer.write(OWNER, f"c{n}", {"conversation": {"id": f"c{n}", "updated_at": stamp}})
+    for n in range(3):
+        write(n)
+    writer.recency(OWNER).compact()
+    assert [h["id"] for h in reader.list_headers(OWNER, 10)[0]] == ["c2", "c1", "c0"]
+    log = writer.recency(OWNER).log_path
+    inode = log.stat().st_ino
+    write(3)
+    write(4)
+    # What two more compactions elsewhere would leave, written into the same inode: the
+    # newest conversations first, so that reading on from the old end would miss them.
+    times = {f"c{n}": writer.path(OWNER, f"c{n}").stat().st_mtime_ns for n in (3, 4, 0, 1, 2)}
+    with open(log, "r+b") as fh:
+        fh.write(("# another\n" + "".join(f"{t} {i}\n" for i, t in times.items())).encode())
+        fh.truncate()
+    assert log.stat().st_ino == inode
+    assert [h["id"] for h in reader.list_headers(OWNER, 10)[0]] == ["c4", "c3", "c2", "c1", "c0"]
+
+
 def test_lock_waits_cooperatively_and_times_out(tmp_path):
     import threading
 

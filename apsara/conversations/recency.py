@@ -6,8 +6,9 @@ user's `.recent.log`, and each worker process keeps the id -> mtime map in
 memory, reading only the lines added since it last looked.
 
 The files stay the truth: a process builds its map from a full scan of the
-folder the first time, and again whenever the log was compacted (its inode
-changed). A writer killed between its file write and its log line leaves that
+folder the first time, and again whenever the log was compacted: its inode
+changed, or its first line did (a log replaced twice may get a freed inode
+number back, so each compacted log begins with a line of its own). A writer killed between its file write and its log line leaves that
 one conversation's order stale until its next write or the next scan; it never
 loses the conversation. Appends hold a shared flock and compaction an exclusive
 one, so no line is written to a log that is being replaced.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -49,6 +51,7 @@ class RecencyIndex:
         self._times: dict[str, int] | None = None
         self._offset = 0
         self._inode: int | None = None
+        self._first_line = b""
 
     def _flock(self, mode: int) -> int:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +81,9 @@ class RecencyIndex:
         try:
             times = _scan(self.folder)
             temp = self.folder / (LOG_NAME + ".new")
-            temp.write_bytes("".join(f"{t} {i}\n" for i, t in times.items()).encode())
+            # A first line of its own, which readers compare (readers skip it as a line).
+            first = f"# {secrets.token_hex(8)}\n"
+            temp.write_bytes((first + "".join(f"{t} {i}\n" for i, t in times.items())).encode())
             os.replace(temp, self.log_path)
         finally:
             os.close(lock)
@@ -88,15 +93,20 @@ class RecencyIndex:
         """(id, mtime_ns) of every conversation of this user, up to date with the log."""
         with self._mutex:
             try:
-                stat = os.stat(self.log_path)
-                inode, size = stat.st_ino, stat.st_size
+                with open(self.log_path, "rb") as fh:
+                    stat = os.fstat(fh.fileno())
+                    inode, size, first_line = stat.st_ino, stat.st_size, fh.readline()
             except FileNotFoundError:
-                inode, size = None, 0
-            if self._times is None or inode != self._inode or size < self._offset:
+                inode, size, first_line = None, 0, b""
+            if (self._times is None or inode != self._inode or size < self._offset
+                    or not first_line.startswith(self._first_line)):
                 # Remember where the log ends *before* scanning: later lines are replayed.
                 self._times, self._offset, self._inode = _scan(self.folder), size, inode
+                self._first_line = b""
             elif size > self._offset:
                 self._follow()
+            if not self._first_line and first_line.endswith(b"\n"):  # a whole line: it stays
+                self._first_line = first_line
             return list(self._times.items())
 
     def _follow(self) -> None:
