@@ -8,9 +8,10 @@ memory, reading only the lines added since it last looked.
 The files stay the truth: a process builds its map from a full scan of the
 folder the first time, and again whenever the log was compacted: its inode
 changed, or its first line did (a log replaced twice may get a freed inode
-number back, so each compacted log begins with a line of its own). A writer killed between its file write and its log line leaves that
-one conversation's order stale until its next write or the next scan; it never
-loses the conversation. Appends hold a shared flock and compaction an exclusive
+number back, so each compacted log begins with a line of its own). A writer
+killed between its file write and its log line leaves that one conversation's
+order stale until its next write or the next scan; it never loses the
+conversation. Appends hold a shared flock and compaction an exclusive
 one, so no line is written to a log that is being replaced.
 """
 from __future__ import annotations

@@ -407,7 +407,8 @@ class ConversationStore:
             self._cache.forget(path)
             return None
         loaded = self._parse(raw, inode, conversation_id)
-        self._remember(path, loaded, raw[:raw.find(b"\n") + 1], raw[:loaded[1][1]][-_TAIL_BYTES:])
+        end = loaded[1][1]
+        self._remember(path, loaded, raw[:raw.find(b"\n") + 1], raw[max(0, end - _TAIL_BYTES):end])
         return reader_copy(loaded[0]), loaded[1]
 
     def _whole_from(self, fh, offset: int, owner: str, conversation_id: str, after_snapshot: bool = False):
@@ -469,7 +470,8 @@ class ConversationStore:
         document = reader_copy(document)
         if records:
             replay(document, records)
-            self._remember(path, (document, (inode, offset + end)), first_line, (tail + chunk)[-_TAIL_BYTES:])
+            self._remember(path, (document, (inode, offset + end)), first_line,
+                           (tail + chunk[-_TAIL_BYTES:])[-_TAIL_BYTES:])
             return reader_copy(document), (inode, offset + end)
         return document, (inode, offset + end)
 

@@ -253,8 +253,8 @@ class PgConversationStore:
                 " snapshot_seq = EXCLUDED.snapshot_seq, generation = conversations.generation + 1, "
                 " seq = EXCLUDED.seq, record_bytes = 0, header = EXCLUDED.header, updated_at = EXCLUDED.updated_at, "
                 " updated_ns = EXCLUDED.updated_ns, message_count = EXCLUDED.message_count",
-                (owner, conversation_id, snapshot, seq, secrets.randbits(62), seq, orjson.dumps(header), header["updated_at"],
-                 iso_to_ns(header["updated_at"]), header.get("message_count", 0)))
+                (owner, conversation_id, snapshot, seq, secrets.randbits(62), seq, orjson.dumps(header),
+                 header["updated_at"], iso_to_ns(header["updated_at"]), header.get("message_count", 0)))
             conn.execute("DELETE FROM search_texts WHERE owner = %s AND conversation_id = %s",
                          (owner, conversation_id))
             _add_texts(conn, owner, conversation_id, "title", [header.get("title") or ""])
