@@ -131,6 +131,20 @@ def test_stream_event_order_and_stored_reply_equals_deltas(chat, fake):
     assert fake.generate_requests()[-1]["path"].endswith(":streamGenerateContent?alt=sse")
 
 
+def test_consecutive_replies_share_one_connection_to_gemini(chat, fake):
+    # Gemini frames a stream in chunks and keeps the connection open: a turn that
+    # opened a connection of its own would pay a TLS handshake before every reply.
+    new_conversation(chat)
+    for text, stream in (("one", True), ("two", False), ("three", True)):
+        response = send(chat, text, stream=stream)
+        assert response.status_code == (200 if stream else 201)
+        response.get_data()  # to the stream's end
+    calls = fake.generate_requests()
+    assert [call["method_name"] for call in calls] == ["streamGenerateContent", "generateContent",
+                                                       "streamGenerateContent"]
+    assert len({call["peer"] for call in calls}) == 1
+
+
 def test_accept_header_asks_for_a_stream(chat):
     new_conversation(chat)
     response = chat.post(f"{API}/c1/messages", json={"text": "hi"}, headers={"Accept": "text/event-stream"})

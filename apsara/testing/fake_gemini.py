@@ -353,7 +353,8 @@ class FakeGemini:
             def _record(self, body, match=None) -> dict:  # noqa: D401
                 entry = {"method": self.command, "path": self.path, "headers": dict(self.headers),
                          "json": body, "method_name": match["method"] if match else None,
-                         "model": match["model"] if match else None, "at": time.monotonic()}
+                         "model": match["model"] if match else None, "at": time.monotonic(),
+                         "peer": self.client_address}  # a kept-alive connection's calls share it
                 with fake._lock:
                     fake.requests.append(entry)
                     if fake.keep_requests is not None and len(fake.requests) > 2 * fake.keep_requests:
@@ -513,17 +514,21 @@ class FakeGemini:
                                 return name
                 return None
 
-            def _usage(self, reply: Reply, body: dict, parts: list) -> dict:
-                if reply.usage is not None:
-                    return reply.usage
-                prompt = _count_tokens(body, fake.files)
+            def _prompt_tokens(self, body: dict) -> tuple[int, int]:
+                """(prompt tokens with the cached ones, cached tokens): counted once a request, as
+                Gemini does; a stream's running totals all reuse it."""
                 cached_name = body.get("cachedContent") or body.get("cached_content")
                 cached = fake.caches[cached_name]["tokens"] if cached_name in fake.caches else 0
-                prompt += cached
+                return _count_tokens(body, fake.files) + cached, cached
+
+            def _usage(self, reply: Reply, prompt: tuple[int, int], parts: list) -> dict:
+                if reply.usage is not None:
+                    return reply.usage
+                (tokens, cached) = prompt
                 out = sum(len(str(p.get("text", "")).split()) for p in parts if not p.get("thought"))
                 thoughts = sum(len(str(p.get("text", "")).split()) for p in parts if p.get("thought"))
-                usage = {"promptTokenCount": prompt, "candidatesTokenCount": out,
-                         "totalTokenCount": prompt + out + thoughts}
+                usage = {"promptTokenCount": tokens, "candidatesTokenCount": out,
+                         "totalTokenCount": tokens + out + thoughts}
                 if cached:
                     usage["cachedContentTokenCount"] = cached
                 if thoughts:
@@ -557,60 +562,72 @@ class FakeGemini:
 
             def _whole(self, reply: Reply, body: dict) -> dict:
                 if reply.block_reason:
+                    tokens = _count_tokens(body, fake.files)
                     return {"promptFeedback": {"blockReason": reply.block_reason},
-                            "usageMetadata": {"promptTokenCount": _count_tokens(body, fake.files), "totalTokenCount": _count_tokens(body, fake.files)}}
+                            "usageMetadata": {"promptTokenCount": tokens, "totalTokenCount": tokens}}
                 parts = self._signed(reply.wire_parts(), reply)
                 return {"candidates": [self._candidate(reply, parts, True)],
-                        "usageMetadata": self._usage(reply, body, parts), "modelVersion": "fake"}
+                        "usageMetadata": self._usage(reply, self._prompt_tokens(body), parts), "modelVersion": "fake"}
 
             def _stream(self, reply: Reply, body: dict, bill: dict):
+                # Framed as Gemini frames a stream (chunked: see the recorded headers in
+                # tests/fixtures/real-gemini), so the client's connection serves its next call.
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                self.close_connection = True
 
                 def send(payload: dict):
-                    self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\r\n\r\n")
+                    event = b"data: " + json.dumps(payload).encode() + b"\r\n\r\n"
+                    self.wfile.write(b"%x\r\n%b\r\n" % (len(event), event))
                     self.wfile.flush()
 
                 try:
-                    if reply.block_reason:
-                        whole = self._whole(reply, body)
-                        self._bill(bill, whole["usageMetadata"])
-                        send(whole)
+                    if self._events(reply, body, bill, send):
+                        self.wfile.write(b"0\r\n\r\n")
                         return
-                    parts = self._signed(reply.wire_parts(), reply)
-                    if not parts:
-                        usage = self._usage(reply, body, parts)
-                        self._bill(bill, usage)
-                        send({"candidates": [self._candidate(reply, [], True)], "usageMetadata": usage})
-                        return
-                    for index, part in enumerate(parts):
-                        if index and self._client_gone():
-                            return  # Gemini stops generating (and billing) for a client that left
-                        if reply.fail_after is not None and index == reply.fail_after:
-                            send({"error": {"code": 500, "message": "stream broke", "status": "INTERNAL"}})
-                            return
-                        last = index == len(parts) - 1
-                        chunk = {"candidates": [self._candidate(reply, [part], last)], "modelVersion": "fake"}
-                        # A running total on every chunk; a scripted usage only at the end.
-                        usage = self._usage(reply, body, parts) if last else (
-                            None if reply.usage is not None else self._usage(reply, body, parts[:index + 1]))
-                        if usage is not None:
-                            chunk["usageMetadata"] = usage
-                        self._bill(bill, usage)
-                        send(chunk)
-                        if reply.chunk_delay_s and not last and not self._open_after(reply.chunk_delay_s):
-                            return
-                        if index == 0 and reply.hold is not None:
-                            deadline = time.monotonic() + 30
-                            while not reply.hold.is_set() and time.monotonic() < deadline:
-                                if not self._open_after(0.02):
-                                    return
                 except (BrokenPipeError, ConnectionResetError):
                     with fake._lock:
                         fake.closed_streams.append(time.monotonic())
+                self.close_connection = True  # the client left mid-stream
+
+            def _events(self, reply: Reply, body: dict, bill: dict, send) -> bool:
+                """A stream's events through `send`: True once it ended, False if the client left."""
+                if reply.block_reason:
+                    whole = self._whole(reply, body)
+                    self._bill(bill, whole["usageMetadata"])
+                    send(whole)
+                    return True
+                parts = self._signed(reply.wire_parts(), reply)
+                prompt = self._prompt_tokens(body)
+                if not parts:
+                    usage = self._usage(reply, prompt, parts)
+                    self._bill(bill, usage)
+                    send({"candidates": [self._candidate(reply, [], True)], "usageMetadata": usage})
+                    return True
+                for index, part in enumerate(parts):
+                    if index and self._client_gone():
+                        return False  # Gemini stops generating (and billing) for a client that left
+                    if reply.fail_after is not None and index == reply.fail_after:
+                        send({"error": {"code": 500, "message": "stream broke", "status": "INTERNAL"}})
+                        return True
+                    last = index == len(parts) - 1
+                    chunk = {"candidates": [self._candidate(reply, [part], last)], "modelVersion": "fake"}
+                    # A running total on every chunk; a scripted usage only at the end.
+                    usage = self._usage(reply, prompt, parts) if last else (
+                        None if reply.usage is not None else self._usage(reply, prompt, parts[:index + 1]))
+                    if usage is not None:
+                        chunk["usageMetadata"] = usage
+                    self._bill(bill, usage)
+                    send(chunk)
+                    if reply.chunk_delay_s and not last and not self._open_after(reply.chunk_delay_s):
+                        return False
+                    if index == 0 and reply.hold is not None:
+                        deadline = time.monotonic() + 30
+                        while not reply.hold.is_set() and time.monotonic() < deadline:
+                            if not self._open_after(0.02):
+                                return False
+                return True
 
             def _open_after(self, seconds: float) -> bool:
                 """Wait, noticing at once if the client closes the stream (False, and noted)."""
