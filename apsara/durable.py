@@ -59,13 +59,18 @@ def on_disk_thread(work: Callable[[], object], meanwhile: Callable[[], None] | N
     (~150 ms at 1,000 messages), so work asked for after it would wait that long. On a
     thread, the work's SQLite calls (which never yield) no longer hold the gevent hub; only
     a greenlet that needs the index at that moment waits for them."""
-    wait = _disk_threads()(work)
+    wait = begin_on_disk_thread(work)
     try:
         if meanwhile is not None:
             meanwhile()
     finally:
         result = wait()
     return result
+
+
+def begin_on_disk_thread(work: Callable[[], object]) -> Callable[[], object]:
+    """`work()` on a thread of the disk's, started now; returns `wait()`, which gives its result."""
+    return _disk_threads()(work)
 
 
 def native(module: str, name: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import json
 import subprocess
 import sys
@@ -279,6 +280,23 @@ def test_a_turn_whose_index_write_fails_is_stored_and_found_after_the_next_start
     assert [m["text"] for m in client.get(f"{API}/c").json["messages"]][0] == "zebra crossing"
     assert listing(client, "q=zebra") == []
     assert listing(create_app(settings).test_client(), "q=zebra") == ["c"]  # mended at the start
+
+
+@pytest.mark.file_format
+def test_an_index_ahead_of_its_files_is_mended_at_start(tmp_path, fake):
+    # A turn's index write runs beside its fsync: a machine that stops before the fsync ends can
+    # leave index rows for records the file never kept.
+    settings = make_settings(tmp_path, gemini_api_key="k", gemini_base_url=fake.url)
+    client = create_app(settings).test_client()
+    client.post(API, json={"id": "c"})
+    path = settings.data_dir / "history" / "local" / "c.json"
+    before, times = path.read_bytes(), path.stat()
+    assert client.post(f"{API}/c/messages", json={"text": "zebra crossing"}).status_code == 201
+    assert listing(client, "q=zebra") == ["c"]
+    path.write_bytes(before)  # the turn's records never reached the disk
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    client = create_app(settings).test_client()
+    assert listing(client, "q=zebra") == [] and client.get(f"{API}/c").json["messages"] == []
 
 
 # -- export and import ----------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import orjson
 
-from ..durable import TEMP_PREFIX, fsync_dir, on_disk_thread, write_atomically
+from ..durable import TEMP_PREFIX, begin_on_disk_thread, fsync_dir, on_disk_thread, write_atomically
 from ..search import SearchIndex, message_text
 from .filters import ListFilters
 from ..metrics import timed_store_write
@@ -668,10 +668,16 @@ class ConversationStore:
                         os.fsync(own_fd)
                     finally:
                         os.close(own_fd)
-                    return write_index()
 
                 with timed_store_write():
-                    indexed = on_disk_thread(make_durable, meanwhile=on_written)
+                    # The index is written beside the fsync, not after it: a reply's end waited
+                    # for both in turn. Should the fsync fail or the machine stop first, the index
+                    # is ahead of the file, a drift the next start mends (the files are the truth).
+                    indexing = begin_on_disk_thread(write_index)
+                    try:
+                        on_disk_thread(make_durable, meanwhile=on_written)
+                    finally:
+                        indexed = indexing()
             else:
                 indexed = write_index()
                 if on_written is not None:
