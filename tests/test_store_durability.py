@@ -228,3 +228,37 @@ def test_a_forked_writer_makes_its_own_fsync_threads(tmp_path):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_turns_disk_work_starts_once_its_call_waits_on_gemini():
+    # Under gevent (the workers' class) a reply started by the turn runs until it first waits.
+    # The user message's fsync and index write start then, as Gemini answers: started before,
+    # they contended with the request's CPU-bound build for the interpreter's lock.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+from gevent import monkey; monkey.patch_all()
+import threading, time
+from apsara.durable import on_disk_threads
+order = []
+def call():
+    order.append("build")
+    end = time.perf_counter() + 0.05
+    while time.perf_counter() < end:  # the SDK building a long request
+        pass
+    order.append("on the wire")
+    time.sleep(0.1)  # Gemini at work
+    order.append("answered")
+def work():
+    order.append("disk")
+    return "done"
+thread = threading.Thread(target=call)
+assert on_disk_threads([work, work], meanwhile=thread.start) == ["done", "done"]
+print(" / ".join(order))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "build / on the wire / disk / disk"

@@ -498,8 +498,8 @@ class ConversationManager:
 
     def commit_turn(self, owner: str, turn: Turn, on_written: Callable[[], None] | None = None) -> None:
         """Lock, check the tree has not moved since the turn was planned, append its
-        messages (one write, one fsync), unlock. `on_written` runs once the write is done
-        and the fsync under way: the reply's Gemini call starts while the disk catches up."""
+        messages (one write, one fsync), unlock. `on_written` runs once the write is done,
+        before the fsync: the reply's Gemini call is on its way as the disk catches up."""
         conversation_id = turn.conversation_id
         with self._locked(owner, conversation_id):
             document = self.load(owner, conversation_id)

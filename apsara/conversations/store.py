@@ -51,7 +51,7 @@ from pathlib import Path
 
 import orjson
 
-from ..durable import TEMP_PREFIX, begin_on_disk_thread, fsync_dir, on_disk_thread, write_atomically
+from ..durable import TEMP_PREFIX, fsync_dir, on_disk_threads, write_atomically
 from ..search import SearchIndex, message_text
 from .filters import ListFilters
 from ..metrics import timed_store_write
@@ -607,7 +607,8 @@ class ConversationStore:
     def append(self, owner: str, conversation_id: str, records: list[dict], *, message_count: int | None = None,
                sync: bool = True, on_written=None, reply_texts: dict[str, str] | None = None) -> dict:
         """Append records (numbered here) and a mark in one write; then fsync unless
-        `sync` is False. `on_written()` runs while the fsync is under way. `reply_texts`:
+        `sync` is False. `on_written()` runs first, and the fsync as what it started waits (see
+        `on_disk_threads`). `reply_texts`:
         the text of replies these records end, when the caller has it (else it is read back
         for the search index). Call inside `locked()`. Returns the new mark (with `size`, and
         the follow() positions after these records and before them: `position`, `began_at`)."""
@@ -663,7 +664,7 @@ class ConversationStore:
             if sync:
                 own_fd = os.dup(fd)  # the thread's own: the caller may be killed and close `fd` meanwhile
 
-                def make_durable():  # on the disk's thread, beside `on_written`
+                def make_durable():
                     try:
                         os.fsync(own_fd)
                     finally:
@@ -673,11 +674,7 @@ class ConversationStore:
                     # The index is written beside the fsync, not after it: a reply's end waited
                     # for both in turn. Should the fsync fail or the machine stop first, the index
                     # is ahead of the file, a drift the next start mends (the files are the truth).
-                    indexing = begin_on_disk_thread(write_index)
-                    try:
-                        on_disk_thread(make_durable, meanwhile=on_written)
-                    finally:
-                        indexed = indexing()
+                    _, indexed = on_disk_threads([make_durable, write_index], meanwhile=on_written)
             else:
                 indexed = write_index()
                 if on_written is not None:
