@@ -52,7 +52,8 @@ def _write_atomically(target: Path, data: bytes, mtime_ns: int | None) -> None:
 def on_disk_threads(works: list[Callable[[], object]], meanwhile: Callable[[], None] | None = None) -> list:
     """Each of `works` (the disk's part of a change: an fsync, an index write) on a thread
     of its own, all at once, after `meanwhile()` has run here; returns their results once
-    all are done. The works run even when `meanwhile` raises.
+    all are done. The works run even when `meanwhile` raises, and all are waited for even
+    when one raises (then the first error is raised).
 
     `meanwhile` starts a reply's Gemini call, and the works make its user message durable
     as Gemini answers. Under gevent a new greenlet runs until it first waits, so
@@ -67,8 +68,16 @@ def on_disk_threads(works: list[Callable[[], object]], meanwhile: Callable[[], N
             meanwhile()
     finally:
         waits = [_disk_threads()(work) for work in works]
-        results = [wait() for wait in waits]
-    return results
+        outcomes = []
+        for wait in waits:  # every one, also past one that failed: none may outlive the caller's lock
+            try:
+                outcomes.append((wait(), None))
+            except Exception as exc:  # noqa: BLE001 - raised below, once all are done
+                outcomes.append((None, exc))
+    for _, error in outcomes:
+        if error is not None:
+            raise error
+    return [result for result, _ in outcomes]
 
 
 def native(module: str, name: str):

@@ -262,3 +262,42 @@ print(" / ".join(order))
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "build / on the wire / disk / disk"
+
+
+def test_a_files_time_says_indexed_only_once_its_records_are_on_disk(tmp_path, monkeypatch):
+    # The index is written beside the fsync, and the start-up check skips a file whose time is
+    # the one indexed: a time set before the fsync could reach the disk without the records.
+    store = ConversationStore(tmp_path)
+    _seed(store)
+    at_fsync, fsync = [], os.fsync
+
+    def watched_fsync(fd):
+        at_fsync.append(os.fstat(fd).st_mtime_ns)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watched_fsync)
+    changed = now_iso()
+    with store.locked(OWNER, CID):
+        store.append(OWNER, CID, [{"type": "message", "at": changed, "message": {
+            "id": "m1", "role": "user", "parent_id": None, "created_at": changed, "parts": []}}])
+    assert at_fsync and iso_to_ns(changed) not in at_fsync
+    assert store.path(OWNER, CID).stat().st_mtime_ns == iso_to_ns(changed)
+
+
+def test_a_failed_fsync_is_raised_once_the_index_write_beside_it_ended():
+    # Under the conversation's lock: an index write still running after it is released could
+    # land after the next change's and leave the older row.
+    from apsara.durable import on_disk_threads
+
+    ended = []
+
+    def fsync():
+        raise OSError(5, "Input/output error")
+
+    def index_write():
+        time.sleep(0.2)
+        ended.append("index")
+
+    with pytest.raises(OSError):
+        on_disk_threads([fsync, index_write])
+    assert ended == ["index"]

@@ -54,7 +54,7 @@ import orjson
 from ..durable import TEMP_PREFIX, fsync_dir, on_disk_threads, write_atomically
 from ..search import SearchIndex, message_text
 from .filters import ListFilters
-from ..metrics import timed_store_write
+from ..metrics import store_write_took
 from .journal import TOUCHING, replay
 from .recency import RecencyIndex, _scan
 from ..recent import Recent
@@ -646,7 +646,7 @@ class ConversationStore:
                 os.ftruncate(fd, size)
                 raise OSError(errno.ENOSPC, "no room for the conversation's new records")
             mtime_ns = iso_to_ns(updated_at) if updated_at else None
-            if mtime_ns is not None:
+            if mtime_ns is not None and not sync:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             index = None
             if mtime_ns is not None and any(r["type"] in TOUCHING for r in records):
@@ -664,17 +664,24 @@ class ConversationStore:
             if sync:
                 own_fd = os.dup(fd)  # the thread's own: the caller may be killed and close `fd` meanwhile
 
-                def make_durable():
+                def make_durable() -> float:
+                    started = time.perf_counter()
                     try:
                         os.fsync(own_fd)
+                        if mtime_ns is not None:
+                            # Only now: the index is written beside the fsync, and a machine that
+                            # stops first leaves it ahead of the file. The start-up check trusts a
+                            # file whose time is the one indexed, so that time must not reach the
+                            # disk before the records do.
+                            os.utime(own_fd, ns=(mtime_ns, mtime_ns))
                     finally:
                         os.close(own_fd)
+                    return time.perf_counter() - started
 
-                with timed_store_write():
-                    # The index is written beside the fsync, not after it: a reply's end waited
-                    # for both in turn. Should the fsync fail or the machine stop first, the index
-                    # is ahead of the file, a drift the next start mends (the files are the truth).
-                    _, indexed = on_disk_threads([make_durable, write_index], meanwhile=on_written)
+                # The index is written beside the fsync, not after it: a reply's end waited for
+                # the two in turn.
+                took, indexed = on_disk_threads([make_durable, write_index], meanwhile=on_written)
+                store_write_took(took)
             else:
                 indexed = write_index()
                 if on_written is not None:

@@ -1,9 +1,9 @@
 """Running a reply: the Gemini call, the server functions it asks for, and how it ends.
 
 `launch()` commits a planned turn (lock, check, append, unlock) and starts its
-job thread once the write is done and its fsync under way, so the Gemini call is
-on its way while the disk catches up; the caller sends its first byte once both
-are done.
+job thread once the write is done, before the fsync: the fsync runs while Gemini
+answers (see `durable.on_disk_threads`); the caller sends its first byte once
+both are done.
 The job publishes events as Gemini answers (`reply_start`, `delta`, `thought`,
 `part`, `grounding`), and ends with `done` or `error` carrying the reply as
 stored: complete, blocked, stopped (a stop request closed the Gemini request),
