@@ -242,3 +242,24 @@ def test_a_reply_reads_back_no_checkpoint_of_its_own_yet_sees_a_stop_recorded_be
     assert events[-1][0] == "done" and events[-1][2]["status"] == "stopped"
     assert any(r["type"] == "stop" for r in read_back)
     assert chat.get(f"{API}/c1").json["messages"][-1]["status"] == "stopped"
+
+
+def test_a_reply_whose_thread_cannot_start_ends_as_an_error_and_the_next_message_is_taken(chat, fake, monkeypatch):
+    # Its records are written before its thread starts: left "streaming" by a live process, the
+    # reply would have made the conversation refuse every next message until a restart.
+    new_conversation(chat)
+    start = threading.Thread.start
+
+    def no_thread_for_replies(thread):
+        if thread.name == "apsara-reply":
+            raise RuntimeError("can't start new thread")
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread_for_replies)
+    assert chat.post(f"{API}/c1/messages", json={"text": "first"}).status_code == 500
+    monkeypatch.undo()
+    # The files keep the turn with its reply ended as an error; PostgreSQL rolls the turn back.
+    assert [m.get("status") for m in chat.get(f"{API}/c1").json["messages"]] in ([None, "error"], [])
+    response = chat.post(f"{API}/c1/messages", json={"text": "again"})
+    assert response.status_code == 201 and response.json["reply"]["status"] == "complete"
+    assert len(fake.generate_requests()) == 1

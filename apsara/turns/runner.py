@@ -65,19 +65,36 @@ class ReplyRunner:
             turn.reply = message_view(turn.stored_reply, link=self.manager.link(owner))
             thread.start()
             return job
+        written = []
+
+        def start() -> None:  # the turn's records are written
+            written.append(True)
+            thread.start()
+
         try:
-            self.manager.commit_turn(owner, turn, on_written=thread.start)
+            self.manager.commit_turn(owner, turn, on_written=start)
         except BaseException:
             if thread.ident is not None:
                 job.stop()  # written but not made durable: nothing to show for it
-            elif turn.bill is not None:
-                turn.bill.settle()  # refused (409, 404): free what the plan reserved
+            else:
+                if turn.bill is not None:
+                    turn.bill.settle()  # refused (409, 404), or no thread: free what the plan reserved
+                if written:  # stored, but its thread never started: end it here, or it stays "streaming"
+                    self._end_unstarted(owner, turn, job)
             raise
         job.position = turn.position  # the watcher reads on from here, not the whole file
         self.jobs.add(job)
         if self.titles is not None:
             self.titles.start(owner, turn, job)
         return job
+
+    def _end_unstarted(self, owner: str, turn: Turn, job: Job) -> None:
+        """A reply stored as streaming whose thread could not start: while its process lives, the
+        conversation would refuse every next message."""
+        try:
+            self._finish(owner, turn, job, ReplyBuilder(), {"status": "error"}, ApiError(500, "internal error"))
+        except Exception:
+            log.exception("ending reply %s, whose thread did not start", job.reply_id)
 
     # -- running ------------------------------------------------------------------------
     def _run(self, owner: str, turn: Turn, job: Job, stream: bool) -> None:
