@@ -230,7 +230,7 @@ def test_a_forked_writer_makes_its_own_fsync_threads(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_a_turns_disk_work_starts_once_its_call_waits_on_gemini():
+def test_a_turns_disk_work_starts_once_its_call_waits_on_gemini(tmp_path):
     # Under gevent (the workers' class) a reply started by the turn runs until it first waits.
     # The user message's fsync and index write start then, as Gemini answers: started before,
     # they contended with the request's CPU-bound build for the interpreter's lock.
@@ -238,11 +238,16 @@ def test_a_turns_disk_work_starts_once_its_call_waits_on_gemini():
     import sys
     from pathlib import Path
 
-    script = """
+    _seed(ConversationStore(tmp_path))
+    script = f"""
 from gevent import monkey; monkey.patch_all()
-import threading, time
-from apsara.durable import on_disk_threads
-order = []
+import os, threading, time
+from apsara.clock import now_iso
+from apsara.conversations.store import ConversationStore
+store, order = ConversationStore({str(tmp_path)!r}), []
+fsync, index = os.fsync, store.search_index.update
+os.fsync = lambda fd: (order.append("fsync"), fsync(fd))[1]
+store.search_index.update = lambda *args: (order.append("index"), index(*args))[1]
 def call():
     order.append("build")
     end = time.perf_counter() + 0.05
@@ -251,17 +256,16 @@ def call():
     order.append("on the wire")
     time.sleep(0.1)  # Gemini at work
     order.append("answered")
-def work():
-    order.append("disk")
-    return "done"
-thread = threading.Thread(target=call)
-assert on_disk_threads([work, work], meanwhile=thread.start) == ["done", "done"]
-print(" / ".join(order))
+thread, at = threading.Thread(target=call), now_iso()
+with store.locked({OWNER!r}, {CID!r}):
+    store.append({OWNER!r}, {CID!r}, [{{"type": "message", "at": at, "message": {{
+        "id": "m1", "role": "user", "parent_id": None, "created_at": at, "parts": []}}}}], on_written=thread.start)
+print(" / ".join(order[:2] + sorted(order[2:4])))
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "build / on the wire / disk / disk"
+    assert result.stdout.strip() == "build / on the wire / fsync / index"
 
 
 def test_a_files_time_says_indexed_only_once_its_records_are_on_disk(tmp_path, monkeypatch):
