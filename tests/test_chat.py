@@ -8,7 +8,7 @@ import time
 import pytest
 
 from apsara import create_app
-from apsara.testing.fake_gemini import BAD_KEY, Reply
+from apsara.testing.fake_gemini import BAD_KEY, FakeGemini, Reply
 from tests.conftest import make_settings, parse_sse
 
 # Every test here runs on both stores: the files and PostgreSQL.
@@ -143,6 +143,25 @@ def test_consecutive_replies_share_one_connection_to_gemini(chat, fake):
     assert [call["method_name"] for call in calls] == ["streamGenerateContent", "generateContent",
                                                        "streamGenerateContent"]
     assert len({call["peer"] for call in calls}) == 1
+
+
+@pytest.mark.parametrize("keep", [0, 2])
+def test_the_fake_run_alone_keeps_only_its_last_requests(keep):
+    # Every request body held lengthens the fake's collections: a bench's 500-turn histories
+    # held by the hundred stalled its answers.
+    from google import genai
+    from google.genai import types
+
+    fake = FakeGemini(keep_requests=keep).start()
+    try:
+        client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=fake.url))
+        for n in range(5):
+            client.models.generate_content(model="gemini-3.8-flash", contents=f"question {n}")
+        assert len(fake.requests) <= 2 * keep
+        assert [r["json"]["contents"][0]["parts"][0]["text"] for r in fake.requests][-keep:] == \
+            [f"question {n}" for n in range(5)][5 - keep:]
+    finally:
+        fake.stop()
 
 
 def test_accept_header_asks_for_a_stream(chat):

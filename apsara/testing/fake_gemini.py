@@ -358,7 +358,7 @@ class FakeGemini:
                 with fake._lock:
                     fake.requests.append(entry)
                     if fake.keep_requests is not None and len(fake.requests) > 2 * fake.keep_requests:
-                        del fake.requests[:-fake.keep_requests]
+                        del fake.requests[:len(fake.requests) - fake.keep_requests]  # ([:-0] is empty)
                 return entry
 
             def _authorized(self) -> bool:
