@@ -524,7 +524,7 @@ class FakeGemini:
             def _usage(self, reply: Reply, prompt: tuple[int, int], parts: list) -> dict:
                 if reply.usage is not None:
                     return reply.usage
-                (tokens, cached) = prompt
+                tokens, cached = prompt
                 out = sum(len(str(p.get("text", "")).split()) for p in parts if not p.get("thought"))
                 thoughts = sum(len(str(p.get("text", "")).split()) for p in parts if p.get("thought"))
                 usage = {"promptTokenCount": tokens, "candidatesTokenCount": out,
