@@ -191,6 +191,7 @@ class PgConversationStore:
         return self._records_after(owner, conversation_id, position)
 
     def _records_after(self, owner: str, conversation_id: str, position):
+        # follow()'s query, which load() shares without being a reply's follow() itself
         generation, seq = position
         with self.db.connection() as conn:
             row = conn.execute(
