@@ -43,7 +43,8 @@ from google.genai import types  # noqa: E402
 
 from apsara.clock import now_iso  # noqa: E402
 from apsara.gemini.client import speed_up_sdk  # noqa: E402
-from apsara.conversations.store import ConversationStore, encode, iso_to_ns  # noqa: E402
+from apsara.conversations.file_format import encode  # noqa: E402
+from apsara.conversations.store import ConversationStore, iso_to_ns  # noqa: E402
 from apsara.testing.fake_gemini import FakeGemini, Reply  # noqa: E402
 from tests.servers import MASTERS, free_port, gunicorn, wait_for  # noqa: E402
 

@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apsara.clock import now_iso  # noqa: E402
-from apsara.conversations.store import encode, iso_to_ns  # noqa: E402
+from apsara.conversations.file_format import encode  # noqa: E402
+from apsara.conversations.store import iso_to_ns  # noqa: E402
 from tests.servers import gunicorn  # noqa: E402
 
 

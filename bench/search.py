@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apsara import create_app  # noqa: E402
 from apsara.config import Settings  # noqa: E402
-from apsara.conversations.store import ConversationStore, encode, iso_to_ns  # noqa: E402
+from apsara.conversations.file_format import encode  # noqa: E402
+from apsara.conversations.store import ConversationStore, iso_to_ns  # noqa: E402
 
 VOCABULARY = 20_000  # words w0..w19999, drawn with a Zipf-like law as natural text is
 

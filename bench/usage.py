@@ -30,7 +30,6 @@ from apsara.gemini.catalog import BUNDLED  # noqa: E402
 from apsara.gemini.metering import CallRecord  # noqa: E402
 from apsara.testing.fake_gemini import FakeGemini  # noqa: E402
 from apsara.usage import Budgets, PriceTable, SqliteLedger, UsageService  # noqa: E402
-from apsara.usage.ledger import CallUsage  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 
 MODEL = next(m for m in BUNDLED if m.id == "gemini-3.8-flash")

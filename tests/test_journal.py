@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from apsara.clock import an_hour_ago, now_iso
+from apsara.conversations import file_format, locks
 from apsara.conversations import store as store_module
 from apsara.conversations.journal import record
 from apsara.conversations.store import ConversationStore, iso_to_ns
@@ -195,7 +196,7 @@ def test_a_file_replaced_under_its_old_inode_number_is_read_afresh(tmp_path):
     assert [m["id"] for m in store.read("local", "c1")["messages"]] == ["m0", "m1"]  # now cached
     path = store.path("local", "c1")
     inode = path.stat().st_ino
-    replacement = store_module.encode(_document([f"new text {n} " * 5 for n in range(6)]))
+    replacement = file_format.encode(_document([f"new text {n} " * 5 for n in range(6)]))
     with open(path, "r+b") as fh:  # another file, the same inode number
         fh.write(replacement)
         fh.truncate()
@@ -209,7 +210,7 @@ def test_a_file_made_again_from_the_same_export_under_its_old_inode_number_is_re
     # The same first line (the same header and snapshot seq, imported again after a deletion)
     # but not the same file: what this process read beyond it must not be kept.
     store = ConversationStore(tmp_path)
-    exported = store_module.encode(_document(["question", "answer"]))
+    exported = file_format.encode(_document(["question", "answer"]))
     path = store.path("local", "c1")
     path.parent.mkdir(parents=True)
     path.write_bytes(exported)
@@ -319,7 +320,7 @@ def test_writers_in_one_process_take_turns_without_polling_the_file_lock(tmp_pat
         store.write("local", "c1", {"conversation": {"id": "c1", "updated_at": now_iso(), "n": 0},
                                     "messages": [], "active": {}})
     polled = []
-    real_acquire = store_module._acquire
+    real_acquire = locks._acquire
 
     def acquire(fd, timeout_s):
         try:
@@ -328,7 +329,7 @@ def test_writers_in_one_process_take_turns_without_polling_the_file_lock(tmp_pat
             polled.append(fd)
             real_acquire(fd, timeout_s)
 
-    monkeypatch.setattr(store_module, "_acquire", acquire)
+    monkeypatch.setattr(locks, "_acquire", acquire)
 
     def writer():
         for _ in range(50):
@@ -344,7 +345,7 @@ def test_writers_in_one_process_take_turns_without_polling_the_file_lock(tmp_pat
         thread.join()
     assert store.read("local", "c1")["conversation"]["n"] == 200
     assert polled == []
-    assert store._local_locks == {}  # nothing is kept of a lock nobody holds or waits for
+    assert store._locks._local_locks == {}  # nothing is kept of a lock nobody holds or waits for
 
 
 def test_the_paths_a_store_keeps_made_are_its_own_and_bounded(tmp_path, monkeypatch):

@@ -193,7 +193,7 @@ def test_a_recency_log_replaced_under_its_old_inode_number_is_read_afresh(tmp_pa
 def test_lock_waits_cooperatively_and_times_out(tmp_path):
     import threading
 
-    from apsara.conversations.store import LockTimeout
+    from apsara.conversations.locks import LockTimeout
 
     store = ConversationStore(tmp_path)
     order = []

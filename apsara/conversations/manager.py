@@ -26,7 +26,8 @@ from .filters import ListFilters
 from .journal import Replay, record
 from .options import check_choice
 from .parts import public_part
-from .store import ConversationStore, InvalidId, LockTimeout, Missing
+from .locks import LockTimeout, Missing
+from .store import ConversationStore, InvalidId
 from .tree import DERIVED, MessageTree
 
 HEADER_FIELDS = ("id", "title", "title_source", "created_at", "updated_at", "model", "system_instruction",

@@ -4,18 +4,11 @@ Layout: `<data>/history/<user>/<conversation id>.json`, lock files under
 `<data>/locks/<user>/`. The store knows bytes, paths, locks and records as rows
 (see journal.py); it knows nothing of Flask or Gemini.
 
-A file (schema_version 2) is lines of JSON:
-
-    {"schema_version":2,"conversation":{...header...},"seq":N}     the snapshot's header
-    {"messages":[...],"active":{...}}                                the snapshot's message tree
-    {"m":{...}}                                                      a mark (below)
-    {"seq":N+1,"type":"message","at":"...",...}                     records, appended one
-    {"m":{...}}                                                        write (and one fsync) each
+The file's bytes are file_format.py's: a snapshot, then records appended one
+write (and one fsync) each, each write ending with a mark that listing reads.
 
 - A change appends its records and a new mark in one `write`: nothing rewrites
-  the conversation per turn. The mark is what a listing needs (`updated_at`,
-  `message_count`, the offset of the newest header, the record count), read from
-  the file's last 4 KB, so listing reads two small pieces per conversation.
+  the conversation per turn. Listing reads two small pieces per conversation.
 - A torn last line (a writer killed or the power cut mid-append) is ignored by
   readers and cut off by the next writer: a record is there whole or not at all.
 - When the records outgrow the snapshot, `write()` folds them into a new
@@ -29,9 +22,7 @@ A file (schema_version 2) is lines of JSON:
   files: `write` indexes the whole conversation, `append` adds new texts and
   the new header or time, `delete` removes it. It is checked against the files
   at start (`check_search_index`) and can be made again from them.
-- `locked()` takes an exclusive `flock` per conversation. flock works across
-  worker processes and threads (each call opens its own descriptor), and the
-  kernel drops it when a process dies, so a crash never leaves it held.
+- `locked()` is one writer at a time per conversation, across processes (locks.py).
 """
 from __future__ import annotations
 
@@ -44,7 +35,6 @@ import os
 import re
 import sqlite3
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +43,10 @@ import orjson
 
 from ..durable import TEMP_PREFIX, fsync_dir, on_disk_threads, write_atomically
 from ..search import SearchIndex, message_text
+from .file_format import (CorruptFile, decode_v1_header, encode, is_v1, mark_at_end, mark_line, parse_lines,
+                          records_in, whole_appends)
 from .filters import ListFilters
+from .locks import LOCK_TIMEOUT_S, ConversationLocks, Missing
 from ..metrics import store_write_took
 from .journal import TOUCHING, replay
 from .recency import RecencyIndex, _scan
@@ -62,11 +55,8 @@ from .tree import MessageTree, carry_derived
 
 log = logging.getLogger("apsara.store")
 
-SCHEMA_VERSION = 2
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SUFFIX = ".json"
-_MARK = b'{"m":'
-_TAIL = 4096
 # Records are folded into a new snapshot once they outgrow it (and this floor):
 # the bytes rewritten stay proportional to the bytes appended.
 COMPACT_MIN_BYTES = 256 * 1024
@@ -77,40 +67,9 @@ _TAIL_BYTES = 256
 # Paths of this many conversations are kept made; past that they are made afresh.
 KNOWN_PATHS = 4096
 
-LOCK_TIMEOUT_S = 30.0
-
-
-class LockTimeout(RuntimeError):
-    """A conversation stayed locked longer than a request should wait."""
-
 
 class InvalidId(ValueError):
     """An id that can never name a stored conversation."""
-
-
-class CorruptFile(RuntimeError):
-    """A conversation file that does not parse (never written by this store)."""
-
-
-class Missing(LookupError):
-    """The conversation's file is not there (never made, or deleted)."""
-
-
-def _acquire(fd: int, timeout_s: float) -> None:
-    """flock without blocking the process: under gevent a blocking flock would freeze
-    every greenlet of the worker, including the one holding the lock. time.sleep
-    yields to them (gevent patches it) and simply waits under threads."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.001
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise LockTimeout() from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
 
 
 def iso_to_ns(stamp: str) -> int:
@@ -123,91 +82,6 @@ def check_id(value: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or value in (".", ".."):
         raise InvalidId(value)
     return value
-
-
-def _mark_line(mark: dict) -> bytes:
-    return b'{"m":' + orjson.dumps(mark) + b"}\n"
-
-
-def encode(document: dict) -> bytes:
-    """A snapshot's bytes: header line, message tree line, mark."""
-    header = document["conversation"]
-    first = orjson.dumps({"schema_version": SCHEMA_VERSION, "conversation": header,
-                          "seq": document.get("seq", 0)}) + b"\n"
-    body = orjson.dumps({"messages": document.get("messages", []), "active": document.get("active", {})}) + b"\n"
-    mark = {"seq": document.get("seq", 0), "updated_at": header.get("updated_at"),
-            "message_count": header.get("message_count", 0), "header_at": 0, "base": 0}
-    for _ in range(3):  # `base` counts the mark line, which holds `base`: settle its digits
-        mark["base"] = len(first) + len(body) + len(_mark_line(mark))
-    return first + body + _mark_line(mark)
-
-
-def _decode_v1_header(line: bytes) -> dict:
-    line = line.rstrip()
-    if line.endswith(b","):
-        line = line[:-1]
-    return orjson.loads(line + b"}")["conversation"]
-
-
-def _is_v1(first_line: bytes) -> bool:
-    return first_line.startswith(b'{"schema_version":1,')
-
-
-def _last_line(chunk: bytes) -> bytes | None:
-    """The last complete line of a file's tail, if the chunk holds all of it."""
-    if not chunk.endswith(b"\n"):
-        return None
-    start = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
-    return chunk[start:-1] if start or len(chunk) < _TAIL else None
-
-
-def _whole_appends(chunk: bytes) -> int:
-    """How much of `chunk`, read from where an append began, is whole appends: up to the
-    end of its last mark line. An append writes its records and then its mark in one
-    write; a reader that meets the records without the mark is reading while that write
-    lands (a user message would show without its reply), and takes them on its next read."""
-    end = chunk.rfind(b"\n") + 1
-    last_line = chunk.rfind(b"\n", 0, max(end - 1, 0)) + 1
-    if end and chunk.startswith(_MARK, last_line):
-        return end  # the usual case: the chunk ends with a mark
-    at = chunk.rfind(b"\n" + _MARK, 0, end)
-    if at < 0:
-        return chunk.index(b"\n") + 1 if chunk.startswith(_MARK) else 0
-    return chunk.index(b"\n", at + 1) + 1
-
-
-def _parse_lines(raw: bytes, conversation_id: str):
-    """Snapshot document and the records after it; a torn last line is left out.
-
-    Returns (document, records, end offset of the last whole line, last mark)."""
-    end = raw.rfind(b"\n") + 1
-    lines = raw[:end].split(b"\n")[:-1]
-    if len(lines) < 2:
-        raise CorruptFile(conversation_id)
-    try:
-        head = orjson.loads(lines[0])
-        body = orjson.loads(lines[1])
-    except ValueError as exc:
-        raise CorruptFile(conversation_id) from exc
-    if head.get("schema_version") != SCHEMA_VERSION:
-        raise CorruptFile(f"{conversation_id}: unknown schema_version")
-    document = {"conversation": head["conversation"], "messages": body.get("messages", []),
-                "active": body.get("active", {}), "seq": head.get("seq", 0)}
-    records, mark = [], None
-    for line in lines[2:]:
-        if line.startswith(_MARK):
-            try:
-                mark = orjson.loads(line)["m"]
-            except ValueError:
-                pass
-            continue
-        try:
-            records.append(orjson.loads(line))
-        except ValueError:
-            # Only a crash mid-append makes a bad line, and the next writer cuts it off;
-            # one that survived (a disk that zero-filled) is skipped, never fatal.
-            log.warning("conversation %s: skipped an unreadable record", conversation_id)
-    return document, records, end, mark
 
 
 def reader_copy(document: dict) -> dict:
@@ -259,14 +133,10 @@ class ConversationStore:
         # path -> (inode, offset read to, document, the file's first line, the bytes just before
         # the offset): conversations this process read lately
         self._cache = Recent(CACHED_CONVERSATIONS)
-        # (owner, conversation id) -> the thread (greenlet) holding its lock in this process
-        self._holders: dict[tuple[str, str], int] = {}
-        # (owner, conversation id) -> [this process's lock of it, how many hold or wait for it]
-        self._local_locks: dict[tuple[str, str], list] = {}
-        self._local_guard = threading.Lock()
         # (owner, conversation id) -> (its file, its lock file): a turn asks ~25 times, and
         # pathlib took ~5 µs to build one and again to turn it into a string for each call.
         self._paths: dict[tuple[str, str], tuple[Path, Path]] = {}
+        self._locks = ConversationLocks(self._lock_path, self.exists)
 
     def recency(self, owner: str) -> RecencyIndex:
         index = self._recency.get(owner)
@@ -305,77 +175,11 @@ class ConversationStore:
             self._paths[key] = paths
         return paths
 
-    # -- locking ---------------------------------------------------------------
-    @contextlib.contextmanager
     def locked(self, owner: str, conversation_id: str, timeout_s: float = LOCK_TIMEOUT_S,
                existing: bool = False):
-        """Hold the conversation's lock. `existing`: only for a conversation that is
-        there (else Missing, and no lock file is left behind)."""
-        lock_path = self._lock_path(owner, conversation_id)
-        if existing and not self.exists(owner, conversation_id):
-            raise Missing(conversation_id)
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + timeout_s
-        with self._in_process(owner, conversation_id, deadline):
-            with self._flocked(owner, conversation_id, lock_path, deadline, existing):
-                yield
-
-    @contextlib.contextmanager
-    def _in_process(self, owner: str, conversation_id: str, deadline: float):
-        """This process's own writers of a conversation queue on a lock of its own: the next
-        one goes the moment the last lets go, where waiting on the file's lock would poll (a
-        reply that ended within milliseconds of its turn's commit waited 1-3 ms for it)."""
-        key = (owner, conversation_id)
-        with self._local_guard:
-            entry = self._local_locks.setdefault(key, [threading.Lock(), 0])
-            entry[1] += 1
-        try:
-            if not entry[0].acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise LockTimeout()
-            try:
-                yield
-            finally:
-                entry[0].release()
-        finally:
-            with self._local_guard:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._local_locks[key]
-
-    @contextlib.contextmanager
-    def _flocked(self, owner: str, conversation_id: str, lock_path: Path, deadline: float, existing: bool):
-        """The conversation's lock between processes: an flock on its lock file."""
-        while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                _acquire(fd, max(0.0, deadline - time.monotonic()))
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
-                current = os.stat(lock_path).st_ino
-            except FileNotFoundError:
-                current = None
-            if current == os.fstat(fd).st_ino:
-                break
-            os.close(fd)  # a delete removed this lock file while we waited: take the new one
-        key = (owner, conversation_id)
-        self._holders[key] = threading.get_ident()  # its own reads take every whole record
-        try:
-            if existing and not self.exists(owner, conversation_id):
-                raise Missing(conversation_id)  # deleted while we waited
-            yield
-        finally:
-            self._holders.pop(key, None)
-            if not self.exists(owner, conversation_id):
-                self._drop_lock_file(lock_path)  # no conversation, no lock file left behind
-            os.close(fd)  # closing the descriptor releases the lock
-
-    @staticmethod
-    def _drop_lock_file(lock_path: Path) -> None:
-        # Safe while held: a waiter on the old file sees its inode is gone and retries.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock_path)
+        """Hold the conversation's lock (see locks.py). `existing`: only for a conversation
+        that is there (else Missing, and no lock file is left behind)."""
+        return self._locks.locked(owner, conversation_id, timeout_s, existing)
 
     # -- reading ---------------------------------------------------------------
     def exists(self, owner: str, conversation_id: str) -> bool:
@@ -423,50 +227,22 @@ class ConversationStore:
         start = 0
         if after_snapshot:
             start = chunk.find(b"\n", chunk.find(b"\n") + 1) + 1
-            if start == 0 or _is_v1(chunk[:32]):
+            if start == 0 or is_v1(chunk[:32]):
                 return chunk, lines_end  # the first format, or not even a snapshot: the parser decides
-        end = start + _whole_appends(chunk[start:lines_end])
+        end = start + whole_appends(chunk[start:lines_end])
         if end < lines_end:
-            with self._no_writer(owner, conversation_id) as settled:
+            with self._locks.no_writer(owner, conversation_id) as settled:
                 if settled:  # the append that was landing has landed, or nobody was writing
                     fh.seek(offset)
                     chunk = fh.read()
                     end = chunk.rfind(b"\n") + 1
         return chunk[:end] if after_snapshot else chunk, end
 
-    @contextlib.contextmanager
-    def _no_writer(self, owner: str, conversation_id: str):
-        """True while no other writer holds the conversation's lock (none can take it before
-        the block ends), False while one does. A reader holding the lock itself is the writer."""
-        if self._holders.get((owner, conversation_id)) == threading.get_ident():
-            yield True
-            return
-        try:  # never created here: a reader leaves no lock file, and needs no right to write
-            fd = os.open(self._lock_path(owner, conversation_id), os.O_RDONLY)
-        except OSError:  # no lock file (nobody ever wrote), or one this reader may not open
-            yield True
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-            else:
-                yield True
-        finally:
-            os.close(fd)
-
     def _brought_up_to_date(self, path, cached, chunk: bytes, conversation_id: str):
         """`chunk`: what to take of the bytes after the cached position."""
         inode, offset, document, first_line, tail = cached
         end = len(chunk)
-        records = []
-        for line in chunk.split(b"\n")[:-1]:
-            if not line.startswith(_MARK):
-                try:
-                    records.append(orjson.loads(line))
-                except ValueError:
-                    log.warning("conversation %s: skipped an unreadable record", conversation_id)
+        records = records_in(chunk, conversation_id)
         document = reader_copy(document)
         if records:
             replay(document, records)
@@ -481,7 +257,7 @@ class ConversationStore:
         self._cache.put(path, (inode, offset, document, first_line, tail))
 
     def _parse(self, raw: bytes, inode: int, conversation_id: str):
-        if _is_v1(raw[:32]):
+        if is_v1(raw[:32]):
             try:
                 document = orjson.loads(raw)
             except ValueError as exc:
@@ -489,7 +265,7 @@ class ConversationStore:
             document.pop("schema_version", None)
             document.setdefault("seq", 0)
             return document, (inode, len(raw))
-        document, records, end, _ = _parse_lines(raw, conversation_id)
+        document, records, end, _ = parse_lines(raw, conversation_id)
         if records:
             replay(document, records)
         return document, (inode, end)
@@ -505,12 +281,7 @@ class ConversationStore:
                 chunk, end = self._whole_from(fh, offset, owner, conversation_id)
         except FileNotFoundError:
             return None, None
-        records = []
-        for line in chunk[:end].split(b"\n")[:-1]:
-            if not line.startswith(_MARK):
-                with contextlib.suppress(ValueError):
-                    records.append(orjson.loads(line))
-        return records, (inode, offset + end)
+        return records_in(chunk[:end], conversation_id), (inode, offset + end)
 
     def listen_for_stops(self, on_stop, wanted) -> None:
         """Nothing to listen to: a running reply asks with one stat() a watcher round."""
@@ -536,13 +307,13 @@ class ConversationStore:
         try:
             with open(self.path(owner, conversation_id), "rb") as fh:
                 first = fh.readline()
-                if _is_v1(first):
-                    return _decode_v1_header(first)
+                if is_v1(first):
+                    return decode_v1_header(first)
                 size = os.fstat(fh.fileno()).st_size
-                mark = self._mark_at_end(fh.fileno(), size)
+                mark = mark_at_end(fh.fileno(), size)
                 if mark is None:  # the last append was cut short: read it all
                     fh.seek(0)
-                    document, records, _, _ = _parse_lines(fh.read(), conversation_id)
+                    document, records, _, _ = parse_lines(fh.read(), conversation_id)
                     return replay(document, records)["conversation"] if records else document["conversation"]
                 head = orjson.loads(first)
                 if mark.get("seq", 0) == head.get("seq", 0):
@@ -557,17 +328,6 @@ class ConversationStore:
         except ValueError as exc:
             raise CorruptFile(conversation_id) from exc
         return {**header, "updated_at": mark["updated_at"], "message_count": mark["message_count"]}
-
-    @staticmethod
-    def _mark_at_end(fd: int, size: int) -> dict | None:
-        start = max(0, size - _TAIL)
-        line = _last_line(os.pread(fd, size - start, start))
-        if line is None or not line.startswith(_MARK):
-            return None
-        try:
-            return orjson.loads(line)["m"]
-        except ValueError:
-            return None
 
     def list_headers(self, owner: str, limit: int, after: tuple[int, str] | None = None,
                      filters: ListFilters = ListFilters()):
@@ -618,14 +378,14 @@ class ConversationStore:
         except FileNotFoundError:
             raise Missing(conversation_id) from None
         try:
-            if _is_v1(os.pread(fd, 32, 0)):
+            if is_v1(os.pread(fd, 32, 0)):
                 os.close(fd)
                 fd = -1
                 self._migrate(owner, conversation_id)
                 fd = os.open(path, os.O_RDWR | os.O_APPEND)
             size = self._repair(fd, conversation_id)
             inode = os.fstat(fd).st_ino
-            mark = self._mark_at_end(fd, size) or self._rebuild_mark(fd, conversation_id)
+            mark = mark_at_end(fd, size) or self._rebuild_mark(fd, conversation_id)
             lines, offset, seq = [], size, mark["seq"]
             updated_at = mark["updated_at"]
             for rec in records:
@@ -641,7 +401,7 @@ class ConversationStore:
             mark.update(seq=seq, updated_at=updated_at)
             if message_count is not None:
                 mark["message_count"] = message_count
-            data = b"".join(lines) + _mark_line(mark)
+            data = b"".join(lines) + mark_line(mark)
             if os.write(fd, data) != len(data):  # a full disk took part of it: take it back
                 os.ftruncate(fd, size)
                 raise OSError(errno.ENOSPC, "no room for the conversation's new records")
@@ -719,7 +479,7 @@ class ConversationStore:
     def _rebuild_mark(self, fd: int, conversation_id: str) -> dict:
         """The mark of a file whose last append lost it (a crash between record and mark)."""
         size = os.fstat(fd).st_size
-        document, records, _, mark = _parse_lines(os.pread(fd, size, 0), conversation_id)
+        document, records, _, mark = parse_lines(os.pread(fd, size, 0), conversation_id)
         base = (mark or {}).get("base", 0)
         header_at = (mark or {}).get("header_at", 0)
         if records:

@@ -33,8 +33,8 @@ import psycopg
 
 from ..conversations.filters import ListFilters
 from ..conversations.journal import TOUCHING, replay
-from ..conversations.store import (CACHED_CONVERSATIONS, COMPACT_MIN_BYTES, LOCK_TIMEOUT_S, LockTimeout, Missing,
-                                   check_id, iso_to_ns, reader_copy)
+from ..conversations.locks import LOCK_TIMEOUT_S, LockTimeout, Missing
+from ..conversations.store import CACHED_CONVERSATIONS, COMPACT_MIN_BYTES, check_id, iso_to_ns, reader_copy
 from ..conversations.tree import MessageTree
 from ..recent import Recent
 from ..search import message_text, snippet, words_of
