@@ -13,7 +13,8 @@ from typing import Iterator
 
 from .attachments import Attachments
 from .config import Settings
-from .conversations.manager import ConversationManager, Turn, message_view
+from .conversations.manager import ConversationManager, Turn
+from .conversations.views import message_view
 from .conversations.tree import MessageTree
 from .files import FileStore
 from .function_calls import FunctionCalls

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from apsara.conversations.journal import record
-from apsara.conversations.manager import context_path
+from apsara.turns.context import context_path
 from apsara.conversations.store import reader_copy
 from apsara.conversations.tree import MessageTree
 from apsara.turns.context import ContextMemo, sums_of

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from apsara.testing.fake_gemini import FakeGemini, Reply
-from tests.servers import ROOT, call, gunicorn
+from tests.servers import call, gunicorn
 from tests.test_files import png_bytes
 
 pytestmark = pytest.mark.slow

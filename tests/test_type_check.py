@@ -8,9 +8,8 @@ import logging
 from pathlib import Path
 
 import pydantic
-import pytest
 from google import genai
-from google.genai import _common, types
+from google.genai import types
 
 from apsara.gemini import type_check
 from tests.sdk_parts import every_part_kind

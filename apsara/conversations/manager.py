@@ -1,179 +1,37 @@
 """The rules of conversations: who owns what, what may change, what a client sees.
 
 Views hand over plain dicts already checked by a schema; the manager validates
-choices against the model catalog, reads through the store, and changes a
-conversation by appending records under its lock (see journal.py), and builds
-the API's view of a conversation (the active path, each message with its
-versions). A turn is planned elsewhere without the lock; `commit_turn` only
-checks that the tree has not moved since and appends. Nothing here knows HTTP.
+choices against the model catalog, reads through the store, changes a
+conversation by appending records under its lock (see journal.py), and answers
+with what a client sees of it (views.py). A turn is planned elsewhere without
+the lock; `commit_turn` only checks that the tree has not moved since and
+appends. Nothing here knows HTTP.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import os
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Callable
 
 from ..clock import new_id, now_iso
 from ..errors import ApiError
-from ..holders import HOST, holder_alive
 from ..gemini.catalog import ModelCatalog
 from .filters import ListFilters
 from .journal import Replay, record
-from .options import check_choice
-from .parts import public_part
 from .locks import LockTimeout, Missing
+from .options import check_choice
 from .store import ConversationStore, InvalidId
 from .tree import DERIVED, MessageTree
+from .views import conversation_view, decode_cursor, encode_cursor, message_view, summary_view
+from .writers import age_s, new_writer, streaming, writer_alive
 
-HEADER_FIELDS = ("id", "title", "title_source", "created_at", "updated_at", "model", "system_instruction",
-                 "tools", "settings", "message_count", "archived", "pinned", "temporary")
-# Conversations stored before these fields existed read as if they had these values.
-HEADER_DEFAULTS = {"title_source": None, "archived": False, "pinned": False, "temporary": False}
-# A reply is context for the next turn when it ended with something the user read.
-CONTEXT_STATUSES = ("complete", "stopped")
-
-
-def _not_found(conversation_id) -> ApiError:
-    return ApiError(404, f"conversation '{conversation_id}' not found")
-
-
-def encode_cursor(position: tuple[int, str]) -> str:
-    raw = json.dumps([position[0], position[1]], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        mtime_ns, conversation_id = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        if not isinstance(mtime_ns, int) or not isinstance(conversation_id, str):
-            raise ValueError
-        return mtime_ns, conversation_id
-    except (ValueError, TypeError, UnicodeError):
-        raise ApiError(422, "cursor is not one this server gave out",
-                       {"cursor": ["not a valid cursor"]}) from None
-
-
-def message_text(message: dict) -> str:
-    return "".join(p.get("text", "") for p in message.get("parts", ()) if p.get("type") == "text")
-
-
-def _public_parts(parts: list[dict], link) -> list[dict]:
-    shown = []
-    for part in parts:
-        part = public_part(part)
-        if link is not None and part.get("type") == "file":
-            part = {**part, "url": link(part["file_id"])}
-        shown.append(part)
-    return shown
-
-
-def message_view(message: dict, tree: MessageTree | None = None, link=None) -> dict:
-    """A stored message as the API shows it. `link(file_id)` gives file parts a fresh signed URL."""
-    # "_" keys are bookkeeping (who writes a reply, its events), not API.
-    view = {k: v for k, v in message.items() if not k.startswith("_")}
-    if view.get("status") == "streaming" and not writer_alive(message):
-        view["status"] = "interrupted"  # its writer died; the next change records it so
-    view["parts"] = _public_parts(message.get("parts", ()), link)
-    view["text"] = message_text(message)
-    view["siblings"] = tree.siblings(message) if tree is not None else [message["id"]]
-    return view
-
-
-def summary_view(header: dict) -> dict:
-    # "_" keys (the context-cache record) are bookkeeping, not API.
-    view = {k: v for k, v in header.items() if not k.startswith("_")}
-    for key, default in HEADER_DEFAULTS.items():
-        view.setdefault(key, default)
-    if view["title_source"] is None and view.get("title"):
-        view["title_source"] = "user"  # a title given before sources were recorded was a user's
-    return view
-
-
-def conversation_view(document: dict, with_messages: bool = True, link=None) -> dict:
-    view = summary_view(document["conversation"])
-    if with_messages:
-        tree = MessageTree.of(document)
-        view["messages"] = [message_view(m, tree, link) for m in tree.active_path()]
-    return view
-
-
-# A reply's writer on another machine is presumed dead after this long without a
-# checkpoint; writers checkpoint at least every HEARTBEAT_S while they live.
-WRITER_SILENCE_S = 15.0
-HEARTBEAT_S = 5.0
 # How long after its end a reply keeps its own events through a compaction, for clients resuming it.
 RESUME_WINDOW_S = 600.0
 
 
-def _age_s(stamp: str | None) -> float:
-    if not stamp:
-        return float("inf")
-    try:
-        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return float("inf")
-    return (datetime.now(timezone.utc) - then).total_seconds()
-
-
-def writer_alive(message: dict) -> bool:
-    writer = message.get("_writer") or {}
-    if writer.get("host") != HOST:
-        return _age_s(writer.get("seen")) < WRITER_SILENCE_S  # another machine's process
-    pid = writer.get("pid")
-    return not isinstance(pid, int) or holder_alive(pid, HOST)  # no pid recorded: presumed alive
-
-
-def new_writer() -> dict:
-    return {"pid": os.getpid(), "host": HOST, "started": time.time(), "seen": now_iso()}
-
-
-def streaming(tree: MessageTree) -> tuple[list[dict], list[dict]]:
-    """(replies being written, replies whose writer died)."""
-    alive, dead = [], []
-    for message in tree.streaming():
-        (alive if writer_alive(message) else dead).append(message)
-    return alive, dead
-
-
-def is_context(message: dict) -> bool:
-    if message["role"] == "user":
-        return True
-    status = message.get("status")
-    if status == "stopped":  # what the user read of it, if anything
-        return any(p["type"] != "thought" and (p["type"] != "text" or p.get("text")) for p in message.get("parts", ()))
-    return status == "complete"
-
-
-def context_path(tree: MessageTree, upto: str | None) -> list[dict]:
-    """What the model is sent: the path from the root to `upto`, user messages and
-    replies the user read (failed, blocked, interrupted replies never go back)."""
-    path = walk_context(tree, upto)[0]
-    path.reverse()
-    return path
-
-
-def walk_context(tree: MessageTree, upto: str | None, stop: dict | None = None) -> tuple[list[dict], bool, bool]:
-    """The context messages from `upto` up to the root, newest first, or up to the message
-    dict `stop` (that very dict, left out); whether `stop` was met; and whether no reply
-    still being written was passed (one may yet end as context)."""
-    path, get, settled = [], tree.get, True
-    node = get(upto) if upto else None
-    while node is not None:  # the common cases first, without a call: a read afresh walks every message
-        if node is stop:
-            return path, True, settled
-        if node["role"] == "user" or node.get("status") == "complete" or is_context(node):
-            path.append(node)
-        elif node.get("status") == "streaming":
-            settled = False
-        parent_id = node["parent_id"]
-        node = get(parent_id) if parent_id else None
-    return path, False, settled
+def _not_found(conversation_id) -> ApiError:
+    return ApiError(404, f"conversation '{conversation_id}' not found")
 
 
 @dataclass
@@ -284,7 +142,7 @@ class ConversationManager:
         ago leave their events behind (they replay as one event per part)."""
         def pruned(message: dict) -> dict:
             if "_events" in message and message.get("status") != "streaming" \
-                    and _age_s(message.get("_ended_at")) > RESUME_WINDOW_S:
+                    and age_s(message.get("_ended_at")) > RESUME_WINDOW_S:
                 return {k: v for k, v in message.items() if k != "_events"}
             return message
         snapshot = {**document, "messages": [pruned(m) for m in document["messages"]]}

@@ -16,7 +16,8 @@ import re
 from marshmallow import ValidationError
 
 from ..clock import new_id, now_iso
-from ..conversations.manager import ConversationManager, conversation_view, summary_view
+from ..conversations.manager import ConversationManager
+from ..conversations.views import conversation_view, summary_view
 from ..conversations.tree import ROOT, MessageTree
 from ..errors import ApiError, _flatten
 from ..files import FileStore

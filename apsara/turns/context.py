@@ -1,5 +1,5 @@
-"""A conversation's context as its last turn found it, so that a turn walks only what
-was added since.
+"""A conversation's context: what the model is sent of it, and the context as its last
+turn found it, so that a turn walks only what was added since.
 
 A turn's context is the path from the root to the message it answers, less the
 replies the user never read (`context_path`). The next turn's path is the same one
@@ -17,9 +17,43 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..conversations.manager import walk_context
 from ..conversations.tree import MessageTree
 from ..recent import Recent
+
+
+def is_context(message: dict) -> bool:
+    if message["role"] == "user":
+        return True
+    status = message.get("status")
+    if status == "stopped":  # what the user read of it, if anything
+        return any(p["type"] != "thought" and (p["type"] != "text" or p.get("text")) for p in message.get("parts", ()))
+    return status == "complete"
+
+
+def context_path(tree: MessageTree, upto: str | None) -> list[dict]:
+    """What the model is sent: the path from the root to `upto`, user messages and
+    replies the user read (failed, blocked, interrupted replies never go back)."""
+    path = walk_context(tree, upto)[0]
+    path.reverse()
+    return path
+
+
+def walk_context(tree: MessageTree, upto: str | None, stop: dict | None = None) -> tuple[list[dict], bool, bool]:
+    """The context messages from `upto` up to the root, newest first, or up to the message
+    dict `stop` (that very dict, left out); whether `stop` was met; and whether no reply
+    still being written was passed (one may yet end as context)."""
+    path, get, settled = [], tree.get, True
+    node = get(upto) if upto else None
+    while node is not None:  # the common cases first, without a call: a read afresh walks every message
+        if node is stop:
+            return path, True, settled
+        if node["role"] == "user" or node.get("status") == "complete" or is_context(node):
+            path.append(node)
+        elif node.get("status") == "streaming":
+            settled = False
+        parent_id = node["parent_id"]
+        node = get(parent_id) if parent_id else None
+    return path, False, settled
 
 
 class Sums(NamedTuple):

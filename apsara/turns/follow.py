@@ -13,7 +13,9 @@ import time
 from typing import Iterator
 
 from ..conversations.journal import Replay
-from ..conversations.manager import ConversationManager, message_view, writer_alive
+from ..conversations.manager import ConversationManager
+from ..conversations.views import message_view
+from ..conversations.writers import writer_alive
 from ..conversations.parts import public_event_data
 from .jobs import Job
 

@@ -20,7 +20,8 @@ import os
 import threading
 import time
 
-from ..conversations.manager import HEARTBEAT_S, ConversationManager
+from ..conversations.manager import ConversationManager
+from ..conversations.writers import HEARTBEAT_S
 from ..gemini.upstream import Upstream
 
 log = logging.getLogger("apsara.jobs")

@@ -15,7 +15,7 @@ from typing import NamedTuple
 from ..attachments import Attachments
 from ..clock import new_id, now_iso
 from ..config import Settings
-from ..conversations.manager import ConversationManager, Turn, context_path
+from ..conversations.manager import ConversationManager, Turn
 from ..conversations.options import AUTO, check_thinking, check_tools, resolve_model
 from ..conversations.output import check_output
 from ..conversations.tree import MessageTree
@@ -26,7 +26,7 @@ from ..gemini.caching import ContextCache
 from ..gemini.catalog import ModelCatalog, ModelInfo
 from ..gemini.client import GeminiClient
 from ..gemini.convert import ContentsMemo, to_contents
-from .context import ContextMemo, KnownContext, sums_of
+from .context import ContextMemo, KnownContext, context_path, sums_of
 from ..gemini.errors import to_api_error
 from ..gemini.requests import count_tokens, request_config
 from .. import metrics

@@ -18,7 +18,8 @@ from typing import Iterator
 
 from ..attachments import Attachments
 from ..config import Settings
-from ..conversations.manager import ConversationManager, Turn, message_view
+from ..conversations.manager import ConversationManager, Turn
+from ..conversations.views import message_view
 from ..errors import ApiError
 from ..function_calls import FunctionCalls
 from ..gemini.client import GeminiClient

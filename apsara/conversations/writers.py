@@ -1,0 +1,51 @@
+"""Who is writing a reply, and whether they still live.
+
+A reply being written carries its writer (`_writer`: host, pid, when it last
+checkpointed). On this host a writer lives while its process does; on another
+machine it is presumed dead after WRITER_SILENCE_S without a checkpoint. A reply
+whose writer died reads as `interrupted` and no longer holds the conversation.
+"""
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+
+from ..clock import now_iso
+from ..holders import HOST, holder_alive
+from .tree import MessageTree
+
+# A reply's writer on another machine is presumed dead after this long without a
+# checkpoint; writers checkpoint at least every HEARTBEAT_S while they live.
+WRITER_SILENCE_S = 15.0
+HEARTBEAT_S = 5.0
+
+
+def age_s(stamp: str | None) -> float:
+    if not stamp:
+        return float("inf")
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return float("inf")
+    return (datetime.now(timezone.utc) - then).total_seconds()
+
+
+def writer_alive(message: dict) -> bool:
+    writer = message.get("_writer") or {}
+    if writer.get("host") != HOST:
+        return age_s(writer.get("seen")) < WRITER_SILENCE_S  # another machine's process
+    pid = writer.get("pid")
+    return not isinstance(pid, int) or holder_alive(pid, HOST)  # no pid recorded: presumed alive
+
+
+def new_writer() -> dict:
+    return {"pid": os.getpid(), "host": HOST, "started": time.time(), "seen": now_iso()}
+
+
+def streaming(tree: MessageTree) -> tuple[list[dict], list[dict]]:
+    """(replies being written, replies whose writer died)."""
+    alive, dead = [], []
+    for message in tree.streaming():
+        (alive if writer_alive(message) else dead).append(message)
+    return alive, dead
