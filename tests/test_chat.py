@@ -267,6 +267,24 @@ def test_a_dead_writers_streaming_reply_becomes_interrupted(chat, settings, fake
     assert statuses == [None, "interrupted", None, "complete"]
 
 
+def test_a_reply_recorded_interrupted_by_the_next_message_still_replays_to_its_end(chat, fake):
+    # Its checkpointed events hold no final one: the next message ended it, not its writer.
+    new_conversation(chat)
+    send(chat, "hello")
+    store = chat.application.extensions["apsara"].store
+    document = store.read("local", "c1")
+    reply = document["messages"][1]
+    reply.update(status="streaming", _events=[e for e in reply["_events"] if e[1] not in ("done", "error")],
+                 _writer={"pid": 2**22 + 7, "host": __import__("socket").gethostname(), "started": time.time()})
+    with store.locked("local", "c1"):
+        store.write("local", "c1", document)
+    assert send(chat, "next").status_code == 201
+    response = chat.get(f"{API}/c1/messages/{reply['id']}/events")
+    events, _ = parse_sse(response.get_data(as_text=True))
+    assert [name for name, _, _ in events][0] == "reply_start" and events[-1][0] == "error"
+    assert events[-1][2]["reply"]["status"] == "interrupted"
+    assert events[-1][1] > events[-2][1]  # a new id, after the last one kept
+
 def test_second_send_while_a_reply_streams_is_409(chat, fake):
     new_conversation(chat)
     gate = threading.Event()

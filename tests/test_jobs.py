@@ -263,3 +263,59 @@ def test_a_reply_whose_thread_cannot_start_ends_as_an_error_and_the_next_message
     response = chat.post(f"{API}/c1/messages", json={"text": "again"})
     assert response.status_code == 201 and response.json["reply"]["status"] == "complete"
     assert len(fake.generate_requests()) == 1
+
+
+def failing_appends(monkeypatch, store, kind: str, times: int | None):
+    """Make the store's appends of `kind` records fail as a full disk does, `times` times
+    (None: until the returned switch is turned off)."""
+    original, failed, on = store.append, [], [True]
+
+    def append(owner, conversation_id, records, **kwargs):
+        if on[0] and any(r["type"] == kind for r in records) and (times is None or len(failed) < times):
+            failed.append(kind)
+            raise OSError(28, "No space left on device")
+        return original(owner, conversation_id, records, **kwargs)
+
+    monkeypatch.setattr(store, "append", append)
+    return failed, on
+
+
+def test_a_checkpoint_that_could_not_be_written_goes_with_the_next(chat, chat_app, fake, monkeypatch):
+    new_conversation(chat)
+    failed, _ = failing_appends(monkeypatch, chat_app.extensions["apsara"].manager.store, "progress", 1)
+    fake.push(Reply(parts=["one ", "two ", "three ", "four ", "five"], chunk_delay_s=0.35))
+    events = Streaming(chat, "c1", "count").finish()
+    assert failed and events[-1][0] == "done"
+    stored = chat.get(f"{API}/c1").json["messages"][1]
+    assert (stored["status"], stored["text"]) == ("complete", "one two three four five")
+
+
+def test_a_reply_end_that_fails_once_is_stored_on_the_next_try(chat, chat_app, fake, monkeypatch):
+    new_conversation(chat)
+    failed, _ = failing_appends(monkeypatch, chat_app.extensions["apsara"].manager.store, "reply", 1)
+    response = chat.post(f"{API}/c1/messages", json={"text": "hi"})
+    assert failed and response.status_code == 201
+    stored = chat.get(f"{API}/c1").json["messages"][1]
+    assert stored["status"] == "complete" and stored["text"] == response.json["reply"]["text"]
+
+
+def test_a_reply_whose_end_cannot_be_stored_is_given_up_and_the_next_message_is_taken(chat, chat_app, fake,
+                                                                                    monkeypatch):
+    # Left "streaming" with this live process as its writer, the reply would make the
+    # conversation refuse every next message until a restart.
+    from apsara.turns import runner
+
+    monkeypatch.setattr(runner, "END_RETRY_DELAYS_S", (0.01, 0.01))
+    new_conversation(chat)
+    failed, disk_full = failing_appends(monkeypatch, chat_app.extensions["apsara"].manager.store, "reply", None)
+    fake.push(Reply(parts=["what ", "was ", "read"], chunk_delay_s=0.35))
+    events = Streaming(chat, "c1", "hi").finish()
+    assert len(failed) == 3 and events[-1][0] == "error"
+    disk_full[0] = False
+    # What was checkpointed is kept, as for a writer that died.
+    reply = chat.get(f"{API}/c1").json["messages"][1]
+    assert reply["status"] == "interrupted" and reply["text"].startswith("what ")
+    response = chat.post(f"{API}/c1/messages", json={"text": "again"})
+    assert response.status_code == 201, response.json
+    messages = chat.get(f"{API}/c1").json["messages"]
+    assert [m.get("status") for m in messages] == [None, "interrupted", None, "complete"]

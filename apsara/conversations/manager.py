@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -25,6 +26,8 @@ from .store import ConversationStore, InvalidId
 from .tree import DERIVED, MessageTree
 from .views import conversation_view, decode_cursor, encode_cursor, message_view, summary_view
 from .writers import age_s, new_writer, streaming, writer_alive
+
+log = logging.getLogger("apsara.conversations")
 
 # How long after its end a reply keeps its own events through a compaction, for clients resuming it.
 RESUME_WINDOW_S = 600.0
@@ -146,7 +149,12 @@ class ConversationManager:
                 return {k: v for k, v in message.items() if k != "_events"}
             return message
         snapshot = {**document, "messages": [pruned(m) for m in document["messages"]]}
-        self.store.write(owner, conversation_id, snapshot)
+        try:
+            self.store.write(owner, conversation_id, snapshot)
+        except OSError:
+            # The change is on disk already, as records; a new snapshot only saves reading them.
+            # Failing the change for it would have its caller try again, and store it twice.
+            log.exception("conversation %s: could not fold its records into a new snapshot", conversation_id)
 
     @contextlib.contextmanager
     def editing(self, owner: str, conversation_id: str):
@@ -394,9 +402,9 @@ class ConversationManager:
 
     def finish_reply(self, owner: str, conversation_id: str, reply_id: str, events: list, fields: dict,
                      text: str | None = None) -> bool:
-        """Store how a reply ended (with its last events); False when the conversation is gone.
-        `text`: the reply's text, for the search index (else read back). When the records have
-        outgrown the snapshot, fold them into a new one."""
+        """Store how a reply ended (with its last events); False when the conversation is gone,
+        LockTimeout when it stayed locked. `text`: the reply's text, for the search index (else
+        read back). When the records have outgrown the snapshot, fold them into a new one."""
         try:
             with self.store.locked(owner, conversation_id, existing=True):
                 mark = self.store.append(owner, conversation_id, [record(0, "reply", now_iso(), id=reply_id,
@@ -405,7 +413,7 @@ class ConversationManager:
                 if self.store.needs_compaction(mark):
                     self._compact(owner, conversation_id, self.store.read(owner, conversation_id))
             return True
-        except (Missing, LockTimeout):
+        except Missing:
             return False
 
     def request_stop(self, owner: str, conversation_id: str, reply_id: str) -> tuple[dict, bool]:

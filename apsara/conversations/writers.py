@@ -31,11 +31,21 @@ def age_s(stamp: str | None) -> float:
     return (datetime.now(timezone.utc) - then).total_seconds()
 
 
+# Replies this process gave up writing: their end could not be stored.
+_abandoned: set[str] = set()
+
+
+def abandon(reply_id: str) -> None:
+    _abandoned.add(reply_id)
+
+
 def writer_alive(message: dict) -> bool:
     writer = message.get("_writer") or {}
     if writer.get("host") != HOST:
         return age_s(writer.get("seen")) < WRITER_SILENCE_S  # another machine's process
     pid = writer.get("pid")
+    if pid == os.getpid() and message.get("id") in _abandoned:
+        return False
     return not isinstance(pid, int) or holder_alive(pid, HOST)  # no pid recorded: presumed alive
 
 

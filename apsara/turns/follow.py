@@ -21,6 +21,8 @@ from .jobs import Job
 
 IDLE = None
 POLL_S = (0.02, 0.25)  # from fast right after a change to slow in silence
+# The statuses a stream ends with `done`; the others end it with `error`.
+DONE_STATUSES = ("complete", "stopped", "blocked")
 INTERRUPTED = {"code": 500, "status": "INTERNAL",
                "message": "the server writing this reply stopped; what had arrived is kept"}
 
@@ -73,7 +75,7 @@ def synthesized(reply: dict) -> list[list]:
         events.append([next_id, "grounding", reply["grounding"]])
         next_id += 1
     status = reply.get("status")
-    if status in ("complete", "stopped", "blocked"):
+    if status in DONE_STATUSES:
         events.append([max(next_id, reply.get("last_event_id") or 0), "done"])
     elif status in ("error", "interrupted"):
         events.append([max(next_id, reply.get("last_event_id") or 0), "error", {"error": reply.get("error") or INTERRUPTED}])
@@ -111,7 +113,11 @@ def from_file(manager: ConversationManager, owner: str, conversation_id: str, re
                     return
             quiet_since, poll = time.monotonic(), POLL_S[0]
         if reply.get("status") != "streaming":
-            return  # ended without a final event of its own (should not happen): nothing more
+            # Ended by another than its writer (the next message found the writer dead, or a stop
+            # it did not answer was stored for it): no final event was stored; the reply tells it.
+            name = "done" if reply.get("status") in DONE_STATUSES else "error"
+            yield sent + 1, name, final(name, {"error": reply.get("error")} if name == "error" else None)
+            return
         if not writer_alive(reply):
             view = message_view(reply, tree, link)
             yield sent + 1, "error", {"error": INTERRUPTED, "reply": view}

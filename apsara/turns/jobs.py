@@ -98,12 +98,12 @@ class Job:
                 self.cond.wait(left)
             return self.result
 
-    def unflushed(self) -> list[list]:
-        """Events not yet on disk (marks them flushed). Call holding flush_lock."""
+    def unflushed(self) -> tuple[list[list], int]:
+        """Events not yet on disk, and how many events there are with them. Call holding
+        flush_lock; once they are written, `self.flushed` takes that count (a write that
+        failed leaves them for the next)."""
         with self.cond:
-            batch = self.events[self.flushed:]
-            self.flushed = len(self.events)
-        return batch
+            return self.events[self.flushed:], len(self.events)
 
 
 class JobRegistry:
@@ -185,9 +185,12 @@ class JobRegistry:
         with job.flush_lock:
             if job.ended:
                 return
-            batch = job.unflushed()
+            batch, upto = job.unflushed()
             job.last_flush = time.monotonic()
             mark = self.manager.checkpoint(job.owner, job.conversation_id, job.reply_id, batch)
+            if mark is None:
+                return  # not written (the lock stayed taken, or the conversation is gone)
+            job.flushed = upto
             # The job's own progress holds no stop: when nothing else was appended since the
             # last look, the next looks on from after it instead of reading it back (200
             # streams checkpointing 4 times a second would otherwise read all that back too).

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Iterator
 
 from ..attachments import Attachments
 from ..config import Settings
 from ..conversations.manager import ConversationManager, Turn
 from ..conversations.views import message_view
+from ..conversations.writers import abandon
 from ..errors import ApiError
 from ..function_calls import FunctionCalls
 from ..gemini.client import GeminiClient
@@ -33,6 +35,8 @@ from .planner import TurnPlanner
 from .titles import TitleWriter
 
 log = logging.getLogger("apsara.replies")
+# Pauses between tries at storing a reply's end: about 8 s in all.
+END_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0)
 _UNPARSED = object()
 
 
@@ -92,10 +96,7 @@ class ReplyRunner:
     def _end_unstarted(self, owner: str, turn: Turn, job: Job) -> None:
         """A reply stored as streaming whose thread could not start: while its process lives, the
         conversation would refuse every next message."""
-        try:
-            self._finish(owner, turn, job, ReplyBuilder(), {"status": "error"}, ApiError(500, "internal error"))
-        except Exception:
-            log.exception("ending reply %s, whose thread did not start", job.reply_id)
+        self._end(owner, turn, job, ReplyBuilder(), {"status": "error"}, ApiError(500, "internal error"))
 
     # -- running ------------------------------------------------------------------------
     def _run(self, owner: str, turn: Turn, job: Job, stream: bool) -> None:
@@ -129,14 +130,7 @@ class ReplyRunner:
         if turn.bill is not None:
             turn.bill.settle()  # budget hook: the calls are in the ledger; free the rest before the end is told
         try:
-            self._finish(owner, turn, job, builder, fields, error)
-        except Exception:  # a job must end whatever happens, or its followers wait forever
-            log.exception("storing reply %s failed", job.reply_id)
-            if not job.ended:
-                error = ApiError(500, "internal error")
-                view = message_view({**turn.stored_reply, "parts": builder.parts, "status": "error"},
-                                    link=self.manager.link(owner))
-                job.end("error", {"error": error.to_dict()["error"], "reply": view}, job.next_id())
+            self._end(owner, turn, job, builder, fields, error)
         finally:
             self.jobs.remove(job)
 
@@ -193,6 +187,32 @@ class ReplyRunner:
         return {"finish_reason": builder.finish_reason, "usage": builder.usage, "grounding": builder.grounding}
 
     # -- ending -------------------------------------------------------------------------
+    def _end(self, owner: str, turn: Turn, job: Job, builder: ReplyBuilder, fields: dict,
+             error: ApiError | None) -> None:
+        """Store how the reply ended and tell its followers. A write that fails (a full disk, the
+        lock held too long) is tried again for a while: what the user read is only in memory.
+        If it never lands, this process gives the reply up (writers.abandon): readers see it
+        interrupted with what was checkpointed, and the next message is taken (it records the
+        reply so), where the reply would otherwise stay `streaming` while this process lives."""
+        failure = None
+        for delay in END_RETRY_DELAYS_S + (None,):
+            try:
+                self._finish(owner, turn, job, builder, fields, error)
+                return
+            except Exception as exc:  # noqa: BLE001 - a job must end whatever happens
+                failure = exc
+                if delay is not None:
+                    log.warning("storing reply %s failed (%s); trying again in %.2f s", job.reply_id,
+                                type(exc).__name__, delay)
+                    time.sleep(delay)
+        log.error("storing reply %s failed; given up", job.reply_id, exc_info=failure)
+        abandon(job.reply_id)
+        if not job.ended:  # its followers would wait forever
+            view = message_view({**turn.stored_reply, "parts": builder.parts, "status": "error"},
+                                link=self.manager.link(owner))
+            job.end("error", {"error": ApiError(500, "internal error").to_dict()["error"], "reply": view},
+                    job.next_id())
+
     def _finish(self, owner: str, turn: Turn, job: Job, builder: ReplyBuilder, fields: dict,
                 error: ApiError | None) -> None:
         # Parts are the fold of the events, already stored with them; only a block empties them.
@@ -212,8 +232,10 @@ class ReplyRunner:
             final_id = job.next_id()
             last = [final_id, name] if error is None else [final_id, name, {"error": error.to_dict()["error"]}]
             if turn.persist:
-                self.manager.finish_reply(owner, turn.conversation_id, job.reply_id, job.unflushed() + [last], fields,
+                events, upto = job.unflushed()
+                self.manager.finish_reply(owner, turn.conversation_id, job.reply_id, events + [last], fields,
                                           text=message_text(stored))
+                job.flushed = upto
             view = message_view({**stored, "last_event_id": final_id}, link=self.manager.link(owner))
             if turn.reply is not None:
                 view["siblings"] = turn.reply.get("siblings", view["siblings"])
