@@ -113,10 +113,11 @@ def from_file(manager: ConversationManager, owner: str, conversation_id: str, re
                     return
             quiet_since, poll = time.monotonic(), POLL_S[0]
         if reply.get("status") != "streaming":
-            # Ended by another than its writer (the next message found the writer dead, or a stop
-            # it did not answer was stored for it): no final event was stored; the reply tells it.
-            name = "done" if reply.get("status") in DONE_STATUSES else "error"
-            yield sent + 1, name, final(name, {"error": reply.get("error")} if name == "error" else None)
+            if not any(event[1] in ("done", "error") for event in kept):
+                # Ended by another than its writer (the next message found the writer dead, or a
+                # stop it did not answer was stored for it): the stored reply tells its end.
+                name = "done" if reply.get("status") in DONE_STATUSES else "error"
+                yield sent + 1, name, final(name, {"error": reply.get("error")} if name == "error" else None)
             return
         if not writer_alive(reply):
             view = message_view(reply, tree, link)
