@@ -267,6 +267,30 @@ def test_a_dead_writers_streaming_reply_becomes_interrupted(chat, settings, fake
     assert statuses == [None, "interrupted", None, "complete"]
 
 
+def test_a_writer_whose_pid_now_names_another_process_is_dead(chat, fake):
+    # After a crash the pid is soon another process's (a reboot, a container restarted with
+    # the same hostname): that process started later than the writer did.
+    import os
+
+    from apsara.conversations.writers import new_writer
+
+    new_conversation(chat)
+    send(chat, "hello")
+    store = chat.application.extensions["apsara"].store
+    document = store.read("local", "c1")
+    writer = new_writer()
+    assert writer["pid"] == os.getpid() and writer["pid_start"]
+    document["messages"][1].update(status="streaming", _writer=writer)
+    with store.locked("local", "c1"):
+        store.write("local", "c1", document)
+    assert chat.get(f"{API}/c1").json["messages"][1]["status"] == "streaming"  # its writer lives
+    boot, ticks = writer["pid_start"].rsplit(":", 1)
+    document["messages"][1]["_writer"] = {**writer, "pid_start": f"{boot}:{int(ticks) - 1}"}  # the pid's earlier holder
+    with store.locked("local", "c1"):
+        store.write("local", "c1", document)
+    assert chat.get(f"{API}/c1").json["messages"][1]["status"] == "interrupted"
+    assert send(chat, "next").status_code == 201
+
 def test_a_reply_recorded_interrupted_by_the_next_message_still_replays_to_its_end(chat, fake):
     # Its checkpointed events hold no final one: the next message ended it, not its writer.
     new_conversation(chat)

@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 
 from ..clock import now_iso
-from ..holders import HOST, holder_alive
+from ..holders import HOST, holder_alive, process_start
 from .tree import MessageTree
 
 # A reply's writer on another machine is presumed dead after this long without a
@@ -46,11 +46,23 @@ def writer_alive(message: dict) -> bool:
     pid = writer.get("pid")
     if pid == os.getpid() and message.get("id") in _abandoned:
         return False
-    return not isinstance(pid, int) or holder_alive(pid, HOST)  # no pid recorded: presumed alive
+    if not isinstance(pid, int):
+        return True  # no pid recorded: presumed alive
+    return holder_alive(pid, HOST, writer.get("pid_start"))
 
 
 def new_writer() -> dict:
-    return {"pid": os.getpid(), "host": HOST, "started": time.time(), "seen": now_iso()}
+    pid = os.getpid()
+    return {"pid": pid, "host": HOST, "pid_start": _own_start(pid), "started": time.time(), "seen": now_iso()}
+
+
+_own: dict[int, str | None] = {}  # this process's process_start(), by pid (a fork is another process)
+
+
+def _own_start(pid: int) -> str | None:
+    if pid not in _own:
+        _own[pid] = process_start(pid)
+    return _own[pid]
 
 
 def streaming(tree: MessageTree) -> tuple[list[dict], list[dict]]:
