@@ -319,3 +319,26 @@ def test_a_reply_whose_end_cannot_be_stored_is_given_up_and_the_next_message_is_
     assert response.status_code == 201, response.json
     messages = chat.get(f"{API}/c1").json["messages"]
     assert [m.get("status") for m in messages] == [None, "interrupted", None, "complete"]
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_stop_while_gemini_thinks_closes_the_request_at_once(chat, chat_app, fake, streamed):
+    # No response yet (a thinking model, or any reply asked for whole): the request itself is closed.
+    new_conversation(chat)
+    fake.push(Reply(parts=["late ", "answer"], delay_s=8.0))
+    answer = {}
+    sender = threading.Thread(target=lambda: answer.update(
+        response=chat.post(f"{API}/c1/messages", json={"text": "think hard", "stream": streamed})), daemon=True)
+    sender.start()
+    jobs = chat_app.extensions["apsara"].chat.jobs
+    job = wait_until(lambda: next(iter(jobs._jobs.values()), None))
+    wait_until(lambda: fake.generate_requests())  # on the wire; Gemini is thinking
+    started = time.monotonic()
+    stopped = chat.post(f"{API}/c1/messages/{job.reply_id}/stop")
+    assert stopped.status_code == 200 and stopped.json["reply"]["status"] == "stopped"
+    assert time.monotonic() - started < 1.0
+    wait_until(lambda: fake.closed_streams)  # Gemini saw the connection go: it stops thinking
+    assert fake.closed_streams[0] - started < 1.0
+    sender.join(5)
+    assert answer["response"].status_code in (200, 201)
+    assert chat.post(f"{API}/c1/messages", json={"text": "next"}).status_code == 201

@@ -17,7 +17,7 @@ from google.genai import types
 
 from ..config import Settings
 from . import extra_fields, field_lookup, metering, type_check
-from .upstream import StoppableTransport
+from .upstream import stoppable_transport
 
 log = logging.getLogger("apsara.gemini")
 
@@ -80,7 +80,7 @@ class GeminiClient:
             # The default pool holds 100 connections: one worker streaming more
             # replies than that would queue the rest behind them.
             # A transport that lets a stopped reply close its request (upstream.py).
-            client_args={"transport": StoppableTransport(limits=httpx2.Limits(
+            client_args={"transport": stoppable_transport(limits=httpx2.Limits(
                 max_connections=s.gemini_max_connections, max_keepalive_connections=100))},
         )
 

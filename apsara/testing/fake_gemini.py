@@ -460,8 +460,9 @@ class FakeGemini:
                 if match["method"] not in ("generateContent", "streamGenerateContent"):
                     return self._error(404, f"unknown method {match['method']}")
                 reply = fake._next_reply(body)
-                if reply.delay_s:
-                    time.sleep(reply.delay_s)
+                if reply.delay_s and not self._open_after(reply.delay_s):
+                    self.close_connection = True
+                    return  # the client left while the model thought: nothing is sent
                 if reply.error:
                     headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
                     return self._error(reply.error[0], reply.error[1], reply.error_status, headers)
