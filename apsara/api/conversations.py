@@ -82,6 +82,8 @@ def _export_document():
     unexpected = sorted(set(request.form) | (set(request.files) - {"file"}))
     if unexpected:
         raise ApiError(422, f"unknown field '{unexpected[0]}'", {name: ["Unknown field."] for name in unexpected})
+    if len(request.files.getlist("file")) > 1:  # one would be read and the others thrown away
+        raise ApiError(422, "send one export per import", {"file": ["Send one file per import."]})
     upload = request.files.get("file")
     if upload is None:
         raise ApiError(422, "send the export in the multipart field 'file'", {"file": ["Missing data for "

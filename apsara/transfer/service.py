@@ -21,10 +21,11 @@ from ..conversations.views import conversation_view, summary_view
 from ..conversations.tree import ROOT, MessageTree
 from ..errors import ApiError, _flatten
 from ..files import FileStore
+from ..schemas import ID_REGEX
 from . import Imported, UnknownFormat, apsara_format, markdown
 from .importing import InvalidExport, read_export
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(ID_REGEX)  # used with fullmatch: `$` alone would let "x\n" through
 _FILE_FIELDS = ("id", "filename", "mime_type", "size_bytes", "sha256", "created_at")
 
 
@@ -90,7 +91,7 @@ class Transfers:
             for n, imported in enumerate(batch.conversations):
                 renamed = self._restore_files(owner, imported, n, restored_files)
                 stored = self.manager.store_new(owner, self._document(imported, renamed),
-                                                imported.id if imported.id and _ID.match(imported.id) else None)
+                                                imported.id if imported.id and _ID.fullmatch(imported.id) else None)
                 stored_ids.append(stored["conversation"]["id"])
                 summaries.append(summary_view(stored["conversation"]))
         except BaseException:
