@@ -99,6 +99,14 @@ def openwebui(**message_changes) -> list[dict]:
              "chat": {"history": {"messages": messages, "currentId": "y"}}}]
 
 
+def openwebui_flat(**message_changes) -> list[dict]:
+    """An older Open WebUI export: the messages as a plain list, one branch."""
+    entry = openwebui(**message_changes)[0]
+    history = entry["chat"].pop("history")
+    entry["chat"]["messages"] = [history["messages"]["x"], history["messages"]["y"]]
+    return [entry]
+
+
 # -- times ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("document, path", [
     (chatgpt(update_time=10_000_000_000), "0.update_time"),  # the year 2286
@@ -108,8 +116,9 @@ def openwebui(**message_changes) -> list[dict]:
     (chatgpt(update_time=LATEST.timestamp()), "0.update_time"),
     (openwebui(timestamp=10 ** 400), "0.chat.history.messages.x.timestamp"),
     (openwebui(timestamp=LATEST.timestamp()), "0.chat.history.messages.x.timestamp"),
+    (openwebui_flat(timestamp=NS_END.timestamp()), "0.chat.messages.0.timestamp"),
 ], ids=["chatgpt-2286", "chatgpt-past-int64-ns", "chatgpt-huge-int", "chatgpt-before-1970", "chatgpt-at-bound",
-        "openwebui-huge-int", "openwebui-at-bound"])
+        "openwebui-huge-int", "openwebui-at-bound", "openwebui-flat-list"])
 def test_other_apps_times_out_of_range_are_refused_and_store_nothing(client, settings, document, path):
     client.post(API, json={"id": "source", "title": "zebra notes"})  # so the recency log has a line to keep
     error = refused(client, settings, document, path=path)
