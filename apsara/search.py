@@ -17,6 +17,7 @@ first match.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sqlite3
@@ -50,11 +51,26 @@ _TABLES = ("terms", "texts", "text_owners", "conversations")
 # A word in more texts than this is "common": instead of collecting every text that holds it, the
 # newest conversations are checked one by one until the page is full (see `search`).
 COMMON_TEXTS = 5000
+# SQLite's INTEGER is 64 bits: a time in nanoseconds past 2262-04-11 (or before 1677) does not
+# fit, and binding it raises OverflowError, which is no sqlite3.Error. Imports refuse such times,
+# but a file written before they did (or copied in by hand) must not stop every start-up check.
+_NS_MIN, _NS_MAX = -(2 ** 63), 2 ** 63 - 1
+log = logging.getLogger("apsara")
 
 
 def message_text(message: dict) -> str:
     """What a message offers to search: its text parts."""
     return "\n".join(p.get("text", "") for p in message.get("parts", ()) if p.get("type") == "text")
+
+
+def _fitting(ns: int | None, owner: str, conversation_id: str) -> int | None:
+    """A time the index can hold: one out of range is clamped, so the conversation stays listed
+    (first or last) and searchable, and the start-up check finds it in step, not failing."""
+    if ns is None or _NS_MIN <= ns <= _NS_MAX:
+        return ns
+    log.warning("search index: conversation %s of %s has a time out of range; indexed at the nearest end",
+                conversation_id, owner)
+    return min(max(ns, _NS_MIN), _NS_MAX)
 
 
 def words_of(query: str) -> list[str]:
@@ -184,6 +200,7 @@ class SearchIndex:
         transaction: a rebuild of thousands takes seconds instead of minutes."""
         with self._writing() as db:
             for owner, header, updated_ns, texts, last_message_ns in rows:
+                last_message_ns = _fitting(last_message_ns, owner, header["id"])
                 self._delete_texts(db, owner, header["id"])
                 self._insert(db, owner, header["id"], "title", [header.get("title") or ""])
                 self._insert(db, owner, header["id"], "message", texts)
@@ -195,6 +212,8 @@ class SearchIndex:
                header: dict | None = None, last_message_ns: int | None = None) -> bool:
         """A conversation changed: new message texts, its new time, and its header when that changed
         (title, flags). False when the conversation is not indexed: the caller indexes it whole."""
+        updated_ns = _fitting(updated_ns, owner, conversation_id)
+        last_message_ns = _fitting(last_message_ns, owner, conversation_id)
         with self._writing() as db:
             if header is not None:
                 self._delete_texts(db, owner, conversation_id, kind="title")
@@ -231,6 +250,7 @@ class SearchIndex:
 
     @staticmethod
     def _put_header(db, owner: str, header: dict, updated_ns: int) -> None:
+        updated_ns = _fitting(updated_ns, owner, header["id"])
         db.execute("INSERT INTO conversations (owner, id, updated_ns, updated_at, archived, pinned, temporary) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, id) DO UPDATE SET "
                    "updated_ns = excluded.updated_ns, updated_at = excluded.updated_at, "

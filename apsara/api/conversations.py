@@ -67,7 +67,9 @@ def transfers():
 @blp.response(201, ImportResultSchema)
 @blp.alt_response(413, schema=ErrorSchema, description="Larger than APSARA_MAX_IMPORT_MB.")
 @blp.alt_response(415, schema=ErrorSchema, description="Neither JSON nor a multipart upload.")
-@blp.alt_response(422, schema=ErrorSchema, description="Not JSON, or not an export this server can read; "
+@blp.alt_response(422, schema=ErrorSchema, description="Not JSON, not an export this server can read, a value "
+                                                       "it cannot keep (a time before 1970 or from 2200 on, a "
+                                                       "part without its fields) or more than one file; "
                                                        "nothing is stored.")
 def import_(*_args):
     """Import an Apsara export, a ChatGPT `conversations.json` or an Open WebUI export: all or nothing."""
@@ -82,6 +84,8 @@ def _export_document():
     unexpected = sorted(set(request.form) | (set(request.files) - {"file"}))
     if unexpected:
         raise ApiError(422, f"unknown field '{unexpected[0]}'", {name: ["Unknown field."] for name in unexpected})
+    if len(request.files.getlist("file")) > 1:  # one would be read and the others thrown away
+        raise ApiError(422, "send one export per import", {"file": ["Send one file per import."]})
     upload = request.files.get("file")
     if upload is None:
         raise ApiError(422, "send the export in the multipart field 'file'", {"file": ["Missing data for "

@@ -15,7 +15,7 @@ from ..clock import new_id
 from ..conversations.tree import ROOT
 from ..schemas import ID_REGEX
 
-_ID = re.compile(ID_REGEX)
+_ID = re.compile(ID_REGEX)  # used with fullmatch: `$` alone would let "m1\n" through
 
 
 class UnknownFormat(ValueError):
@@ -80,7 +80,7 @@ def build_tree(nodes: dict[str, Node], current: str | None) -> tuple[list[dict],
             # Times only grow down a path: a node without one takes its parent's.
             above = when[parent] if parent is not None else 0.0
             when[node_id] = max(nodes[node_id].time or 0.0, above)
-    ids = {node_id: (node_id if _ID.match(node_id) else new_id("m")) for node_id in parent_of}
+    ids = {node_id: (node_id if _ID.fullmatch(node_id) else new_id("m")) for node_id in parent_of}
     order = {node_id: n for n, node_id in enumerate(nodes)}
     messages, active = [], {}
     for node_id in sorted(parent_of, key=lambda n: (when[n], depth[n], order[n])):

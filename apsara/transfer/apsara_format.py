@@ -16,6 +16,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from ..conversations.tree import MessageTree, ROOT
 from ..schemas import ID_REGEX
 from . import Imported
+from .common import iso_from_text, safe_filename
 
 FORMAT = "apsara.conversation"
 VERSION = 1
@@ -25,8 +26,27 @@ _DROPPED_PART_FIELDS = ("gemini_file",)
 _HEADER_FIELDS = ("id", "title", "title_source", "created_at", "updated_at", "model", "system_instruction",
                   "tools", "settings", "archived", "pinned")
 _PART_TYPES = ("text", "thought", "file", "code", "code_result", "function_call", "function_response")
+# What each part type must hold: what sending, planning and showing a turn read of it
+# without a default. The rest are optional; a thought signature may ride on any part.
+_REQUIRED_BY_TYPE = {"text": ("text",), "thought": ("text",), "file": ("file_id", "mime_type"),
+                     "code": ("code",), "code_result": ("output",), "function_call": ("name",),
+                     "function_response": ("name",)}
 _STATUSES = ("complete", "stopped", "interrupted", "error", "blocked", "streaming")
-_Id = lambda **kw: fields.String(validate=validate.Regexp(ID_REGEX), **kw)  # noqa: E731
+# `\Z`, not `$`: marshmallow's Regexp uses re.match, where `$` also matches before a final newline.
+_ID_ONLY = ID_REGEX.removesuffix("$") + r"\Z"
+_Id = lambda **kw: fields.String(validate=validate.Regexp(_ID_ONLY), **kw)  # noqa: E731
+
+
+class _Time(fields.String):
+    """An ISO 8601 time with its offset, kept as the API writes times (UTC, milliseconds):
+    stored times are compared as text, and each becomes nanoseconds in a 64-bit integer."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return iso_from_text(text)
+        except ValueError as refused:
+            raise ValidationError(str(refused)) from None
 
 
 def detect(document) -> bool:
@@ -60,12 +80,22 @@ class _PartSchema(Schema):
     code = fields.String(validate=validate.Length(max=1_000_000))
     outcome = fields.String(validate=validate.Length(max=100))
     output = fields.String(validate=validate.Length(max=1_000_000))
-    name = fields.String(validate=validate.Length(max=200))
+    name = fields.String(validate=validate.Length(min=1, max=200))
     id = fields.String(validate=validate.Length(max=200))
+    call_id = fields.String(validate=validate.Length(max=200))  # pairs a function's call and response
     args = fields.Dict()
     response = fields.Dict()
     thought_signature = fields.String(validate=validate.Length(max=4_000_000))
     gemini_file = fields.Dict()
+
+    @validates_schema
+    def _fields_of_its_type(self, data, **_kwargs):
+        """A file part without its file, or a call without its function's name, would be stored
+        and then break every later turn of the conversation."""
+        missing = [name for name in _REQUIRED_BY_TYPE[data["type"]] if name not in data]
+        if missing:
+            raise ValidationError({name: [f"Missing data for required field (a {data['type']} part has it)."]
+                                   for name in missing})
 
 
 class _MessageSchema(Schema):
@@ -74,7 +104,7 @@ class _MessageSchema(Schema):
     id = _Id(required=True)
     role = fields.String(required=True, validate=validate.OneOf(("user", "model")))
     parent_id = _Id(required=True, allow_none=True)
-    created_at = fields.String(required=True, validate=validate.Length(max=40))
+    created_at = _Time(required=True)
     parts = fields.List(fields.Nested(_PartSchema), required=True, validate=validate.Length(max=10_000))
     model = fields.String(validate=validate.Length(max=200))
     status = fields.String(validate=validate.OneOf(_STATUSES))
@@ -95,7 +125,7 @@ class _FileSchema(Schema):
     mime_type = fields.String(validate=validate.Length(max=200))
     size_bytes = fields.Integer()
     sha256 = fields.String(validate=validate.Length(max=64))
-    created_at = fields.String(validate=validate.Length(max=40))
+    created_at = _Time()
     url = fields.String()
     data = fields.String()
 
@@ -106,8 +136,8 @@ class _HeaderSchema(Schema):
     id = _Id()
     title = fields.String(validate=validate.Length(max=200))
     title_source = fields.String(allow_none=True, validate=validate.OneOf(("user", "auto")))
-    created_at = fields.String(validate=validate.Length(max=40))
-    updated_at = fields.String(validate=validate.Length(max=40))
+    created_at = _Time()
+    updated_at = _Time()
     model = fields.String(validate=validate.Length(max=200))
     system_instruction = fields.String(validate=validate.Length(max=200_000))
     tools = fields.List(fields.String(validate=validate.Length(max=100)), validate=validate.Length(max=50))
@@ -150,6 +180,10 @@ def convert(entry: dict) -> tuple[Imported | None, dict]:
     except ValidationError as error:
         return None, error.normalized_messages()
     for record in data["files"]:
+        if "filename" in record:
+            record["filename"] = safe_filename(record["filename"])
+            if not record["filename"]:
+                del record["filename"]  # nothing left to show: the file goes by its id
         if "data" in record:
             try:
                 record["data"] = base64.b64decode(record["data"], validate=True)

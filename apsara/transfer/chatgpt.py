@@ -11,7 +11,7 @@ markers (【6†source】) become links to their sources, as ChatGPT showed them
 from __future__ import annotations
 
 from . import Imported, Node, build_tree
-from .common import as_text, iso_from_epoch
+from .common import RefusedValue, as_text, epoch_seconds, iso_from_epoch
 
 _SHOWN_CONTENT = ("text", "multimodal_text")
 
@@ -56,9 +56,8 @@ def _message(raw) -> dict | None:
         text = _with_citations(text, metadata)
     if not text.strip():
         return None
-    created = raw.get("create_time")
     message = {"role": "user" if role == "user" else "model",
-               "created_at": iso_from_epoch(created),
+               "created_at": iso_from_epoch(raw.get("create_time"), "create_time"),
                "parts": [{"type": "text", "text": text}]}
     if role == "assistant":
         finish = metadata.get("finish_details") if isinstance(metadata.get("finish_details"), dict) else {}
@@ -69,12 +68,12 @@ def _message(raw) -> dict | None:
 
 
 def _time(raw) -> float | None:
-    value = raw.get("create_time") if isinstance(raw, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return epoch_seconds(raw.get("create_time"), "create_time") if isinstance(raw, dict) else None
 
 
 def convert(entry) -> Imported | None:
-    """One conversation of the export; None when it has nothing a user saw."""
+    """One conversation of the export; None when it has nothing a user saw. RefusedValue
+    when it holds a time that cannot be stored."""
     mapping = entry.get("mapping") if isinstance(entry, dict) else None
     if not isinstance(mapping, dict):
         return None
@@ -83,17 +82,22 @@ def convert(entry) -> Imported | None:
         if not isinstance(node, dict):
             continue
         raw = node.get("message")
-        message = _message(raw)
+        try:  # a skipped node's time is never used: only a kept one's is checked
+            message = _message(raw)
+            time = _time(raw) if message is not None else None
+        except RefusedValue as refused:
+            raise refused.under(f"mapping.{key}.message") from None
         if raw is not None and message is None:
             skipped += 1  # a message that was there but not shown; the empty root is no message
         parent = node.get("parent")
-        nodes[str(key)] = Node(str(key), parent if isinstance(parent, str) else None, _time(raw), message)
+        nodes[str(key)] = Node(str(key), parent if isinstance(parent, str) else None, time, message)
     current = entry.get("current_node")
     messages, active = build_tree(nodes, current if isinstance(current, str) else None)
     if not messages:
         return None
-    created = iso_from_epoch(entry.get("create_time"))
-    updated = iso_from_epoch(entry.get("update_time")) if entry.get("update_time") else messages[-1]["created_at"]
+    created = iso_from_epoch(entry.get("create_time"), "create_time")
+    updated = (iso_from_epoch(entry.get("update_time"), "update_time") if entry.get("update_time")
+               else messages[-1]["created_at"])
     title = as_text(entry.get("title")).strip()[:200]
     source_id = entry.get("conversation_id") or entry.get("id")
     return Imported(header={"title": title, "title_source": "user" if title else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import Imported, UnknownFormat, apsara_format, chatgpt, openwebui
+from .common import RefusedValue
 
 
 @dataclass
@@ -25,7 +26,8 @@ class InvalidExport(ValueError):
 
 def read_export(document) -> ImportBatch:
     """All or nothing: an Apsara export with any invalid entry is refused whole;
-    in another app's export an entry with nothing a user saw is skipped and counted."""
+    in another app's export an entry with nothing a user saw is skipped and counted, and
+    one with a value that cannot be stored (a time out of range) refuses the whole file."""
     if apsara_format.detect(document):
         entries = document if isinstance(document, list) else [document]
         conversations = []
@@ -38,7 +40,14 @@ def read_export(document) -> ImportBatch:
         return ImportBatch("apsara", conversations, 0)
     for name, module in (("chatgpt", chatgpt), ("openwebui", openwebui)):
         if module.detect(document):
-            converted = [module.convert(entry) for entry in document]
+            converted = [_converted(module, n, entry) for n, entry in enumerate(document)]
             kept = [c for c in converted if c is not None]
             return ImportBatch(name, kept, len(converted) - len(kept))
     raise UnknownFormat("not an Apsara, ChatGPT or Open WebUI export")
+
+
+def _converted(module, n: int, entry) -> Imported | None:
+    try:
+        return module.convert(entry)
+    except RefusedValue as refused:
+        raise InvalidExport({refused.under(str(n)).path: [refused.message]}) from None

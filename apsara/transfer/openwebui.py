@@ -13,7 +13,7 @@ import html
 import re
 
 from . import Imported, Node, build_tree
-from .common import as_text, iso_from_epoch
+from .common import RefusedValue, as_text, epoch_seconds, iso_from_epoch
 
 _DETAILS = re.compile(r"<details\b([^>]*)>(.*?)</details>", re.DOTALL | re.IGNORECASE)
 _SUMMARY = re.compile(r"<summary\b[^>]*>.*?</summary>", re.DOTALL | re.IGNORECASE)
@@ -59,7 +59,7 @@ def _message(raw, default_model: str) -> dict | None:
         return None
     parts = ([{"type": "thought", "text": reasoning}] if reasoning else []) + [{"type": "text", "text": text}]
     message = {"role": "user" if raw["role"] == "user" else "model",
-               "created_at": iso_from_epoch(raw.get("timestamp")), "parts": parts}
+               "created_at": iso_from_epoch(raw.get("timestamp"), "timestamp"), "parts": parts}
     if raw["role"] == "assistant":
         message.update(status="complete", finish_reason="STOP",
                        model=as_text(raw.get("model")) or default_model or "open-webui")
@@ -67,23 +67,25 @@ def _message(raw, default_model: str) -> dict | None:
 
 
 def _time(raw) -> float | None:
-    value = raw.get("timestamp") if isinstance(raw, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return epoch_seconds(raw.get("timestamp"), "timestamp") if isinstance(raw, dict) else None
 
 
-def _history(chat: dict) -> tuple[dict, str | None]:
-    """Messages by id and the active tip; a flat list is one straight branch."""
+def _history(chat: dict) -> tuple[dict, str | None, dict[str, str]]:
+    """Messages by id, the active tip, and where each message is in the file (for a refusal's
+    path); a flat list is one straight branch."""
     history = chat.get("history")
     if isinstance(history, dict) and isinstance(history.get("messages"), dict):
         current = history.get("currentId")
-        return history["messages"], current if isinstance(current, str) else None
-    flat = [m for m in chat.get("messages") or [] if isinstance(m, dict)]
-    messages, parent = {}, None
-    for n, raw in enumerate(flat):
+        places = {key: f"chat.history.messages.{key}" for key in history["messages"]}
+        return history["messages"], current if isinstance(current, str) else None, places
+    flat = [(n, m) for n, m in enumerate(chat.get("messages") or []) if isinstance(m, dict)]
+    messages, places, parent = {}, {}, None
+    for n, raw in flat:
         message_id = as_text(raw.get("id")) or f"m{n}"
         messages[message_id] = {**raw, "parentId": parent}
+        places[message_id] = f"chat.messages.{n}"
         parent = message_id
-    return messages, parent
+    return messages, parent, places
 
 
 def convert(entry) -> Imported | None:
@@ -92,18 +94,23 @@ def convert(entry) -> Imported | None:
         return None
     models = chat.get("models") if isinstance(chat.get("models"), list) else []
     default_model = next((m for m in models if isinstance(m, str)), "")
-    raw_messages, current = _history(chat)
+    raw_messages, current, places = _history(chat)
     nodes, skipped = {}, 0
     for key, raw in raw_messages.items():
-        message = _message(raw, default_model)
+        try:  # a skipped message's time is never used: only a kept one's is checked
+            message = _message(raw, default_model)
+            time = _time(raw) if message is not None else None
+        except RefusedValue as refused:
+            raise refused.under(places[key]) from None
         skipped += message is None
         parent = raw.get("parentId") if isinstance(raw, dict) else None
-        nodes[str(key)] = Node(str(key), parent if isinstance(parent, str) else None, _time(raw), message)
+        nodes[str(key)] = Node(str(key), parent if isinstance(parent, str) else None, time, message)
     messages, active = build_tree(nodes, current)
     if not messages:
         return None
-    created = iso_from_epoch(entry.get("created_at"))
-    updated = iso_from_epoch(entry.get("updated_at")) if entry.get("updated_at") else messages[-1]["created_at"]
+    created = iso_from_epoch(entry.get("created_at"), "created_at")
+    updated = (iso_from_epoch(entry.get("updated_at"), "updated_at") if entry.get("updated_at")
+               else messages[-1]["created_at"])
     title = (as_text(entry.get("title")) or as_text(chat.get("title"))).strip()[:200]
     source_id = entry.get("id")
     return Imported(header={"title": title, "title_source": "user" if title else None,

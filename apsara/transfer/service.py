@@ -21,10 +21,11 @@ from ..conversations.views import conversation_view, summary_view
 from ..conversations.tree import ROOT, MessageTree
 from ..errors import ApiError, _flatten
 from ..files import FileStore
+from ..schemas import ID_REGEX
 from . import Imported, UnknownFormat, apsara_format, markdown
 from .importing import InvalidExport, read_export
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(ID_REGEX)  # used with fullmatch: `$` alone would let "x\n" through
 _FILE_FIELDS = ("id", "filename", "mime_type", "size_bytes", "sha256", "created_at")
 
 
@@ -89,9 +90,7 @@ class Transfers:
             summaries = []
             for n, imported in enumerate(batch.conversations):
                 renamed = self._restore_files(owner, imported, n, restored_files)
-                stored = self.manager.store_new(owner, self._document(imported, renamed),
-                                                imported.id if imported.id and _ID.match(imported.id) else None)
-                stored_ids.append(stored["conversation"]["id"])
+                stored = self._store(owner, self._document(imported, renamed), imported.id, stored_ids)
                 summaries.append(summary_view(stored["conversation"]))
         except BaseException:
             for conversation_id in stored_ids:
@@ -101,6 +100,20 @@ class Transfers:
             raise
         skipped = {"messages": batch.skipped_messages, "conversations": batch.skipped_conversations}
         return summaries, skipped
+
+    def _store(self, owner: str, document: dict, source_id: str | None, stored_ids: list[str]) -> dict:
+        """Store one conversation, its id added to `stored_ids` even when the write failed part way:
+        store_new names the document just before it writes it, and a write that raised after its
+        file reached the disk (the search index's step, say) must be taken back with the others."""
+        try:
+            stored = self.manager.store_new(owner, document, source_id if source_id and _ID.fullmatch(source_id)
+                                            else None)
+        except BaseException:
+            if document["conversation"].get("id"):
+                stored_ids.append(document["conversation"]["id"])
+            raise
+        stored_ids.append(stored["conversation"]["id"])
+        return stored
 
     @staticmethod
     def _check_choices(imported: Imported, prefix: str) -> None:
