@@ -265,7 +265,14 @@ class ConversationManager:
                     document["conversation"] = {**document["conversation"], "id": conversation_id,
                                                 "message_count": len(tree.active_path())}
                     document["seq"] = 0
-                    self.store.write(owner, conversation_id, document)
+                    try:
+                        self.store.write(owner, conversation_id, document)
+                    except BaseException:
+                        # A write that failed once its file was made (in the search index's step, say)
+                        # would leave a conversation its caller was never given, and cannot take back.
+                        with contextlib.suppress(Exception):
+                            self.store.delete(owner, conversation_id)
+                        raise
                     return document
             if exact:
                 raise ApiError(409, f"conversation '{conversation_id}' already exists")

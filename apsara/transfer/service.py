@@ -90,7 +90,9 @@ class Transfers:
             summaries = []
             for n, imported in enumerate(batch.conversations):
                 renamed = self._restore_files(owner, imported, n, restored_files)
-                stored = self._store(owner, self._document(imported, renamed), imported.id, stored_ids)
+                stored = self.manager.store_new(owner, self._document(imported, renamed),
+                                                imported.id if imported.id and _ID.fullmatch(imported.id) else None)
+                stored_ids.append(stored["conversation"]["id"])
                 summaries.append(summary_view(stored["conversation"]))
         except BaseException:
             for conversation_id in stored_ids:
@@ -100,20 +102,6 @@ class Transfers:
             raise
         skipped = {"messages": batch.skipped_messages, "conversations": batch.skipped_conversations}
         return summaries, skipped
-
-    def _store(self, owner: str, document: dict, source_id: str | None, stored_ids: list[str]) -> dict:
-        """Store one conversation, its id added to `stored_ids` even when the write failed part way:
-        store_new names the document just before it writes it, and a write that raised after its
-        file reached the disk (the search index's step, say) must be taken back with the others."""
-        try:
-            stored = self.manager.store_new(owner, document, source_id if source_id and _ID.fullmatch(source_id)
-                                            else None)
-        except BaseException:
-            if document["conversation"].get("id"):
-                stored_ids.append(document["conversation"]["id"])
-            raise
-        stored_ids.append(stored["conversation"]["id"])
-        return stored
 
     @staticmethod
     def _check_choices(imported: Imported, prefix: str) -> None:
