@@ -9,7 +9,9 @@ import gc
 import os
 import secrets
 import shutil
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -68,6 +70,32 @@ def post_worker_init(worker):
     # services live as long as the worker; caches replace plain data).
     gc.collect()
     gc.freeze()
+    _note_when_asked_to_stop(worker)
+
+
+def worker_exit(server, worker):
+    # Replies run as jobs beside the requests. Gunicorn waits for open requests when it stops a
+    # worker gracefully (a deploy, a restart); the replies whose client had left get the rest of
+    # that time too, instead of being cut. The master kills the worker once graceful_timeout has
+    # passed since it asked it to stop: a second before that, what is left is checkpointed.
+    services = getattr(worker.wsgi, "extensions", {}).get("apsara")
+    if services is not None:
+        asked = getattr(worker, "apsara_stop_asked", None)
+        spent = time.monotonic() - asked if asked is not None else 0.0
+        services.chat.jobs.drain(worker.cfg.graceful_timeout - spent - 1.0)
+
+
+def _note_when_asked_to_stop(worker) -> None:
+    """Gunicorn asks a worker to stop with SIGTERM; its own handler stays in charge."""
+    own = signal.getsignal(signal.SIGTERM)
+
+    def asked(signum, frame):
+        worker.apsara_stop_asked = time.monotonic()
+        if callable(own):
+            own(signum, frame)
+
+    signal.signal(signal.SIGTERM, asked)
+    signal.siginterrupt(signal.SIGTERM, False)  # as Gunicorn set it: requests' system calls go on
 
 
 def child_exit(server, worker):

@@ -18,7 +18,7 @@ import pytest
 
 from apsara.testing.fake_gemini import Reply
 from tests.postgres import current_store, server_env
-from tests.servers import call, gunicorn
+from tests.servers import MASTERS, call, gunicorn
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("store_kind")]
 API = "/api/v1/conversations"
@@ -181,6 +181,25 @@ def test_sigkill_mid_stream_keeps_the_streamed_text(tmp_path, fake):
         fake.default = Reply(parts=["fine"])
         assert call("POST", f"{second}{API}/c1/messages", {"text": "still there?"})[0] == 201
 
+
+def test_a_graceful_stop_lets_a_reply_whose_client_left_end(tmp_path, fake):
+    # A deploy or a restart stops workers with SIGTERM: Gunicorn waits for open requests, and
+    # a reply is a job that outlives its request.
+    words = [f"w{n} " for n in range(40)]
+    fake.default = Reply(parts=words, chunk_delay_s=0.05)  # 2 s of reply
+    with two_servers(tmp_path, fake) as (first, second):
+        call("POST", f"{first}{API}", {"id": "c1"})
+        stream = Events(first, "POST", f"{API}/c1/messages", {"text": "go", "stream": True})
+        stream.until(lambda e: deltas(stream.seen) == 3)
+        stream.close()
+        master = MASTERS[first]
+        os.kill(master, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while os.waitpid(master, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, "the stopping server outlived its graceful timeout"
+            time.sleep(0.05)
+        reply = call("GET", f"{second}{API}/c1")[1]["messages"][1]
+        assert (reply["status"], reply["text"]) == ("complete", "".join(words))
 
 def test_twenty_racing_senders_one_winner_and_a_whole_tree(tmp_path, fake):
     fake.default = Reply(parts=["the answer"], delay_s=5.0)  # long enough that every sender arrives while it runs

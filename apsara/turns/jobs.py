@@ -135,6 +135,23 @@ class JobRegistry:
     def running(self) -> int:
         return len(self._jobs)
 
+    def drain(self, timeout_s: float) -> int:
+        """Let the running replies end, for up to `timeout_s`: a worker told to stop (a deploy,
+        a restart) would otherwise cut those whose client had left. What is still running then
+        is checkpointed, to be kept as far as it got. Returns how many were left running."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        if self._jobs:
+            log.info("waiting up to %.0f s for %d replies to end", max(0.0, timeout_s), len(self._jobs))
+        while self._jobs and time.monotonic() < deadline:
+            time.sleep(WATCH_PERIOD_S)
+        left = list(self._jobs.values())
+        for job in left:
+            try:
+                self.checkpoint(job)
+            except Exception:  # noqa: BLE001 - the others' checkpoints still go
+                log.exception("checkpointing reply %s", job.reply_id)
+        return len(left)
+
     # -- the watcher ------------------------------------------------------------------
     def _watch(self) -> None:
         idle_since = time.monotonic()
