@@ -7,6 +7,8 @@ goes out; the reply then runs as a job that no request owns.
 """
 from __future__ import annotations
 
+import re
+
 from flask import current_app, jsonify, request
 from flask_smorest import Blueprint
 
@@ -129,11 +131,25 @@ def events(query, conversation_id, reply_id):
     after = query.get("after", 0)
     header = request.headers.get("Last-Event-ID")
     if header is not None:
-        if not header.strip().isdigit():
-            raise ApiError(422, "Last-Event-ID must be an event id (a whole number)",
-                           {"Last-Event-ID": ["not a whole number"]})
-        after = int(header)
+        after = _event_id(header)
     return sse_response(_chat().follow(current_user(), conversation_id, reply_id, after))
+
+
+# An event id is a count of a stream's events: 18 digits is far past any stream, and
+# keeps int() within its digit limit and the id within 64 bits.
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
+
+
+def _event_id(header: str) -> int:
+    """The Last-Event-ID header's id, refused (422, as a bad `?after=` is) unless it is ASCII digits.
+
+    str.isdigit() is not enough: it takes superscripts and other scripts' digits, which int() refuses.
+    """
+    value = header.strip()
+    if not _EVENT_ID.fullmatch(value):
+        raise ApiError(422, "Last-Event-ID must be an event id (a whole number, at most 18 digits)",
+                       {"Last-Event-ID": ["not a whole number"]})
+    return int(value)
 
 
 @blp.route("/<conversation_id>/messages/<reply_id>/stop", methods=["POST"])

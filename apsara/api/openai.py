@@ -19,6 +19,7 @@ from ..errors import ApiError
 from ..openai_compat import answers
 from ..openai_compat.completions import Completions
 from ..openai_compat.request import read_request
+from .bodies import body_text
 
 log = logging.getLogger("apsara.openai")
 blp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -42,7 +43,7 @@ def chat_completions():
     if request.max_content_length is not None and len(raw) >= request.max_content_length:
         raise ApiError(413, "request body is too large")
     try:
-        body = orjson.loads(raw)  # strict: no NaN, valid UTF-8, no lone surrogate
+        body = orjson.loads(body_text(raw))  # strict: no NaN, UTF-8 alone, no lone surrogate
     except orjson.JSONDecodeError:
         raise answers.OpenAIRequestError("We could not parse the JSON body of your request: send valid "
                                          "JSON (and Content-Type: application/json)") from None
