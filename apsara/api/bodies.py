@@ -94,12 +94,18 @@ def _chunked() -> bool:
     return "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()
 
 
-def _read_body() -> bytes:
-    raw = request.get_data(cache=True)  # 413 here when a Content-Length is over the limit
+def read_body(cache: bool = True) -> bytes:
+    """The whole body, or ApiError: 413 over the limit, 400 when it ended before its Content-Length."""
+    raw = request.get_data(cache=cache)  # 413 here when a Content-Length is over the limit
     # A chunked body is cut at the limit without a word from werkzeug: one that
     # reached it did not fit.
     if request.max_content_length is not None and len(raw) >= request.max_content_length:
         raise ApiError(413, "request body is too large")
+    # Gunicorn ends the body where the client stopped sending (a half-closed
+    # connection): what came is a prefix of the request, not the request.
+    if request.content_length is not None and len(raw) != request.content_length:
+        raise ApiError(400, f"the body ended after {len(raw)} of the {request.content_length} bytes "
+                            "its Content-Length announced")
     return raw
 
 
@@ -122,9 +128,9 @@ def check_body() -> None:
         return
     if not request.is_json:
         # A chunked request may well carry nothing at all: only a body is refused.
-        if request.content_length or _read_body():
+        if request.content_length or read_body():
             raise ApiError(415, "send the request body as application/json")
         return
-    raw = _read_body()
+    raw = read_body()
     if raw:
         parse_json_body(raw)
