@@ -119,3 +119,10 @@ def test_a_json_body_not_in_utf8_is_400_on_openai(chat, encoding):
 def test_an_escaped_nul_is_still_read(client):
     response = client.post(API, data=b'{"id": "nul", "title": "a\\u0000b"}', content_type="application/json")
     assert response.status_code == 201 and response.json["title"] == "a\x00b"
+
+
+def test_the_openapi_document_bounds_last_event_id(client):
+    document = client.get("/api/v1/openapi.json").json
+    events = document["paths"]["/api/v1/conversations/{conversation_id}/messages/{reply_id}/events"]["get"]
+    header = next(p for p in events["parameters"] if p["name"] == "Last-Event-ID")
+    assert header["schema"] == {"type": "integer", "minimum": 0, "maximum": 10 ** 18 - 1}

@@ -119,12 +119,18 @@ EVENTS_DOC = {"200": {"description": "The reply's events from reply_start on (th
                       "content": stream_content(with_user=False)}}
 
 
+# An event id is a count of a stream's events: 18 digits is far past any stream, and
+# keeps int() within its digit limit and the id within 64 bits.
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
+LAST_EVENT_ID_DOC = {"in": "header", "name": "Last-Event-ID", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 10 ** 18 - 1},
+                     "description": "Resume after this event id (wins over `after`): ASCII digits, else 422."}
+
+
 @blp.route("/<conversation_id>/messages/<reply_id>/events", methods=["GET"])
 @blp.arguments(EventsQuerySchema, location="query")
 @blp.response(200)
-@blp.doc(responses=EVENTS_DOC, parameters=[{"in": "header", "name": "Last-Event-ID", "required": False,
-                                            "schema": {"type": "integer", "minimum": 0},
-                                            "description": "Resume after this event id (wins over `after`)."}])
+@blp.doc(responses=EVENTS_DOC, parameters=[LAST_EVENT_ID_DOC])
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or reply.")
 def events(query, conversation_id, reply_id):
     """Follow a reply from any worker: replay its events after an id, then live until it ends."""
@@ -133,11 +139,6 @@ def events(query, conversation_id, reply_id):
     if header is not None:
         after = _event_id(header)
     return sse_response(_chat().follow(current_user(), conversation_id, reply_id, after))
-
-
-# An event id is a count of a stream's events: 18 digits is far past any stream, and
-# keeps int() within its digit limit and the id within 64 bits.
-_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 def _event_id(header: str) -> int:
