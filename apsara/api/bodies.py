@@ -11,6 +11,7 @@ can fail on one.
 """
 from __future__ import annotations
 
+import codecs
 import json
 
 from flask import current_app, request
@@ -21,6 +22,7 @@ JSON_BODY_LIMIT = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 UPLOAD_PATH = "/api/v1/files"
 IMPORT_PATH = "/api/v1/conversations/import"
+NOT_UTF8 = "the body is not valid UTF-8"
 
 
 def _reject_constant(name: str):
@@ -55,14 +57,33 @@ def _check_text(text: str) -> None:
                             "(a lone surrogate such as \\ud800)") from None
 
 
+def body_text(raw: bytes) -> str:
+    """The body as text, strictly UTF-8, or ApiError(400).
+
+    json.loads would guess UTF-16 or UTF-32 from bytes and read them, but the
+    views read the body again with orjson, which takes UTF-8 only. A UTF-8 byte
+    order mark is refused too: JSON senders must not add one (RFC 8259, 8.1),
+    orjson refuses it, and one reading of a body everywhere beats two.
+    """
+    if raw.startswith(codecs.BOM_UTF8):
+        raise ApiError(400, NOT_UTF8 + " (it starts with a byte order mark, which JSON does not allow)")
+    # UTF-16 and UTF-32 without a byte order mark decode as UTF-8 text full of NULs;
+    # JSON text never holds a raw NUL (it must be written \u0000), so one means another encoding.
+    if b"\x00" in raw:
+        raise ApiError(400, NOT_UTF8 + " (it holds NUL bytes: UTF-16 or UTF-32?)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, NOT_UTF8) from None
+
+
 def parse_json_body(raw: bytes):
     """The body's value, or ApiError(400) saying why it cannot be read."""
+    text = body_text(raw)
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise ApiError(400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except UnicodeDecodeError:
-        raise ApiError(400, "the body is not valid UTF-8") from None
     except ValueError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
     _check_values(value)
@@ -73,12 +94,18 @@ def _chunked() -> bool:
     return "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()
 
 
-def _read_body() -> bytes:
-    raw = request.get_data(cache=True)  # 413 here when a Content-Length is over the limit
+def read_body(cache: bool = True) -> bytes:
+    """The whole body, or ApiError: 413 over the limit, 400 when it ended before its Content-Length."""
+    raw = request.get_data(cache=cache)  # 413 here when a Content-Length is over the limit
     # A chunked body is cut at the limit without a word from werkzeug: one that
     # reached it did not fit.
     if request.max_content_length is not None and len(raw) >= request.max_content_length:
         raise ApiError(413, "request body is too large")
+    # Gunicorn ends the body where the client stopped sending (a half-closed
+    # connection): what came is a prefix of the request, not the request.
+    if request.content_length is not None and len(raw) != request.content_length:
+        raise ApiError(400, f"the body ended after {len(raw)} of the {request.content_length} bytes "
+                            "its Content-Length announced")
     return raw
 
 
@@ -101,9 +128,9 @@ def check_body() -> None:
         return
     if not request.is_json:
         # A chunked request may well carry nothing at all: only a body is refused.
-        if request.content_length or _read_body():
+        if request.content_length or read_body():
             raise ApiError(415, "send the request body as application/json")
         return
-    raw = _read_body()
+    raw = read_body()
     if raw:
         parse_json_body(raw)

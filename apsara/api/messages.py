@@ -7,6 +7,8 @@ goes out; the reply then runs as a job that no request owns.
 """
 from __future__ import annotations
 
+import re
+
 from flask import current_app, jsonify, request
 from flask_smorest import Blueprint
 
@@ -117,23 +119,38 @@ EVENTS_DOC = {"200": {"description": "The reply's events from reply_start on (th
                       "content": stream_content(with_user=False)}}
 
 
+# An event id is a count of a stream's events: 18 digits is far past any stream, and
+# keeps int() within its digit limit and the id within 64 bits.
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
+LAST_EVENT_ID_DOC = {"in": "header", "name": "Last-Event-ID", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "maximum": 10 ** 18 - 1},
+                     "description": "Resume after this event id (wins over `after`): ASCII digits, else 422."}
+
+
 @blp.route("/<conversation_id>/messages/<reply_id>/events", methods=["GET"])
 @blp.arguments(EventsQuerySchema, location="query")
 @blp.response(200)
-@blp.doc(responses=EVENTS_DOC, parameters=[{"in": "header", "name": "Last-Event-ID", "required": False,
-                                            "schema": {"type": "integer", "minimum": 0},
-                                            "description": "Resume after this event id (wins over `after`)."}])
+@blp.doc(responses=EVENTS_DOC, parameters=[LAST_EVENT_ID_DOC])
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or reply.")
 def events(query, conversation_id, reply_id):
     """Follow a reply from any worker: replay its events after an id, then live until it ends."""
     after = query.get("after", 0)
     header = request.headers.get("Last-Event-ID")
     if header is not None:
-        if not header.strip().isdigit():
-            raise ApiError(422, "Last-Event-ID must be an event id (a whole number)",
-                           {"Last-Event-ID": ["not a whole number"]})
-        after = int(header)
+        after = _event_id(header)
     return sse_response(_chat().follow(current_user(), conversation_id, reply_id, after))
+
+
+def _event_id(header: str) -> int:
+    """The Last-Event-ID header's id, refused (422, as a bad `?after=` is) unless it is ASCII digits.
+
+    str.isdigit() is not enough: it takes superscripts and other scripts' digits, which int() refuses.
+    """
+    value = header.strip()
+    if not _EVENT_ID.fullmatch(value):
+        raise ApiError(422, "Last-Event-ID must be an event id (a whole number, at most 18 digits)",
+                       {"Last-Event-ID": ["not a whole number"]})
+    return int(value)
 
 
 @blp.route("/<conversation_id>/messages/<reply_id>/stop", methods=["POST"])

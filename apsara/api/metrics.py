@@ -20,12 +20,22 @@ def route_of() -> str:
     return rule.rule if rule is not None else "unmatched"
 
 
+# HTTP's own methods. A client can send any token as a method, and each new label
+# value is a new series kept for the process's life: the rest share one label.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def method_of() -> str:
+    """The request's method as a label: one of HTTP's, else "other"."""
+    return request.method if request.method in KNOWN_METHODS else "other"
+
+
 def observe_request(status: int) -> None:
-    route = route_of()
-    metrics.REQUESTS.labels(route, request.method, str(status)).inc()
+    route, method = route_of(), method_of()
+    metrics.REQUESTS.labels(route, method, str(status)).inc()
     started = g.get("apsara_started")
     if started is not None:
-        metrics.REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+        metrics.REQUEST_SECONDS.labels(route, method).observe(time.perf_counter() - started)
 
 
 def metrics_view():

@@ -19,6 +19,7 @@ from ..errors import ApiError
 from ..openai_compat import answers
 from ..openai_compat.completions import Completions
 from ..openai_compat.request import read_request
+from .bodies import body_text, read_body
 
 log = logging.getLogger("apsara.openai")
 blp = Blueprint("openai", __name__, url_prefix="/v1")
@@ -37,12 +38,9 @@ def _model(model_id: str) -> dict:
 @blp.route("/chat/completions", methods=["POST"])
 def chat_completions():
     """One turn, streamed (OpenAI's chunks, then `data: [DONE]`) or not; nothing is stored."""
-    raw = request.get_data(cache=False)  # 413 here when a Content-Length is over the limit
-    # A chunked body is cut at the limit without a word from werkzeug: one that reached it did not fit.
-    if request.max_content_length is not None and len(raw) >= request.max_content_length:
-        raise ApiError(413, "request body is too large")
+    raw = read_body(cache=False)
     try:
-        body = orjson.loads(raw)  # strict: no NaN, valid UTF-8, no lone surrogate
+        body = orjson.loads(body_text(raw))  # strict: no NaN, UTF-8 alone, no lone surrogate
     except orjson.JSONDecodeError:
         raise answers.OpenAIRequestError("We could not parse the JSON body of your request: send valid "
                                          "JSON (and Content-Type: application/json)") from None

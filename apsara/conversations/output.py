@@ -5,6 +5,8 @@ refused with the dotted path of the problem (`settings.response_schema.propertie
 """
 from __future__ import annotations
 
+import math
+
 from ..errors import ApiError
 
 SCHEMA_TYPES = {"string", "number", "integer", "boolean", "array", "object", "null"}
@@ -15,10 +17,51 @@ _KEYS = {
     "min_items", "max_items", "min_length", "max_length", "any_of", "property_ordering",
     "min_properties", "max_properties",
 }
-_NUMBER_KEYS = {"minItems", "maxItems", "minLength", "maxLength", "minimum", "maximum", "minProperties",
-                "maxProperties", "min_items", "max_items", "min_length", "max_length", "min_properties",
-                "max_properties"}
 MAX_DEPTH = 32
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _is_texts(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_count(value) -> bool:
+    # Gemini's Schema takes these as int64; a bool is an int to Python, not to JSON.
+    return type(value) is int and 0 <= value < 2 ** 63
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))  # 1e999 reads as inf; a 400-digit int will not fit a float
+    except OverflowError:
+        return False
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+_TEXT = (_is_text, "must be a string")
+_TEXTS = (_is_texts, "must be a list of strings")
+_COUNT = (_is_count, f"must be a whole number from 0 to {2 ** 63 - 1}")
+_NUMBER = (_is_number, "must be a number")
+# The type of each plain value, as google-genai's types.Schema declares it: the SDK
+# refuses anything else when a turn is sent, long after the schema was accepted.
+# (type, enum, required, properties, items and anyOf are checked on their own below.)
+_VALUE_TYPES = {
+    "format": _TEXT, "title": _TEXT, "description": _TEXT, "pattern": _TEXT,
+    "propertyOrdering": _TEXTS, "property_ordering": _TEXTS,
+    "minItems": _COUNT, "maxItems": _COUNT, "minLength": _COUNT, "maxLength": _COUNT,
+    "minProperties": _COUNT, "maxProperties": _COUNT, "min_items": _COUNT, "max_items": _COUNT,
+    "min_length": _COUNT, "max_length": _COUNT, "min_properties": _COUNT, "max_properties": _COUNT,
+    "minimum": _NUMBER, "maximum": _NUMBER,
+    "nullable": (_is_bool, "must be true or false"),
+}
 
 SAFETY_CATEGORIES = ["HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_SEXUALLY_EXPLICIT",
                      "HARM_CATEGORY_DANGEROUS_CONTENT", "HARM_CATEGORY_CIVIC_INTEGRITY"]
@@ -70,11 +113,17 @@ def schema_problems(schema, path: str, depth: int = 0) -> list[tuple[str, str]]:
     enum = schema.get("enum")
     if enum is not None and (not isinstance(enum, list) or not enum or not all(isinstance(e, str) for e in enum)):
         problems.append((f"{path}.enum", "must be a non-empty list of strings"))
-    for key in _NUMBER_KEYS & schema.keys():
-        if isinstance(schema[key], bool) or not isinstance(schema[key], (int, float)):
-            problems.append((f"{path}.{key}", "must be a number"))
-    if "nullable" in schema and not isinstance(schema["nullable"], bool):
-        problems.append((f"{path}.nullable", "must be true or false"))
+    problems += _value_problems(schema, path)
+    return problems
+
+
+def _value_problems(schema: dict, path: str) -> list[tuple[str, str]]:
+    """Keywords whose value is of the wrong JSON type (a string where a number goes...)."""
+    problems = []
+    for key, value in schema.items():
+        is_right, message = _VALUE_TYPES.get(key, (None, None))
+        if is_right is not None and not is_right(value):
+            problems.append((f"{path}.{key}", message))
     return problems
 
 

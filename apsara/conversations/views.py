@@ -9,6 +9,7 @@ import json
 
 from ..errors import ApiError
 from .parts import public_part
+from .store import ID_PATTERN
 from .tree import MessageTree
 from .writers import writer_alive
 
@@ -21,11 +22,21 @@ def encode_cursor(position: tuple[int, str]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# A position's time goes to SQL as a 64-bit integer: anything past that is no cursor we gave out.
+_INT64 = range(-2 ** 63, 2 ** 63)
+
+
+def _is_position(mtime_ns, conversation_id) -> bool:
+    # bool is an int to isinstance, and JSON's true would pass for one.
+    return (type(mtime_ns) is int and mtime_ns in _INT64
+            and isinstance(conversation_id, str) and ID_PATTERN.fullmatch(conversation_id) is not None)
+
+
 def decode_cursor(cursor: str) -> tuple[int, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         mtime_ns, conversation_id = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        if not isinstance(mtime_ns, int) or not isinstance(conversation_id, str):
+        if not _is_position(mtime_ns, conversation_id):
             raise ValueError
         return mtime_ns, conversation_id
     except (ValueError, TypeError, UnicodeError):

@@ -157,6 +157,19 @@ def _data_url_part(url, param: str, kind: str, accept: tuple[str, ...]) -> dict:
     return {"type": "inline", "mime_type": mime, "data": data}
 
 
+def _audio_part(audio, param: str) -> dict:
+    """OpenAI's {"format": "wav" | "mp3", "data": base64} -> an inline part, its type read from the bytes."""
+    audio = audio if isinstance(audio, dict) else {}
+    # A format of any JSON type may come: only a string can name one (a list is not even hashable).
+    audio_format = audio.get("format")
+    if not isinstance(audio_format, str) or audio_format not in AUDIO_FORMATS:
+        raise _refuse("input_audio.format must be wav or mp3", f"{param}.format")
+    if not isinstance(audio.get("data"), str):
+        raise _refuse("input_audio.data must be the audio's bytes in base64", f"{param}.data")
+    url = f"data:{AUDIO_FORMATS[audio_format]};base64,{audio['data']}"
+    return _data_url_part(url, f"{param}.data", "audio", ("audio/",))
+
+
 def _user_parts(content, param: str) -> list[dict]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
@@ -175,11 +188,7 @@ def _user_parts(content, param: str) -> list[dict]:
             url = image.get("url") if isinstance(image, dict) else image
             parts.append(_data_url_part(url, f"{where}.image_url.url", "image", ("image/",)))
         elif kind == "input_audio":
-            audio = part.get("input_audio") if isinstance(part.get("input_audio"), dict) else {}
-            if audio.get("format") not in AUDIO_FORMATS:
-                raise _refuse("input_audio.format must be wav or mp3", f"{where}.input_audio.format")
-            url = f"data:{AUDIO_FORMATS[audio['format']]};base64,{audio.get('data') or ''}"
-            parts.append(_data_url_part(url, f"{where}.input_audio.data", "audio", ("audio/",)))
+            parts.append(_audio_part(part.get("input_audio"), f"{where}.input_audio"))
         elif kind == "file":
             file = part.get("file") if isinstance(part.get("file"), dict) else {}
             if "file_data" not in file:
@@ -347,12 +356,30 @@ def _tool_choice(body: dict, names: list[str]) -> tuple[str | None, list[str] | 
             raise _refuse(f"tool_choice names a function that is not among the tools: {name!r}", "tool_choice")
         return "ANY", [name]
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") if isinstance(choice.get("allowed_tools"), dict) else {}
-        chosen = [(t.get("function") or {}).get("name") for t in allowed.get("tools") or [] if isinstance(t, dict)]
-        if not chosen or any(name not in names for name in chosen) or allowed.get("mode") not in ("auto", "required"):
-            raise _refuse("allowed_tools needs mode auto or required and functions among the tools", "tool_choice")
-        return ("ANY" if allowed["mode"] == "required" else "AUTO"), chosen
+        return _allowed_tools(choice.get("allowed_tools"), names)
     raise _refuse("tool_choice must be auto, none, required or a named function", "tool_choice")
+
+
+def _allowed_tools(allowed, names: list[str]) -> tuple[str, list[str]]:
+    """tool_choice {"type": "allowed_tools", "allowed_tools": {"mode", "tools": [{"type": "function",
+    "function": {"name"}}]}} -> (mode, the names it may call), every name among the tools."""
+    allowed = allowed if isinstance(allowed, dict) else {}
+    tools = allowed.get("tools")
+    if not isinstance(tools, list) or not tools:
+        raise _refuse("allowed_tools.tools must be a non-empty list of functions among the tools",
+                      "tool_choice.allowed_tools.tools")
+    chosen = []
+    for n, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or name not in names:
+            raise _refuse("each allowed tool is {\"type\": \"function\", \"function\": {\"name\"}} naming one "
+                          "of the tools", f"tool_choice.allowed_tools.tools[{n}]")
+        chosen.append(name)
+    mode = allowed.get("mode")
+    if not isinstance(mode, str) or mode not in ("auto", "required"):
+        raise _refuse("allowed_tools.mode must be auto or required", "tool_choice.allowed_tools.mode")
+    return ("ANY" if mode == "required" else "AUTO"), chosen
 
 
 def _response_format(body: dict) -> tuple[str | None, dict | None]:
