@@ -305,3 +305,28 @@ def test_a_failed_fsync_is_raised_once_the_index_write_beside_it_ended():
     with pytest.raises(OSError):
         on_disk_threads([fsync, index_write])
     assert ended == ["index"]
+
+
+def test_a_mark_torn_after_a_new_header_is_rebuilt_pointing_at_it(tmp_path):
+    # The power went while an append's mark was being written, its header record whole before
+    # it: the next writer rebuilds the mark, and listing (which reads the header the mark
+    # points at) must show that header, as reading the conversation whole does.
+    from apsara.conversations.journal import record
+
+    store = ConversationStore(tmp_path)
+    stamp = now_iso()
+    header = {"id": "c1", "created_at": stamp, "updated_at": stamp, "message_count": 0, "title": "first"}
+    with store.locked("u", "c1"):
+        store.write("u", "c1", {"conversation": header, "messages": [], "active": {}, "seq": 0})
+    for title, archived in (("second", False), ("third", True)):
+        with store.locked("u", "c1"):
+            store.append("u", "c1", [record(0, "conversation", now_iso(),
+                                            conversation={**header, "title": title, "archived": archived})])
+    path = store.path("u", "c1")
+    path.write_bytes(path.read_bytes()[:-10])
+    with store.locked("u", "c1"):
+        store.append("u", "c1", [record(0, "stop", now_iso(), id="r1")], sync=False)
+    fresh = ConversationStore(tmp_path)
+    listed = fresh.read_header("u", "c1")
+    assert (listed["title"], listed["archived"]) == ("third", True)
+    assert fresh.read("u", "c1")["conversation"]["title"] == "third"

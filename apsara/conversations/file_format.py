@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import orjson
 
@@ -31,6 +32,9 @@ SCHEMA_VERSION = 2
 MARK = b'{"m":'
 # How much of a file's end is read to find its mark.
 TAIL = 4096
+# A line that is a header record (journal.record() puts seq and type first). Matched at a
+# line's start only: a function call's arguments may hold the same keys deeper in a record.
+_HEADER_RECORD = re.compile(rb'^\{"seq":\d+,"type":"conversation"', re.MULTILINE)
 
 
 class CorruptFile(RuntimeError):
@@ -144,3 +148,12 @@ def mark_at_end(fd: int, size: int) -> dict | None:
         return orjson.loads(line)["m"]
     except ValueError:
         return None
+
+
+def last_header_at(raw: bytes) -> int:
+    """The offset of the last header record in a file's bytes; 0 when there is none (the
+    snapshot's header is current)."""
+    last = 0
+    for match in _HEADER_RECORD.finditer(raw):
+        last = match.start()
+    return last

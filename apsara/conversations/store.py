@@ -43,8 +43,8 @@ import orjson
 
 from ..durable import TEMP_PREFIX, fsync_dir, on_disk_threads, write_atomically
 from ..search import SearchIndex, message_text
-from .file_format import (CorruptFile, decode_v1_header, encode, is_v1, mark_at_end, mark_line, parse_lines,
-                          records_in, whole_appends)
+from .file_format import (CorruptFile, decode_v1_header, encode, is_v1, last_header_at, mark_at_end, mark_line,
+                          parse_lines, records_in, whole_appends)
 from .filters import ListFilters
 from .locks import LOCK_TIMEOUT_S, ConversationLocks, Missing
 from ..metrics import store_write_took
@@ -479,9 +479,10 @@ class ConversationStore:
     def _rebuild_mark(self, fd: int, conversation_id: str) -> dict:
         """The mark of a file whose last append lost it (a crash between record and mark)."""
         size = os.fstat(fd).st_size
-        document, records, _, mark = parse_lines(os.pread(fd, size, 0), conversation_id)
+        raw = os.pread(fd, size, 0)
+        document, records, _, mark = parse_lines(raw, conversation_id)
         base = (mark or {}).get("base", 0)
-        header_at = (mark or {}).get("header_at", 0)
+        header_at = last_header_at(raw)  # the lost mark may have been the first to point at a new one
         if records:
             replay(document, records)
         header = document["conversation"]
