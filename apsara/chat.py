@@ -95,3 +95,4 @@ class Chat:
 
     def delete_conversation(self, owner: str, conversation_id: str) -> None:
         self.planner.delete_conversation(owner, conversation_id)
+        self.jobs.stop_all(owner, conversation_id)  # this process's at once; other processes' watchers see it

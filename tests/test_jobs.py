@@ -193,6 +193,25 @@ def test_deleting_the_conversation_stops_its_reply(chat, fake):
     assert chat.get(f"{API}/c1").status_code == 404
 
 
+@pytest.mark.parametrize("deleted_by", ["this process", "another process"])
+def test_a_conversation_deleted_and_made_again_under_its_id_stops_the_old_reply(chat, chat_app, fake, deleted_by):
+    new_conversation(chat)
+    gate = threading.Event()
+    fake.push(Reply(parts=["one", " two"], hold=gate))
+    stream = Streaming(chat, "c1", "go")
+    wait_until(lambda: any(e[0] == "delta" for e in stream.events()))
+    if deleted_by == "this process":
+        assert chat.delete(f"{API}/c1").status_code == 204
+    else:  # its files changed under this process's jobs, which learn of it by looking
+        chat_app.extensions["apsara"].chat.planner.delete_conversation("local", "c1")
+    new_conversation(chat)  # at once, before any look at the old one
+    started = time.monotonic()
+    wait_until(lambda: fake.closed_streams)
+    assert fake.closed_streams[0] - started < 1.0
+    assert stream.finish()[-1][0] == "done"
+    gate.set()
+    assert chat.get(f"{API}/c1").json["messages"] == []
+
 def test_the_jobs_watcher_ends_when_idle_and_the_next_reply_starts_another(chat, chat_app, fake, monkeypatch):
     from apsara.turns import jobs as jobs_module
 

@@ -184,12 +184,19 @@ class JobRegistry:
             if self._stop_recorded(job):
                 self._stop_from_elsewhere(job)
 
+    def stop_all(self, owner: str, conversation_id: str) -> None:
+        """Stop every reply of a conversation this process runs (it was deleted)."""
+        for job in self._of(owner, conversation_id, None):
+            job.stop()
+
+    def _of(self, owner: str, conversation_id: str, reply_id: str | None) -> list[Job]:
+        with self._lock:
+            return [job for (o, c, r), job in self._jobs.items()
+                    if (o, c) == (owner, conversation_id) and reply_id in (None, r)]
+
     def _stop_told(self, owner: str, conversation_id: str, reply_id: str | None) -> None:
         """A stop request for a reply (None: a deletion, for every reply of the conversation)."""
-        with self._lock:
-            jobs = [job for (o, c, r), job in self._jobs.items()
-                    if (o, c) == (owner, conversation_id) and reply_id in (None, r)]
-        for job in jobs:
+        for job in self._of(owner, conversation_id, reply_id):
             if not job.stop_requested:
                 self._stop_from_elsewhere(job)
 
@@ -224,7 +231,8 @@ class JobRegistry:
                 return True
             document, job.position = loaded
             reply = next((m for m in document["messages"] if m["id"] == job.reply_id), None)
-            return bool(reply and reply.get("_stop"))
+            # No such reply: the conversation was deleted and another made under its id since.
+            return reply is None or bool(reply.get("_stop"))
         if not store.may_have_news(job.owner, job.conversation_id, job.position):
             return False
         records, job.position = store.follow(job.owner, job.conversation_id, job.position)
