@@ -330,3 +330,35 @@ def test_a_mark_torn_after_a_new_header_is_rebuilt_pointing_at_it(tmp_path):
     listed = fresh.read_header("u", "c1")
     assert (listed["title"], listed["archived"]) == ("third", True)
     assert fresh.read("u", "c1")["conversation"]["title"] == "third"
+
+
+def test_a_writer_killed_before_its_listing_line_is_listed_by_running_workers_after_the_next_start(tmp_path):
+    # The master starts a new worker for the killed one; its start mends the listing log, and
+    # the workers that kept running then list the conversation too.
+    from apsara.conversations import recency
+
+    def new(store, cid):
+        stamp = now_iso()
+        with store.locked("u", cid):
+            store.write("u", cid, {"conversation": {"id": cid, "created_at": stamp, "updated_at": stamp,
+                                                    "message_count": 0, "title": cid},
+                                   "messages": [], "active": {}, "seq": 0})
+
+    def listed(store):
+        return sorted(h["id"] for h in store.list_headers("u", 50)[0])
+
+    running = ConversationStore(tmp_path)
+    new(running, "before")
+    assert listed(running) == ["before"]
+    pid = os.fork()
+    if pid == 0:  # a worker killed between the conversation's file and its line in the log
+        try:
+            recency.RecencyIndex.record = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+            new(ConversationStore(tmp_path), "lost")
+        finally:
+            os._exit(1)
+    os.waitpid(pid, 0)
+    new(running, "after")
+    assert listed(running) == ["after", "before"]  # the log does not name it
+    ConversationStore(tmp_path).check_search_index()  # what a worker's start runs
+    assert listed(running) == ["after", "before", "lost"]

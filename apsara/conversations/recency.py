@@ -10,8 +10,8 @@ folder the first time, and again whenever the log was compacted: its inode
 changed, or its first line did (a log replaced twice may get a freed inode
 number back, so each compacted log begins with a line of its own). A writer
 killed between its file write and its log line leaves that one conversation's
-order stale until its next write or the next scan; it never loses the
-conversation. Appends hold a shared flock and compaction an exclusive
+order stale until its next write or the next start (which mends the log);
+it never loses the conversation. Appends hold a shared flock and compaction an exclusive
 one, so no line is written to a log that is being replaced.
 """
 from __future__ import annotations
@@ -89,6 +89,20 @@ class RecencyIndex:
         finally:
             os.close(lock)
 
+    def mend(self, on_disk: dict[str, int]) -> bool:
+        """Compact the log when it disagrees with the folder's scan `on_disk` (a writer killed
+        between its file and its line): every process then scans again, where each would
+        otherwise keep the stale order until the log next grew past COMPACT_BYTES. True if it did."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                logged = _replay(fh.read())
+        except FileNotFoundError:
+            logged = {}
+        if logged == on_disk:
+            return False
+        self.compact()
+        return True
+
     # -- readers ----------------------------------------------------------------
     def snapshot(self) -> list[tuple[str, int]]:
         """(id, mtime_ns) of every conversation of this user, up to date with the log."""
@@ -114,11 +128,19 @@ class RecencyIndex:
         with open(self.log_path, "rb") as fh:
             fh.seek(self._offset)
             chunk = fh.read()
-        end = chunk.rfind(b"\n") + 1  # only whole lines
-        for line in chunk[:end].splitlines():
-            stamp, _, conversation_id = line.decode().partition(" ")
-            if stamp == "-":
-                self._times.pop(conversation_id, None)
-            elif stamp.isdigit():
-                self._times[conversation_id] = int(stamp)
-        self._offset += end
+        self._offset += _replay(chunk, self._times)
+
+
+def _replay(chunk: bytes, times: dict[str, int] | None = None):
+    """Apply a log's whole lines to `times`; returns how many bytes they are (or, with no
+    `times`, the map the lines make)."""
+    made = times is None
+    times = {} if made else times
+    end = chunk.rfind(b"\n") + 1  # only whole lines
+    for line in chunk[:end].splitlines():
+        stamp, _, conversation_id = line.decode().partition(" ")
+        if stamp == "-":
+            times.pop(conversation_id, None)
+        elif stamp.isdigit():
+            times[conversation_id] = int(stamp)
+    return times if made else end

@@ -577,15 +577,19 @@ class ConversationStore:
 
     def check_search_index(self) -> int:
         """Mend the index where it differs from the files (a crash between the two writes, a restored
-        backup, a copied folder); one process at a time. Returns how many conversations it mended."""
+        backup, a copied folder); one process at a time. Returns how many conversations it mended.
+        Each user's listing log (recency.py) is mended from the same scan of the folders."""
         lock = self.search_index.path.parent / ".check.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             indexed = self.search_index.indexed()
-            on_disk = {(owner, cid): ns for owner in self._owners()
-                       for cid, ns in _scan(self.history_dir / owner).items() if ID_PATTERN.fullmatch(cid)}
+            on_disk = {}
+            for owner in self._owners():
+                scanned = _scan(self.history_dir / owner)
+                self.recency(owner).mend(scanned)
+                on_disk.update({(owner, cid): ns for cid, ns in scanned.items() if ID_PATTERN.fullmatch(cid)})
             mended, rows = 0, []
             for key, mtime_ns in on_disk.items():
                 known = indexed.get(key)
