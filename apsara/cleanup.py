@@ -29,8 +29,9 @@ def referenced(store, owner: str) -> set[str]:
     return ids
 
 
-def unreferenced(store, files, unused_since: float) -> list[tuple[str, str]]:
-    """(owner, file id) of the files no message names and none used since `unused_since`."""
+def unreferenced(store, files, grace_s: float, now: float | None = None) -> list[tuple[str, str]]:
+    """(owner, file id) of the files no message names and none used in the `grace_s` before `now`."""
+    unused_since = (time.time() if now is None else now) - grace_s
     found = []
     for owner in files.owners():
         keep = referenced(store, owner)
@@ -51,8 +52,9 @@ def main(argv=None) -> int:
     store, files = stores.conversations, stores.files
     # Taken before the conversations are read: a file attached after this moment is newer
     # than it, however long the reading takes.
-    unused_since = time.time() - args.grace_hours * 3600
-    doomed = unreferenced(store, files, unused_since)
+    started = time.time()
+    unused_since = started - args.grace_hours * 3600
+    doomed = unreferenced(store, files, args.grace_hours * 3600, started)
     removed = 0
     for owner, file_id in doomed:
         if args.dry_run:

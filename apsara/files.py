@@ -25,6 +25,7 @@ APSARA_PUBLIC_URL they are absolute.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
@@ -37,7 +38,6 @@ from urllib.parse import urlencode
 import orjson
 
 from .clock import new_id, now_iso
-from .conversations.locks import LOCK_TIMEOUT_S, _acquire
 from .conversations.store import InvalidId, check_id
 from .durable import TEMP_PREFIX, on_disk_threads, write_atomically
 from .errors import ApiError
@@ -62,6 +62,22 @@ def clean_filename(name: str | None) -> str:
                    and unicodedata.category(c) not in ("Cc", "Zl", "Zp", "Cs"))
     kept = kept.strip()
     return "" if kept in (".", "..") else kept[:MAX_FILENAME]
+
+
+def _flock(fd: int, timeout_s: float = 30.0) -> None:
+    """An exclusive flock, waited for without blocking the process: under gevent a blocking
+    flock would freeze every greenlet of the worker, the holder's too. time.sleep yields to
+    them (gevent patches it) and simply waits under threads."""
+    deadline, delay = time.monotonic() + timeout_s, 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:  # held far longer than a few file operations take
+                raise ApiError(503, "this user's files are busy; try again", headers={"Retry-After": "1"}) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 def fsync_file(path: Path) -> None:
@@ -141,12 +157,11 @@ class FileStore:
     @contextlib.contextmanager
     def _owner_locked(self, owner: str):
         """The owner's files lock, across worker processes and the cleanup: an flock on
-        `<user>/.lock`, taken without blocking a gevent worker (see conversations/locks.py).
-        Held only for a few file operations, never while talking to Gemini."""
+        `<user>/.lock`. Held only for a few file operations, never while talking to Gemini."""
         folder = self._folder(owner, create=True)
         fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            _acquire(fd, LOCK_TIMEOUT_S)
+            _flock(fd)
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock

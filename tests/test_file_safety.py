@@ -135,15 +135,26 @@ def cleanup_env(monkeypatch, settings):
 def _old_upload(chat, settings) -> str:
     """A file uploaded two days ago, named by no message."""
     file_id = upload(chat, png_bytes(), "old.png").json["id"]
-    _two_days_old(settings, file_id)
+    _two_days_old(chat, settings, file_id)
     return file_id
 
 
-def _two_days_old(settings, file_id: str) -> None:
+def _two_days_old(chat, settings, file_id: str) -> None:
     """The file's metadata as if stored, and last used, two days ago."""
+    files = chat.application.extensions["apsara"].files
+    then = datetime.now(timezone.utc) - timedelta(days=2)
+    if hasattr(files, "db"):  # the database store: its metadata row
+        with files.db.transaction() as conn:
+            row = conn.execute("SELECT meta FROM files WHERE owner = 'local' AND id = %s", (file_id,)).fetchone()
+            meta = orjson.loads(row[0])
+            meta.pop("used_until", None)
+            meta["created_at"] = then.isoformat().replace("+00:00", "Z")
+            conn.execute("UPDATE files SET meta = %s WHERE owner = 'local' AND id = %s",
+                         (orjson.dumps(meta), file_id))
+        return
     meta_path = _blob_and_meta(settings, "local", file_id)[1]
     meta = orjson.loads(meta_path.read_bytes())
-    meta["created_at"] = (datetime.now(timezone.utc) - timedelta(days=2)).isoformat().replace("+00:00", "Z")
+    meta["created_at"] = then.isoformat().replace("+00:00", "Z")
     meta_path.write_bytes(orjson.dumps(meta))
     _age(meta_path, 2 * DAY_S)
 
@@ -160,6 +171,7 @@ def _meanwhile(monkeypatch, action) -> None:
     monkeypatch.setattr(cleanup, "unreferenced", unreferenced)
 
 
+@pytest.mark.usefixtures("store_kind")
 def test_cleanup_keeps_a_file_a_send_attaches_while_it_runs(chat, fake, settings, monkeypatch, cleanup_env):
     file_id = _old_upload(chat, settings)
     assert chat.post(API, json={"id": "c1"}).status_code == 201
@@ -176,18 +188,20 @@ def test_cleanup_keeps_a_file_a_send_attaches_while_it_runs(chat, fake, settings
     assert chat.get(f"{FILES}/{file_id}/content").data == png_bytes()
     # The next run sees the message naming it, long after the send's mark has passed.
     monkeypatch.setattr(cleanup, "unreferenced", UNREFERENCED)
-    _two_days_old(settings, file_id)
+    _two_days_old(chat, settings, file_id)
     assert cleanup.main(["--grace-hours", "24"]) == 0
     assert chat.get(f"{FILES}/{file_id}").status_code == 200
 
 
+@pytest.mark.usefixtures("store_kind")
 def test_cleanup_still_removes_an_old_unattached_file(chat, settings, cleanup_env):
     file_id = _old_upload(chat, settings)
     assert cleanup.main(["--grace-hours", "24"]) == 0
     assert chat.get(f"{FILES}/{file_id}").status_code == 404
-    assert not any(_blob_and_meta(settings, "local", file_id)[i].exists() for i in (0, 1))
+    assert not any(path.exists() for path in _blob_and_meta(settings, "local", file_id))
 
 
+@pytest.mark.usefixtures("store_kind")
 def test_cleanup_keeps_a_file_an_import_reuses_while_it_runs(chat, fake, settings, monkeypatch, cleanup_env):
     file_id = upload(chat, png_bytes(), "red.png").json["id"]
     chat.post(API, json={"id": "c1"})
@@ -195,7 +209,7 @@ def test_cleanup_keeps_a_file_an_import_reuses_while_it_runs(chat, fake, setting
     assert chat.post(f"{API}/c1/messages", json={"text": "look", "files": [file_id]}).status_code == 201
     export = chat.get(f"{API}/c1/export?files=inline").json
     assert chat.delete(f"{API}/c1").status_code in (200, 204)
-    _two_days_old(settings, file_id)
+    _two_days_old(chat, settings, file_id)
 
     def import_it(found):
         assert ("local", file_id) in found
