@@ -45,7 +45,9 @@ def _refuse_other_fields() -> None:
 @blp.alt_response(413, schema=ErrorSchema, description="Larger than APSARA_MAX_UPLOAD_MB.")
 @blp.alt_response(415, schema=ErrorSchema, description="Not a type the models can read (decided from the bytes).")
 def upload(form):
-    """Upload a file (multipart field `file`, and nothing else); its type is decided from its bytes."""
+    """Upload a file (multipart field `file`, and nothing else); its type is decided from its bytes.
+
+    Its name is kept without folders, control characters or bidirectional overrides."""
     _refuse_other_fields()
     incoming = form["file"]
     temp_path = Path(incoming.stream.name) if hasattr(incoming.stream, "name") else None
