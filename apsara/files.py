@@ -378,11 +378,13 @@ class FileStore:
 
     @staticmethod
     def _sweep_user_folder(folder: Path, older_than_s: float) -> None:
-        cutoff = time.time() - older_than_s
-        _remove_older(folder.glob(TEMP_PREFIX + "*"), cutoff)
-        orphans = [blob for blob in folder.glob("*.bin")
-                   if not blob.name.startswith(".") and not blob.with_suffix(".json").exists()]
-        _remove_older(orphans, cutoff)
+        # One listing: a folder holds thousands of files, and only leftovers are stat'ed.
+        names = os.listdir(folder)
+        described = {name.removesuffix(".json") for name in names if name.endswith(".json")}
+        temps = [name for name in names if name.startswith(TEMP_PREFIX)]
+        orphans = [name for name in names if name.endswith(".bin") and not name.startswith(".")
+                   and name.removesuffix(".bin") not in described]
+        _remove_older((folder / name for name in temps + orphans), time.time() - older_than_s)
 
 
 def _remove_older(paths, cutoff: float) -> None:
