@@ -26,7 +26,7 @@ class Attachments:
     def parts_for(self, owner: str, file_ids: list[str]) -> list[dict]:
         parts = []
         for file_id in dict.fromkeys(file_ids):
-            meta = self.files.get(owner, file_id)
+            meta = self.files.attach(owner, file_id)  # marked in use: a cleanup now keeps it
             if meta is None:
                 raise ApiError(404, f"file '{file_id}' not found")
             parts.append({"type": "file", "file_id": file_id, "mime_type": meta["mime_type"]})

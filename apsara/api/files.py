@@ -9,6 +9,7 @@ from flask_smorest import Blueprint
 
 from ..auth import current_user
 from ..errors import ApiError
+from ..files import clean_filename
 from ..filetypes import ACTIVE_TYPES
 from ..schemas import FILE_LINKS, ErrorSchema, FileSchema, UploadSchema
 
@@ -44,7 +45,9 @@ def _refuse_other_fields() -> None:
 @blp.alt_response(413, schema=ErrorSchema, description="Larger than APSARA_MAX_UPLOAD_MB.")
 @blp.alt_response(415, schema=ErrorSchema, description="Not a type the models can read (decided from the bytes).")
 def upload(form):
-    """Upload a file (multipart field `file`, and nothing else); its type is decided from its bytes."""
+    """Upload a file (multipart field `file`, and nothing else); its type is decided from its bytes.
+
+    Its name is kept without folders, control characters or bidirectional overrides."""
     _refuse_other_fields()
     incoming = form["file"]
     temp_path = Path(incoming.stream.name) if hasattr(incoming.stream, "name") else None
@@ -54,7 +57,7 @@ def upload(form):
                 fh.write(incoming.stream.read())
                 temp_path = Path(fh.name)
         incoming.stream.close()
-        meta = _files().adopt(current_user(), temp_path, Path(incoming.filename or "").name[:255])
+        meta = _files().adopt(current_user(), temp_path, incoming.filename or "")  # its name is cleaned there
     finally:
         if temp_path is not None:
             temp_path.unlink(missing_ok=True)
@@ -89,8 +92,11 @@ def content(file_id):
     active = mime in ACTIVE_TYPES
     # Runnable types (HTML, SVG, scripts) only ever download; nosniff and a
     # sandboxing CSP keep the browser from treating anything else as a page.
+    # The name is cleaned again: one stored before names were cleaned at upload may hold
+    # control characters, which no header may carry (Gunicorn would answer 500). send_file
+    # gives a name beyond ASCII as RFC 6266 `filename*=UTF-8''...` with an ASCII fallback.
     response = send_file(_files().content(current_user(), file_id), mimetype=mime,
-                         as_attachment=active, download_name=meta["filename"] or file_id,
+                         as_attachment=active, download_name=clean_filename(meta["filename"]) or file_id,
                          conditional=False, max_age=300, etag=meta["sha256"])
     if response.content_length is None:  # a reader from the database: it has no size to stat
         response.content_length = meta["size_bytes"]

@@ -5,10 +5,16 @@ parser writes there, never to memory); `adopt()` then copies the temp file into
 chunk rows one chunk at a time, in the transaction that adds the metadata row, so
 a replica killed mid-copy leaves nothing. Reading is streamed the same way:
 `content()` gives a seekable reader that holds one chunk at a time.
+
+A file's mark of use (see files.py) is `used_until` in its metadata, and the
+cleanup's look at it and removal are one transaction holding the row's lock, as
+an attach's is: one of the two comes wholly first.
 """
 from __future__ import annotations
 
 import io
+import time
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -103,11 +109,50 @@ class PgFileStore(FileStore):
     def save_bytes(self, owner: str, data: bytes, mime_type: str, filename: str) -> dict:
         check_id(owner)
         meta = generated_meta(data, mime_type, filename)
-        self._put(owner, meta, (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+        self._put(owner, self._in_use(meta), (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
         return meta
 
     def _keep_restored(self, owner: str, meta: dict, data: bytes) -> None:
-        self._put(owner, meta, (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+        self._put(owner, self._in_use(meta), (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+
+    def _in_use(self, meta: dict) -> dict:
+        """The metadata marked in use for IN_USE_S: a message naming the file is on its way."""
+        return {**meta, "used_until": time.time() + self.IN_USE_S}
+
+    def attach(self, owner: str, file_id: str) -> dict | None:
+        try:
+            check_id(owner)
+            check_id(file_id)
+        except InvalidId:
+            return None
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT meta FROM files WHERE owner = %s AND id = %s FOR UPDATE",
+                               (owner, file_id)).fetchone()
+            if row is None:
+                return None
+            meta = self._in_use(orjson.loads(row[0]))
+            conn.execute("UPDATE files SET meta = %s WHERE owner = %s AND id = %s",
+                         (orjson.dumps(meta), owner, file_id))
+        return meta
+
+    @staticmethod
+    def _last_used(meta: dict) -> float:
+        created = datetime.fromisoformat(meta.get("created_at", "1970-01-01T00:00:00Z").replace("Z", "+00:00"))
+        return max(created.timestamp(), meta.get("used_until", 0.0))
+
+    def last_used(self, owner: str, file_id: str) -> float | None:
+        meta = self.get(owner, file_id)
+        return None if meta is None else self._last_used(meta)
+
+    def remove_if_unused(self, owner: str, file_id: str, since: float) -> bool:
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT meta FROM files WHERE owner = %s AND id = %s FOR UPDATE",
+                               (owner, file_id)).fetchone()
+            if row is None or self._last_used(orjson.loads(row[0])) >= since:
+                return False
+            conn.execute("DELETE FROM files WHERE owner = %s AND id = %s", (owner, file_id))
+            conn.execute("DELETE FROM file_chunks WHERE owner = %s AND file_id = %s", (owner, file_id))
+        return True
 
     def set_gemini_ref(self, owner: str, file_id: str, ref: dict | None) -> None:
         with self.db.transaction() as conn:
