@@ -362,3 +362,27 @@ def test_a_writer_killed_before_its_listing_line_is_listed_by_running_workers_af
     assert listed(running) == ["after", "before"]  # the log does not name it
     ConversationStore(tmp_path).check_search_index()  # what a worker's start runs
     assert listed(running) == ["after", "before", "lost"]
+
+
+@pytest.mark.parametrize("replacement", ["shorter", "longer"])
+def test_a_follower_of_a_file_whose_inode_number_came_back_reads_it_again_whole(tmp_path, replacement):
+    # A deleted conversation made again under its id, or a file compacted twice, may get the
+    # freed inode number back: a position in the old file means nothing in the new one.
+    from apsara.conversations.file_format import encode
+    from apsara.conversations.journal import record
+
+    store = ConversationStore(tmp_path)
+    stamp = now_iso()
+    header = {"id": "c1", "created_at": stamp, "updated_at": stamp, "message_count": 0, "title": "old"}
+    with store.locked("u", "c1"):
+        store.write("u", "c1", {"conversation": header, "messages": [], "active": {}, "seq": 0})
+        for n in range(3):
+            store.append("u", "c1", [record(0, "conversation", now_iso(), conversation={**header, "title": f"t{n}"})])
+    _, position = store.load("u", "c1")
+    padding = "x" * (0 if replacement == "shorter" else 4 * position[1])
+    other = encode({"conversation": {**header, "title": "new" + padding}, "messages": [], "active": {}, "seq": 0})
+    with open(store.path("u", "c1"), "r+b") as fh:  # the same inode, other bytes
+        fh.write(other)
+        fh.truncate()
+    assert store.may_have_news("u", "c1", position)
+    assert store.follow("u", "c1", position) == (None, None)

@@ -138,6 +138,18 @@ def records_in(chunk: bytes, conversation_id: str) -> list[dict]:
     return records
 
 
+def ends_a_mark(fd: int, offset: int) -> bool:
+    """Whether a mark line ends at `offset`, as at every position a reader took. Not so, the
+    file is another one, that got the freed inode number back (a deletion and a new
+    conversation of the same id, or two compactions): the position means nothing in it."""
+    start = max(0, offset - TAIL)
+    tail = os.pread(fd, offset - start, start)
+    if len(tail) < offset - start:
+        return False  # the file ends before it
+    line = last_line(tail)
+    return line is not None and line.startswith(MARK)
+
+
 def mark_at_end(fd: int, size: int) -> dict | None:
     """The mark on a file's last line, or None when its last append was cut short."""
     start = max(0, size - TAIL)

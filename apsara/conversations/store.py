@@ -43,8 +43,8 @@ import orjson
 
 from ..durable import TEMP_PREFIX, fsync_dir, on_disk_threads, write_atomically
 from ..search import SearchIndex, message_text
-from .file_format import (CorruptFile, decode_v1_header, encode, is_v1, last_header_at, mark_at_end, mark_line,
-                          parse_lines, records_in, whole_appends)
+from .file_format import (CorruptFile, decode_v1_header, encode, ends_a_mark, is_v1, last_header_at, mark_at_end,
+                          mark_line, parse_lines, records_in, whole_appends)
 from .filters import ListFilters
 from .locks import LOCK_TIMEOUT_S, ConversationLocks, Missing
 from ..metrics import store_write_took
@@ -276,7 +276,7 @@ class ConversationStore:
         inode, offset = position
         try:
             with open(self.path(owner, conversation_id), "rb") as fh:
-                if os.fstat(fh.fileno()).st_ino != inode:
+                if os.fstat(fh.fileno()).st_ino != inode or not ends_a_mark(fh.fileno(), offset):
                     return None, None
                 chunk, end = self._whole_from(fh, offset, owner, conversation_id)
         except FileNotFoundError:
@@ -288,13 +288,13 @@ class ConversationStore:
 
     def may_have_news(self, owner: str, conversation_id: str, position: tuple[int, int]) -> bool:
         """Whether `follow()` could find anything after `position` (or that the conversation
-        is gone): one stat(), no read."""
+        is gone or replaced): one stat(), no read."""
         inode, offset = position
         try:
             stat = os.stat(self.path(owner, conversation_id))
         except FileNotFoundError:
             return True
-        return stat.st_ino != inode or stat.st_size > offset
+        return stat.st_ino != inode or stat.st_size != offset
 
     def conversation_ids(self, owner: str) -> list[str]:
         try:
