@@ -360,7 +360,7 @@ class FileStore:
             self._next_sweep = now + self._sweep_every_s
             self._sweep_uploads(self.LEFTOVER_AGE_S)
 
-    def sweep_incoming(self, older_than_s: float | None = None) -> None:
+    def sweep_leftovers(self, older_than_s: float | None = None) -> None:
         """At start: remove what killed writers left, older than `older_than_s` (by default
         LEFTOVER_AGE_S in .incoming, WRITER_LEFTOVER_AGE_S in the users' folders): uploads
         in .incoming; in each user's folder, write_atomically()'s temp files and blobs whose

@@ -14,9 +14,10 @@ import binascii
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from ..conversations.tree import MessageTree, ROOT
+from ..files import clean_filename
 from ..schemas import ID_REGEX
 from . import Imported
-from .common import iso_from_text, safe_filename
+from .common import iso_from_text
 
 FORMAT = "apsara.conversation"
 VERSION = 1
@@ -181,7 +182,7 @@ def convert(entry: dict) -> tuple[Imported | None, dict]:
         return None, error.normalized_messages()
     for record in data["files"]:
         if "filename" in record:
-            record["filename"] = safe_filename(record["filename"])
+            record["filename"] = clean_filename(record["filename"])
             if not record["filename"]:
                 del record["filename"]  # nothing left to show: the file goes by its id
         if "data" in record:

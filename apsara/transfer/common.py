@@ -19,7 +19,6 @@ NOT_A_TIME = "not a time in ISO 8601 with its offset, such as 2026-11-21T17:03:0
 # Date and time, seconds, optional fraction, and an explicit offset: week dates, dates
 # without a time or times without an offset say too little (or too loosely) to store.
 _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class RefusedValue(ValueError):
@@ -74,11 +73,3 @@ def iso_from_text(value: str) -> str:
     if not EARLIEST <= stamp < LATEST:
         raise ValueError(OUT_OF_RANGE)
     return iso(stamp)
-
-
-def safe_filename(name: str) -> str:
-    """A file's name fit to show and to send in a Content-Disposition header: the base name
-    only (no folders of the machine it came from) and no control characters (a CR or LF would
-    end the header, a NUL the name). May be empty: the caller names the file then."""
-    base = re.split(r"[\\/]", name)[-1]
-    return _CONTROL.sub("", base).strip()

@@ -127,7 +127,10 @@ class Transfers:
         renamed = {}
         for k, record in enumerate(imported.files):
             if "data" not in record:
-                continue  # a reference only: it names a file of this user, or nothing
+                # A reference only: it names a file of this user, or nothing. Marked in use, as a
+                # message's attachment is, so that a cleanup running meanwhile keeps it.
+                self.files.attach(owner, record["id"])
+                continue
             meta = self.files.restore(owner, record, record["data"])
             if meta is None:
                 path = f"{n}.files.{k}.data"
