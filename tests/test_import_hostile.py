@@ -304,3 +304,25 @@ def test_a_conversation_whose_write_failed_part_way_is_taken_back(settings, monk
     assert client.get(f"{API}/imported").status_code == 404
     client = create_app(settings).test_client()  # and the next start finds nothing to mend
     assert listing(client) == ["source"] and client.get(f"{API}/imported").status_code == 404
+
+
+# -- size ----------------------------------------------------------------------------------------
+def test_a_conversation_of_more_messages_than_any_chat_is_refused_and_stores_nothing(client, settings):
+    from apsara.transfer.importing import MAX_MESSAGES
+
+    entry = chatgpt()[0]
+    seconds = entry["create_time"]
+    entry["mapping"] = {f"n{k}": {"parent": f"n{k - 1}" if k else None,
+                                  "message": {"author": {"role": "user" if k % 2 == 0 else "assistant"},
+                                              "create_time": seconds,
+                                              "content": {"content_type": "text", "parts": [f"zebra {k}"]}}}
+                        for k in range(MAX_MESSAGES + 1)}
+    entry["current_node"] = f"n{MAX_MESSAGES}"
+    error = refused(client, settings, [entry], path="0.messages")
+    assert str(MAX_MESSAGES) in error["details"]["0.messages"][0]
+    # one message fewer is a conversation like any other
+    del entry["mapping"][f"n{MAX_MESSAGES}"]
+    entry["current_node"] = f"n{MAX_MESSAGES - 1}"
+    response = client.post(f"{API}/import", json=[entry])
+    assert response.status_code == 201, response.json
+    assert response.json["conversations"][0]["message_count"] == MAX_MESSAGES

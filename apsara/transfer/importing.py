@@ -18,10 +18,25 @@ class ImportBatch:
         return sum(c.skipped_messages for c in self.conversations)
 
 
+# Messages one imported conversation may hold: far past any real chat (the longest ChatGPT
+# conversations run to a few thousand), and a worker reads a conversation whole before its
+# next turn (a 120,000-message one made that first turn take seconds, stalling the worker).
+MAX_MESSAGES = 10_000
+
+
 class InvalidExport(ValueError):
     def __init__(self, problems: dict):
         super().__init__("the export is not valid")
         self.problems = problems
+
+
+def _check_size(batch: "ImportBatch", listed: bool) -> "ImportBatch":
+    for n, imported in enumerate(batch.conversations):
+        if len(imported.messages) > MAX_MESSAGES:
+            path = f"{n}.messages" if listed else "messages"
+            raise InvalidExport({path: [f"{len(imported.messages)} messages: at most {MAX_MESSAGES} "
+                                        "a conversation"]})
+    return batch
 
 
 def read_export(document) -> ImportBatch:
@@ -37,12 +52,12 @@ def read_export(document) -> ImportBatch:
                 prefix = f"{n}." if isinstance(document, list) else ""
                 raise InvalidExport({f"{prefix}{path}": messages for path, messages in problems.items()})
             conversations.append(imported)
-        return ImportBatch("apsara", conversations, 0)
+        return _check_size(ImportBatch("apsara", conversations, 0), isinstance(document, list))
     for name, module in (("chatgpt", chatgpt), ("openwebui", openwebui)):
         if module.detect(document):
             converted = [_converted(module, n, entry) for n, entry in enumerate(document)]
             kept = [c for c in converted if c is not None]
-            return ImportBatch(name, kept, len(converted) - len(kept))
+            return _check_size(ImportBatch(name, kept, len(converted) - len(kept)), True)
     raise UnknownFormat("not an Apsara, ChatGPT or Open WebUI export")
 
 
