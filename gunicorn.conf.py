@@ -75,26 +75,36 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     # Replies run as jobs beside the requests. Gunicorn waits for open requests when it stops a
-    # worker gracefully (a deploy, a restart); the replies whose client had left get the rest of
-    # that time too, instead of being cut. The master kills the worker once graceful_timeout has
-    # passed since it asked it to stop: a second before that, what is left is checkpointed.
-    services = getattr(worker.wsgi, "extensions", {}).get("apsara")
-    if services is not None:
-        asked = getattr(worker, "apsara_stop_asked", None)
-        spent = time.monotonic() - asked if asked is not None else 0.0
-        services.chat.jobs.drain(worker.cfg.graceful_timeout - spent - 1.0)
+    # worker gracefully (SIGTERM: a deploy, a restart); the replies whose client had left get
+    # the rest of that time too, instead of being cut. The master kills the worker once
+    # graceful_timeout has passed since it asked it to stop: a second before that, what is left
+    # is checkpointed. A quick shutdown (SIGINT, SIGQUIT) only checkpoints.
+    # The master calls this hook too, for a worker that vanished: it has no app there.
+    services = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("apsara")
+    if services is None:
+        return
+    asked = getattr(worker, "apsara_stop_asked", None)
+    if asked is None:
+        left = worker.cfg.graceful_timeout  # it stopped of itself (max_requests)
+    elif asked[0] == signal.SIGTERM:
+        left = worker.cfg.graceful_timeout - (time.monotonic() - asked[1])
+    else:
+        left = 0.0
+    services.chat.jobs.drain(left - 1.0)
 
 
 def _note_when_asked_to_stop(worker) -> None:
-    """Gunicorn asks a worker to stop with SIGTERM; its own handler stays in charge."""
-    own = signal.getsignal(signal.SIGTERM)
+    """Gunicorn asks a worker to stop gracefully with SIGTERM, at once with SIGINT or SIGQUIT;
+    its own handlers stay in charge."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        own = signal.getsignal(signum)
 
-    def asked(signum, frame):
-        worker.apsara_stop_asked = time.monotonic()
-        if callable(own):
-            own(signum, frame)
+        def asked(number, frame, own=own):
+            worker.apsara_stop_asked = (number, time.monotonic())
+            if callable(own):
+                own(number, frame)
 
-    signal.signal(signal.SIGTERM, asked)
+        signal.signal(signum, asked)
     signal.siginterrupt(signal.SIGTERM, False)  # as Gunicorn set it: requests' system calls go on
 
 

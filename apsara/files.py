@@ -25,7 +25,6 @@ APSARA_PUBLIC_URL they are absolute.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import os
@@ -38,6 +37,7 @@ from urllib.parse import urlencode
 import orjson
 
 from .clock import new_id, now_iso
+from .conversations.locks import LockTimeout, flock_waiting
 from .conversations.store import InvalidId, check_id
 from .durable import TEMP_PREFIX, on_disk_threads, write_atomically
 from .errors import ApiError
@@ -65,19 +65,10 @@ def clean_filename(name: str | None) -> str:
 
 
 def _flock(fd: int, timeout_s: float = 30.0) -> None:
-    """An exclusive flock, waited for without blocking the process: under gevent a blocking
-    flock would freeze every greenlet of the worker, the holder's too. time.sleep yields to
-    them (gevent patches it) and simply waits under threads."""
-    deadline, delay = time.monotonic() + timeout_s, 0.001
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:  # held far longer than a few file operations take
-                raise ApiError(503, "this user's files are busy; try again", headers={"Retry-After": "1"}) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    try:
+        flock_waiting(fd, timeout_s)
+    except LockTimeout:  # held far longer than a few file operations take
+        raise ApiError(503, "this user's files are busy; try again", headers={"Retry-After": "1"}) from None
 
 
 def fsync_file(path: Path) -> None:

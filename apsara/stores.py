@@ -20,6 +20,7 @@ class Conversations(Protocol):
     conversations/store.py) and PgConversationStore (database/conversations.py)."""
 
     stop_poll_s: float  # how often a running reply may cheaply look for a stop request
+    transient_errors: tuple[type[BaseException], ...]  # a write's failures a later try may get through
 
     def locked(self, owner: str, conversation_id: str, timeout_s: float = ...,
                existing: bool = False) -> contextlib.AbstractContextManager: ...

@@ -284,15 +284,16 @@ def test_a_reply_whose_thread_cannot_start_ends_as_an_error_and_the_next_message
     assert len(fake.generate_requests()) == 1
 
 
-def failing_appends(monkeypatch, store, kind: str, times: int | None):
-    """Make the store's appends of `kind` records fail as a full disk does, `times` times
-    (None: until the returned switch is turned off)."""
+def failing_appends(monkeypatch, store, kind: str, times: int | None, error=None):
+    """Make the store's appends of `kind` records fail (by default for a passing reason, such as
+    a full disk), `times` times (None: until the returned switch is turned off)."""
     original, failed, on = store.append, [], [True]
+    error = error or store.transient_errors[0]("no room left")
 
     def append(owner, conversation_id, records, **kwargs):
         if on[0] and any(r["type"] == kind for r in records) and (times is None or len(failed) < times):
             failed.append(kind)
-            raise OSError(28, "No space left on device")
+            raise error
         return original(owner, conversation_id, records, **kwargs)
 
     monkeypatch.setattr(store, "append", append)
@@ -318,19 +319,37 @@ def test_a_reply_end_that_fails_once_is_stored_on_the_next_try(chat, chat_app, f
     assert stored["status"] == "complete" and stored["text"] == response.json["reply"]["text"]
 
 
-def test_a_reply_whose_end_cannot_be_stored_is_given_up_and_the_next_message_is_taken(chat, chat_app, fake,
-                                                                                    monkeypatch):
-    # Left "streaming" with this live process as its writer, the reply would make the
-    # conversation refuse every next message until a restart.
+def test_a_reply_end_that_keeps_failing_is_told_and_stored_once_the_disk_has_room(chat, chat_app, fake, monkeypatch):
+    # What the user read since the last checkpoint is only in memory: the end is tried until it lands.
     from apsara.turns import runner
 
-    monkeypatch.setattr(runner, "END_RETRY_DELAYS_S", (0.01, 0.01))
+    monkeypatch.setattr(runner, "END_RETRY_DELAYS_S", (0.01, 0.01, 0.1))
     new_conversation(chat)
     failed, disk_full = failing_appends(monkeypatch, chat_app.extensions["apsara"].manager.store, "reply", None)
     fake.push(Reply(parts=["what ", "was ", "read"], chunk_delay_s=0.35))
     events = Streaming(chat, "c1", "hi").finish()
-    assert len(failed) == 3 and events[-1][0] == "error"
+    assert len(failed) >= 3 and events[-1][0] == "error"  # told, not kept waiting on the disk
+    # Every process sees the reply's writer alive, still trying: the conversation waits for it.
+    assert chat.get(f"{API}/c1").json["messages"][1]["status"] == "streaming"
+    assert chat.post(f"{API}/c1/messages", json={"text": "too soon"}).status_code == 409
     disk_full[0] = False
+    reply = wait_until(lambda: next((m for m in chat.get(f"{API}/c1").json["messages"][1:]
+                                     if m["status"] != "streaming"), None))
+    assert (reply["status"], reply["text"]) == ("complete", "what was read")
+    assert chat.post(f"{API}/c1/messages", json={"text": "again"}).status_code == 201
+
+
+def test_a_reply_whose_end_fails_for_no_passing_reason_is_given_up_and_the_next_message_is_taken(
+        chat, chat_app, fake, monkeypatch):
+    # Left "streaming" with this live process as its writer, the reply would make the
+    # conversation refuse every next message until a restart.
+    new_conversation(chat)
+    failed, failing = failing_appends(monkeypatch, chat_app.extensions["apsara"].manager.store, "reply", None,
+                                      error=RuntimeError("a bug"))
+    fake.push(Reply(parts=["what ", "was ", "read"], chunk_delay_s=0.35))
+    events = Streaming(chat, "c1", "hi").finish()
+    assert len(failed) == 1 and events[-1][0] == "error"
+    failing[0] = False
     # What was checkpointed is kept, as for a writer that died.
     reply = chat.get(f"{API}/c1").json["messages"][1]
     assert reply["status"] == "interrupted" and reply["text"].startswith("what ")
@@ -338,8 +357,6 @@ def test_a_reply_whose_end_cannot_be_stored_is_given_up_and_the_next_message_is_
     assert response.status_code == 201, response.json
     messages = chat.get(f"{API}/c1").json["messages"]
     assert [m.get("status") for m in messages] == [None, "interrupted", None, "complete"]
-
-
 @pytest.mark.parametrize("streamed", [True, False])
 def test_a_stop_while_gemini_thinks_closes_the_request_at_once(chat, chat_app, fake, streamed):
     # No response yet (a thinking model, or any reply asked for whole): the request itself is closed.

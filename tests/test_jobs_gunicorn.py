@@ -201,6 +201,25 @@ def test_a_graceful_stop_lets_a_reply_whose_client_left_end(tmp_path, fake):
         reply = call("GET", f"{second}{API}/c1")[1]["messages"][1]
         assert (reply["status"], reply["text"]) == ("complete", "".join(words))
 
+def test_a_quick_stop_does_not_wait_for_running_replies_and_keeps_what_they_streamed(tmp_path, fake):
+    fake.default = Reply(parts=[f"w{n} " for n in range(400)], chunk_delay_s=0.05)  # 20 s of reply
+    with two_servers(tmp_path, fake) as (first, second):
+        call("POST", f"{first}{API}", {"id": "c1"})
+        stream = Events(first, "POST", f"{API}/c1/messages", {"text": "go", "stream": True})
+        stream.until(lambda e: deltas(stream.seen) == 3)
+        stream.close()
+        master = MASTERS[first]
+        asked = time.monotonic()
+        os.kill(master, signal.SIGINT)
+        while os.waitpid(master, os.WNOHANG) == (0, 0):
+            assert time.monotonic() - asked < 5, "a quick stop waited for the running reply"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 20
+        while (reply := call("GET", f"{second}{API}/c1")[1]["messages"][1])["status"] == "streaming":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert reply["status"] == "interrupted" and reply["text"].startswith("w0 w1 w2 ")
+
 def test_twenty_racing_senders_one_winner_and_a_whole_tree(tmp_path, fake):
     fake.default = Reply(parts=["the answer"], delay_s=5.0)  # long enough that every sender arrives while it runs
     with two_servers(tmp_path, fake) as (first, second):

@@ -320,7 +320,7 @@ def test_writers_in_one_process_take_turns_without_polling_the_file_lock(tmp_pat
         store.write("local", "c1", {"conversation": {"id": "c1", "updated_at": now_iso(), "n": 0},
                                     "messages": [], "active": {}})
     polled = []
-    real_acquire = locks._acquire
+    real_acquire = locks.flock_waiting
 
     def acquire(fd, timeout_s):
         try:
@@ -329,7 +329,7 @@ def test_writers_in_one_process_take_turns_without_polling_the_file_lock(tmp_pat
             polled.append(fd)
             real_acquire(fd, timeout_s)
 
-    monkeypatch.setattr(locks, "_acquire", acquire)
+    monkeypatch.setattr(locks, "flock_waiting", acquire)
 
     def writer():
         for _ in range(50):

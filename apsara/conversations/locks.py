@@ -29,10 +29,11 @@ class Missing(LookupError):
     """The conversation's file is not there (never made, or deleted)."""
 
 
-def _acquire(fd: int, timeout_s: float) -> None:
-    """flock without blocking the process: under gevent a blocking flock would freeze
-    every greenlet of the worker, including the one holding the lock. time.sleep
-    yields to them (gevent patches it) and simply waits under threads."""
+def flock_waiting(fd: int, timeout_s: float) -> None:
+    """An exclusive flock, waited for without blocking the process (LockTimeout after
+    `timeout_s`): under gevent a blocking flock would freeze every greenlet of the worker,
+    including the one holding the lock. time.sleep yields to them (gevent patches it) and
+    simply waits under threads."""
     deadline = time.monotonic() + timeout_s
     delay = 0.001
     while True:
@@ -98,7 +99,7 @@ class ConversationLocks:
         while True:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                _acquire(fd, max(0.0, deadline - time.monotonic()))
+                flock_waiting(fd, max(0.0, deadline - time.monotonic()))
             except BaseException:
                 os.close(fd)
                 raise

@@ -29,8 +29,10 @@ def _is_texts(value) -> bool:
 
 
 def _is_count(value) -> bool:
-    # Gemini's Schema takes these as int64; a bool is an int to Python, not to JSON.
-    return type(value) is int and 0 <= value < 2 ** 63
+    # Gemini's Schema takes these as int64 (the SDK turns a whole 3.0 into 3); a bool is an
+    # int to Python, not to JSON.
+    whole = type(value) is int or (type(value) is float and value.is_integer())
+    return whole and 0 <= value < 2 ** 63
 
 
 def _is_number(value) -> bool:

@@ -46,7 +46,7 @@ from ..search import SearchIndex, message_text
 from .file_format import (CorruptFile, decode_v1_header, encode, ends_a_mark, is_v1, last_header_at, mark_at_end,
                           mark_line, parse_lines, records_in, whole_appends)
 from .filters import ListFilters
-from .locks import LOCK_TIMEOUT_S, ConversationLocks, Missing
+from .locks import LOCK_TIMEOUT_S, ConversationLocks, LockTimeout, Missing
 from ..metrics import store_write_took
 from .journal import TOUCHING, replay
 from .recency import RecencyIndex, _scan
@@ -124,6 +124,8 @@ def _index_row(owner: str, document: dict) -> tuple:
 class ConversationStore:
     # How often a running reply looks for a stop request: a stat() is cheap.
     stop_poll_s = 0.0
+    # Failures of a write that a later try may get through: a full disk, a lock held too long.
+    transient_errors = (OSError, LockTimeout)
 
     def __init__(self, data_dir: Path):
         self.history_dir = Path(data_dir) / "history"
@@ -578,23 +580,24 @@ class ConversationStore:
     def check_search_index(self) -> int:
         """Mend the index where it differs from the files (a crash between the two writes, a restored
         backup, a copied folder); one process at a time. Returns how many conversations it mended.
-        Each user's listing log (recency.py) is mended from the same scan of the folders."""
+        The listing log (recency.py) of a user whose index differed is mended from the same scan:
+        a writer puts its line there before it writes the index, so a missing line shows here."""
         lock = self.search_index.path.parent / ".check.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             indexed = self.search_index.indexed()
-            on_disk = {}
-            for owner in self._owners():
-                scanned = _scan(self.history_dir / owner)
-                self.recency(owner).mend(scanned)
-                on_disk.update({(owner, cid): ns for cid, ns in scanned.items() if ID_PATTERN.fullmatch(cid)})
+            scans = {owner: _scan(self.history_dir / owner) for owner in self._owners()}
+            on_disk = {(owner, cid): ns for owner, scanned in scans.items()
+                       for cid, ns in scanned.items() if ID_PATTERN.fullmatch(cid)}
+            differing = {key[0] for key in indexed.keys() ^ on_disk.keys()}
             mended, rows = 0, []
             for key, mtime_ns in on_disk.items():
                 known = indexed.get(key)
                 if known is not None and known[0] == mtime_ns:
                     continue
+                differing.add(key[0])
                 try:  # a file's time can differ from its updated_at (a copy): the header decides
                     header = self.read_header(*key)
                     if header is None or (known is not None and known[1] == header["updated_at"]):
@@ -612,6 +615,8 @@ class ConversationStore:
             for owner, cid in indexed.keys() - on_disk.keys():
                 self.search_index.remove(owner, cid)
                 mended += 1
+            for owner in differing & scans.keys():
+                self.recency(owner).mend(scans[owner])
             return mended
         finally:
             os.close(fd)

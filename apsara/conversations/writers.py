@@ -31,7 +31,9 @@ def age_s(stamp: str | None) -> float:
     return (datetime.now(timezone.utc) - then).total_seconds()
 
 
-# Replies this process gave up writing: their end could not be stored.
+# Replies this process gave up writing: storing their end failed for no passing reason (a
+# bug). Dead to this process's readers, and its next message records them interrupted;
+# other processes see them streaming until this one exits.
 _abandoned: set[str] = set()
 
 
@@ -48,6 +50,8 @@ def writer_alive(message: dict) -> bool:
         return False
     if not isinstance(pid, int):
         return True  # no pid recorded: presumed alive
+    if pid == os.getpid() and writer.get("pid_start") == _own_start(pid):
+        return True  # this very process (no need to ask /proc)
     return holder_alive(pid, HOST, writer.get("pid_start"))
 
 

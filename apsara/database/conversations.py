@@ -95,6 +95,9 @@ def _index_records(conn, owner: str, conversation_id: str, records: list[dict]) 
 
 
 class PgConversationStore:
+    # Failures of a write that a later try may get through: the database away, a lock held too long.
+    transient_errors = (psycopg.OperationalError, LockTimeout)
+
     def __init__(self, db: Database):
         self.db = db
         self.stops = stops.StopListener(db.url)

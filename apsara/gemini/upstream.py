@@ -44,11 +44,12 @@ class Upstream:
                 self._busy.discard(stream)
 
     def close(self) -> None:
+        # Shut under the lock: a stream leaves `_busy` (and may go back to the pool, for another
+        # reply) only through it. shutdown() does not block.
         with self._lock:
             self.closed = True
-            busy = list(self._busy)
-        for stream in busy:
-            stream.shut()
+            for stream in self._busy:
+                stream.shut()
 
 
 @contextlib.contextmanager

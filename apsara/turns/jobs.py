@@ -218,7 +218,7 @@ class JobRegistry:
             # The job's own progress holds no stop: when nothing else was appended since the
             # last look, the next looks on from after it instead of reading it back (200
             # streams checkpointing 4 times a second would otherwise read all that back too).
-            if mark is not None and job.position == mark["began_at"]:
+            if job.position == mark["began_at"]:
                 job.position = mark["position"]
 
     def _stop_recorded(self, job: Job) -> bool:

@@ -11,6 +11,7 @@ or error with what had arrived.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -35,8 +36,8 @@ from .planner import TurnPlanner
 from .titles import TitleWriter
 
 log = logging.getLogger("apsara.replies")
-# Pauses between tries at storing a reply's end: about 8 s in all.
-END_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0)
+# Pauses between tries at storing a reply's end; the last one repeats until the write lands.
+END_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0, 10.0)
 _UNPARSED = object()
 
 
@@ -189,24 +190,34 @@ class ReplyRunner:
     # -- ending -------------------------------------------------------------------------
     def _end(self, owner: str, turn: Turn, job: Job, builder: ReplyBuilder, fields: dict,
              error: ApiError | None) -> None:
-        """Store how the reply ended and tell its followers. A write that fails (a full disk, the
-        lock held too long) is tried again for a while: what the user read is only in memory.
-        If it never lands, this process gives the reply up (writers.abandon): readers see it
-        interrupted with what was checkpointed, and the next message is taken (it records the
-        reply so), where the reply would otherwise stay `streaming` while this process lives."""
-        failure = None
-        for delay in END_RETRY_DELAYS_S + (None,):
+        """Store how the reply ended and tell its followers.
+
+        A write that fails for a passing reason (a full disk, the lock held too long, the
+        database away) is tried again until it lands: what the user read since the last
+        checkpoint is only in memory, and until then every process sees the reply streaming,
+        its writer (this one) alive. The followers are told of the trouble after the first
+        tries, not kept waiting on a disk; the reply is stored as it ended once the write
+        goes through. Any other failure gives the reply up at once (writers.abandon)."""
+        transient = self.manager.store.transient_errors
+        for attempt in itertools.count():
             try:
                 self._finish(owner, turn, job, builder, fields, error)
                 return
-            except Exception as exc:  # noqa: BLE001 - a job must end whatever happens
-                failure = exc
-                if delay is not None:
-                    log.warning("storing reply %s failed (%s); trying again in %.2f s", job.reply_id,
-                                type(exc).__name__, delay)
-                    time.sleep(delay)
-        log.error("storing reply %s failed; given up", job.reply_id, exc_info=failure)
-        abandon(job.reply_id)
+            except transient as exc:
+                if attempt == len(END_RETRY_DELAYS_S):
+                    log.error("storing reply %s keeps failing (%s); trying on every %.0f s", job.reply_id,
+                              exc, END_RETRY_DELAYS_S[-1])
+                    self._tell_failure(owner, turn, job, builder)
+                elif attempt < len(END_RETRY_DELAYS_S):
+                    log.warning("storing reply %s failed (%s); trying again", job.reply_id, type(exc).__name__)
+                time.sleep(END_RETRY_DELAYS_S[min(attempt, len(END_RETRY_DELAYS_S) - 1)])
+            except Exception:  # noqa: BLE001 - a job must end whatever happens
+                log.exception("storing reply %s failed; given up", job.reply_id)
+                abandon(job.reply_id)
+                self._tell_failure(owner, turn, job, builder)
+                return
+
+    def _tell_failure(self, owner: str, turn: Turn, job: Job, builder: ReplyBuilder) -> None:
         if not job.ended:  # its followers would wait forever
             view = message_view({**turn.stored_reply, "parts": builder.parts, "status": "error"},
                                 link=self.manager.link(owner))
@@ -240,4 +251,5 @@ class ReplyRunner:
             if turn.reply is not None:
                 view["siblings"] = turn.reply.get("siblings", view["siblings"])
             data = view if error is None else {"error": error.to_dict()["error"], "reply": view}
-            job.end(name, data, final_id)
+            if not job.ended:  # told of a trouble storing it, while the write was tried again
+                job.end(name, data, final_id)
