@@ -182,43 +182,42 @@ def test_sigkill_mid_stream_keeps_the_streamed_text(tmp_path, fake):
         assert call("POST", f"{second}{API}/c1/messages", {"text": "still there?"})[0] == 201
 
 
+@contextlib.contextmanager
+def stopped_with_a_reply_running(tmp_path, fake, words: list[str], signum: int, within_s: float):
+    """Stop the server streaming a reply whose client left with `signum`; it must be gone
+    within `within_s`. Returns the other server, which shares its conversations."""
+    fake.default = Reply(parts=words, chunk_delay_s=0.05)
+    with two_servers(tmp_path, fake) as (first, second):
+        call("POST", f"{first}{API}", {"id": "c1"})
+        stream = Events(first, "POST", f"{API}/c1/messages", {"text": "go", "stream": True})
+        stream.until(lambda e: deltas(stream.seen) == 3)
+        stream.close()
+        master, asked = MASTERS[first], time.monotonic()
+        os.kill(master, signum)
+        while os.waitpid(master, os.WNOHANG) == (0, 0):
+            assert time.monotonic() - asked < within_s, "the stopping server outlived its time"
+            time.sleep(0.05)
+        yield second
+
+
 def test_a_graceful_stop_lets_a_reply_whose_client_left_end(tmp_path, fake):
     # A deploy or a restart stops workers with SIGTERM: Gunicorn waits for open requests, and
     # a reply is a job that outlives its request.
-    words = [f"w{n} " for n in range(40)]
-    fake.default = Reply(parts=words, chunk_delay_s=0.05)  # 2 s of reply
-    with two_servers(tmp_path, fake) as (first, second):
-        call("POST", f"{first}{API}", {"id": "c1"})
-        stream = Events(first, "POST", f"{API}/c1/messages", {"text": "go", "stream": True})
-        stream.until(lambda e: deltas(stream.seen) == 3)
-        stream.close()
-        master = MASTERS[first]
-        os.kill(master, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while os.waitpid(master, os.WNOHANG) == (0, 0):
-            assert time.monotonic() < deadline, "the stopping server outlived its graceful timeout"
-            time.sleep(0.05)
-        reply = call("GET", f"{second}{API}/c1")[1]["messages"][1]
+    words = [f"w{n} " for n in range(40)]  # 2 s of reply
+    with stopped_with_a_reply_running(tmp_path, fake, words, signal.SIGTERM, within_s=20) as other:
+        reply = call("GET", f"{other}{API}/c1")[1]["messages"][1]
         assert (reply["status"], reply["text"]) == ("complete", "".join(words))
 
+
 def test_a_quick_stop_does_not_wait_for_running_replies_and_keeps_what_they_streamed(tmp_path, fake):
-    fake.default = Reply(parts=[f"w{n} " for n in range(400)], chunk_delay_s=0.05)  # 20 s of reply
-    with two_servers(tmp_path, fake) as (first, second):
-        call("POST", f"{first}{API}", {"id": "c1"})
-        stream = Events(first, "POST", f"{API}/c1/messages", {"text": "go", "stream": True})
-        stream.until(lambda e: deltas(stream.seen) == 3)
-        stream.close()
-        master = MASTERS[first]
-        asked = time.monotonic()
-        os.kill(master, signal.SIGINT)
-        while os.waitpid(master, os.WNOHANG) == (0, 0):
-            assert time.monotonic() - asked < 5, "a quick stop waited for the running reply"
-            time.sleep(0.05)
+    words = [f"w{n} " for n in range(400)]  # 20 s of reply
+    with stopped_with_a_reply_running(tmp_path, fake, words, signal.SIGINT, within_s=5) as other:
         deadline = time.monotonic() + 20
-        while (reply := call("GET", f"{second}{API}/c1")[1]["messages"][1])["status"] == "streaming":
+        while (reply := call("GET", f"{other}{API}/c1")[1]["messages"][1])["status"] == "streaming":
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert reply["status"] == "interrupted" and reply["text"].startswith("w0 w1 w2 ")
+
 
 def test_twenty_racing_senders_one_winner_and_a_whole_tree(tmp_path, fake):
     fake.default = Reply(parts=["the answer"], delay_s=5.0)  # long enough that every sender arrives while it runs
