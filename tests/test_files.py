@@ -312,7 +312,11 @@ def test_downloads_answer_ranges_and_revalidation(users):
     tail = alice.get(url, headers={"Range": "bytes=-100"})
     assert tail.status_code == 206 and tail.data == data[-100:]
     beyond = alice.get(url, headers={"Range": f"bytes={len(data) + 10}-"})
-    assert beyond.status_code == 416
+    assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"
+    assert beyond.json["error"]["code"] == 416
+    for malformed in ("bytes=abc", "bytes=5-1", "pages=1-2"):  # not a range: ignored, the whole file
+        ignored = alice.get(url, headers={"Range": malformed})
+        assert ignored.status_code == 200 and ignored.data == data, malformed
     assert alice.get(url, headers={"If-None-Match": whole.headers["ETag"]}).status_code == 304
 
 

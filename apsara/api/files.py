@@ -5,6 +5,7 @@ from pathlib import Path
 
 from flask import current_app, jsonify, request, send_file
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.http import parse_range_header
 from flask_smorest import Blueprint
 
 from ..auth import current_user
@@ -74,11 +75,22 @@ def get(file_id):
     return jsonify(_files().public(current_user(), _meta_or_404(file_id)))
 
 
+def _without_a_malformed_range():
+    """The request, or its environ less a `Range` that does not parse or counts in another
+    unit than bytes: such a header is ignored and the whole file sent (RFC 9110, 14.2),
+    where werkzeug would answer 416."""
+    header = request.headers.get("Range")
+    parsed = parse_range_header(header) if header is not None else None
+    if header is None or (parsed is not None and parsed.units == "bytes"):
+        return request
+    return {key: value for key, value in request.environ.items() if key != "HTTP_RANGE"}
+
+
 @blp.route("/<file_id>/content", methods=["GET"])
 @blp.response(200, description="The bytes.")
 @blp.alt_response(206, description="The bytes asked for with `Range` (one range), and `Content-Range`.")
 @blp.alt_response(304, description="Unchanged since the `ETag` given in `If-None-Match`.")
-@blp.alt_response(416, schema=ErrorSchema, description="A `Range` outside the file.")
+@blp.alt_response(416, schema=ErrorSchema, description="A `Range` outside the file (with `Content-Range: bytes */size`); a `Range` that does not parse is ignored.")
 @blp.doc(security=[{"bearer": []}, {}], parameters=[
     {"in": "query", "name": name, "schema": {"type": "string"}, "required": False,
      "description": "Part of a signed URL (instead of the Bearer key)."}
@@ -103,10 +115,12 @@ def content(file_id):
     try:
         # Ranges and If-None-Match against the size we hold, which send_file cannot learn from
         # a reader from the database (it would answer every range with the whole file).
-        response.make_conditional(request, accept_ranges=True, complete_length=meta["size_bytes"])
+        response.make_conditional(_without_a_malformed_range(), accept_ranges=True,
+                                  complete_length=meta["size_bytes"])
     except RequestedRangeNotSatisfiable:
         response.close()
-        raise
+        raise ApiError(416, "the range asked for is outside the file",
+                       headers={"Content-Range": f"bytes */{meta['size_bytes']}"}) from None
     if mime.startswith("text/"):
         response.headers["Content-Type"] = f"{mime}; charset={meta.get('charset', 'utf-8')}"
     # A user's file: browsers may keep it a while, shared caches (a CDN, a proxy) never,
