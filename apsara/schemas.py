@@ -56,6 +56,20 @@ class QueryBoolean(fields.Boolean):
         return value == "true"
 
 
+# An event id is a count of a stream's events: 18 digits is far past any stream, and keeps
+# the id within 64 bits. ASCII digits only: int() would take "1_000" and other scripts' digits.
+EVENT_ID = re.compile(r"[0-9]{1,18}")
+
+
+class QueryEventId(fields.Integer):
+    """An event id in a query string, as strict as the `Last-Event-ID` header."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not EVENT_ID.fullmatch(value):
+            raise ValidationError("Not an event id (a whole number, at most 18 digits).")
+        return int(value)
+
+
 class MaxChars(validate.Validator):
     """A length limit read from the app's settings, so it stays configurable."""
 
@@ -251,7 +265,7 @@ class RoutingSchema(Schema):
 
 
 class EventsQuerySchema(Schema):
-    after = fields.Integer(validate=validate.Range(0), metadata={
+    after = QueryEventId(metadata={
         "description": "Replay the events after this id (a `Last-Event-ID` header wins over it)."})
 
 

@@ -38,6 +38,12 @@ def test_a_last_event_id_that_is_not_ascii_digits_is_422(chat, reply_events, hea
     assert "Last-Event-ID" in error["details"]
 
 
+@pytest.mark.parametrize("after", ["\u0661", "1_0", " 2", "9" * 19, "-1", "1e3", ""])
+def test_an_after_that_is_not_ascii_digits_is_422_as_the_header_is(chat, reply_events, after):
+    error = envelope(chat.get(reply_events, query_string={"after": after}), 422)
+    assert "after" in error["details"]
+
+
 def test_a_last_event_id_of_ascii_digits_replays_after_it(chat, reply_events):
     everything = chat.get(reply_events).get_data(as_text=True)
     assert "event: done" in everything

@@ -7,14 +7,12 @@ goes out; the reply then runs as a job that no request owns.
 """
 from __future__ import annotations
 
-import re
-
 from flask import current_app, jsonify, request
 from flask_smorest import Blueprint
 
 from ..auth import current_user
 from ..errors import ApiError
-from ..schemas import (ConversationSchema, EditSchema, ErrorSchema, EventsQuerySchema, RegenerateSchema,
+from ..schemas import (EVENT_ID, ConversationSchema, EditSchema, ErrorSchema, EventsQuerySchema, RegenerateSchema,
                        ReplyResultSchema, SendSchema, TURN_LINKS, TurnResultSchema, stream_content,
                        stream_response)
 from ..streaming import sse_response
@@ -119,9 +117,6 @@ EVENTS_DOC = {"200": {"description": "The reply's events from reply_start on (th
                       "content": stream_content(with_user=False)}}
 
 
-# An event id is a count of a stream's events: 18 digits is far past any stream, and
-# keeps int() within its digit limit and the id within 64 bits.
-_EVENT_ID = re.compile(r"[0-9]{1,18}")
 LAST_EVENT_ID_DOC = {"in": "header", "name": "Last-Event-ID", "required": False,
                      "schema": {"type": "integer", "minimum": 0, "maximum": 10 ** 18 - 1},
                      "description": "Resume after this event id (wins over `after`): ASCII digits, else 422."}
@@ -147,7 +142,7 @@ def _event_id(header: str) -> int:
     str.isdigit() is not enough: it takes superscripts and other scripts' digits, which int() refuses.
     """
     value = header.strip()
-    if not _EVENT_ID.fullmatch(value):
+    if not EVENT_ID.fullmatch(value):
         raise ApiError(422, "Last-Event-ID must be an event id (a whole number, at most 18 digits)",
                        {"Last-Event-ID": ["not a whole number"]})
     return int(value)
