@@ -318,3 +318,57 @@ def test_what_a_transaction_read_is_not_kept_when_it_rolls_back(on_database):
     assert store.read("local", "c1")["conversation"]["title"] == "Real"
     assert client.patch(f"{API}/c1", json={"title": "Later"}).status_code == 200
     assert client.get(f"{API}/c1").json["title"] == "Later" and store.read("local", "c1")["conversation"]["title"] == "Later"
+
+
+def test_the_flags_migration_reads_old_headers_even_those_jsonb_refuses(fresh_database):
+    # Before the flags were columns, a listing cast every header to jsonb, which refuses a
+    # \u0000 in a title: one such conversation made the user's every listing a 500.
+    import orjson
+
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        migrate_up_to = [m for m in MIGRATIONS if m[0] < 5]
+        for version, name, sql in migrate_up_to:
+            conn.execute(sql)
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.cursor().executemany("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                  [(version, name) for version, name, _ in migrate_up_to])
+        stamp = now_iso()
+        for cid, header in (("plain", {"title": "t"}), ("kept", {"title": "t", "archived": True, "pinned": True}),
+                            ("nul", {"title": "a\x00b", "temporary": True, "pinned": True})):
+            header = {"id": cid, "created_at": stamp, "updated_at": stamp, **header}
+            conn.execute("INSERT INTO conversations (owner, id, snapshot, snapshot_seq, generation, seq, "
+                         "record_bytes, header, updated_at, updated_ns, message_count) "
+                         "VALUES ('u', %s, %s, 0, 1, 0, 0, %s, %s, 1, 0)",
+                         (cid, orjson.dumps({"conversation": header, "messages": []}), orjson.dumps(header), stamp))
+        assert migrate(conn) == [version for version, _, _ in MIGRATIONS if version >= 5]
+        rows = conn.execute("SELECT id, archived, pinned, temporary FROM conversations ORDER BY id").fetchall()
+    assert rows == [("kept", True, True, False), ("nul", False, True, True), ("plain", False, False, False)]
+
+
+def test_a_nul_in_a_title_breaks_no_listing_search_or_sweep(on_database):
+    client = on_database.test_client()
+    for cid, fields in (("odd", {"title": "a\u0000b zebra"}), ("gone", {"title": "a\u0000b", "temporary": True}),
+                        ("pin", {"title": "zebra"})):
+        assert client.post(API, json={"id": cid, **fields}).status_code == 201
+    assert client.patch(f"{API}/pin", json={"archived": True, "pinned": True}).status_code == 200
+
+    def listed(query=""):
+        response = client.get(f"{API}?{query}")
+        assert response.status_code == 200, response.json
+        return [c["id"] for c in response.json["conversations"]]
+
+    assert listed() == ["odd"] and listed("q=zebra") == ["odd"]
+    assert listed("archived=true") == ["pin"] and listed("archived=true&pinned=true&q=zebra") == ["pin"]
+    assert listed("temporary=true") == ["gone"]
+    store = on_database.extensions["apsara"].store
+    assert store.expired_temporary(time.time_ns() + 10**12) == [("local", "gone")]
+
+
+def test_a_message_past_what_a_tsvector_holds_is_stored_and_found(on_database):
+    # PostgreSQL's tsvector holds 1 MB: such a message was a 500 here, and 201 with the files.
+    client = on_database.test_client()
+    client.post(API, json={"id": "long"})
+    text = " ".join(f"word{n:06d}" for n in range(90_000))  # 990,000 characters: 1.4 MB of tsvector
+    assert client.post(f"{API}/long/messages", json={"text": text}).status_code == 201
+    assert [c["id"] for c in client.get(f"{API}?q=word000001").json["conversations"]] == ["long"]

@@ -65,18 +65,38 @@ def _snapshot(document: dict) -> bytes:
                          "active": document.get("active", {}), "seq": document.get("seq", 0)})
 
 
-# The listing's flags, read from the header row (see conversations/filters.py for the rule).
-_FLAGS_MATCH = ("".join(f" AND COALESCE((convert_from(header, 'UTF8')::jsonb ->> '{flag}')::boolean, false) = %s"
-                        for flag in ("archived", "temporary"))
-                + " AND (NOT %s OR COALESCE((convert_from(header, 'UTF8')::jsonb ->> 'pinned')::boolean, false))")
+FLAGS = ("archived", "pinned", "temporary")
+
+
+def _flags_match(table: str = "") -> str:
+    """The listing's rule (see conversations/filters.py) on the flags' columns, kept from the
+    header by write() and append(): casting the header to jsonb failed on a \\u0000 in a title."""
+    return f" AND {table}archived = %s AND {table}temporary = %s AND (NOT %s OR {table}pinned)"
 
 
 def _flag_args(filters: ListFilters) -> list[bool]:
     return [filters.archived, filters.temporary, filters.pinned]
 
 
+def _flags_of(header: dict | None) -> dict:
+    """The columns' values from a header; None (unchanged) without one."""
+    return {flag: (bool(header.get(flag)) if header is not None else None) for flag in FLAGS}
+
+
+# PostgreSQL's tsvector holds at most 1 MB: a text longer than this is indexed as its
+# distinct words, in order, as many as fit (the search matches words, not phrases).
+MAX_INDEXED_CHARS = 256 * 1024
+
+
+def _indexed(text: str) -> str:
+    text = text.replace("\x00", "")  # PostgreSQL's text refuses NUL
+    if len(text) > MAX_INDEXED_CHARS:
+        text = " ".join(dict.fromkeys(text.split()))[:MAX_INDEXED_CHARS]
+    return text
+
+
 def _add_texts(conn, owner: str, conversation_id: str, kind: str, texts: list[str]) -> None:
-    rows = [(owner, conversation_id, kind, text.replace("\x00", "")) for text in texts if text]
+    rows = [(owner, conversation_id, kind, _indexed(text)) for text in texts if text]
     if rows:
         with conn.cursor() as cursor:
             cursor.executemany("INSERT INTO search_texts (owner, conversation_id, kind, body) "
@@ -230,7 +250,7 @@ class PgConversationStore:
     def list_headers(self, owner: str, limit: int, after: tuple[int, str] | None = None,
                      filters: ListFilters = ListFilters()):
         """Newest first, ties by id, those the filters accept; `after` is the (updated_ns, id) of the last item seen."""
-        where, args = "owner = %s" + _FLAGS_MATCH, [check_id(owner), *_flag_args(filters)]
+        where, args = "owner = %s" + _flags_match(), [check_id(owner), *_flag_args(filters)]
         if after is not None:
             where += " AND (updated_ns < %s OR (updated_ns = %s AND id > %s))"
             args += [after[0], after[0], after[1]]
@@ -252,13 +272,16 @@ class PgConversationStore:
                          (check_id(owner), check_id(conversation_id)))
             conn.execute(
                 "INSERT INTO conversations (owner, id, snapshot, snapshot_seq, generation, seq, record_bytes, header, "
-                " updated_at, updated_ns, message_count) VALUES (%s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s) "
+                " updated_at, updated_ns, message_count, archived, pinned, temporary) "
+                "VALUES (%s, %s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (owner, id) DO UPDATE SET snapshot = EXCLUDED.snapshot, "
                 " snapshot_seq = EXCLUDED.snapshot_seq, generation = conversations.generation + 1, "
                 " seq = EXCLUDED.seq, record_bytes = 0, header = EXCLUDED.header, updated_at = EXCLUDED.updated_at, "
-                " updated_ns = EXCLUDED.updated_ns, message_count = EXCLUDED.message_count",
+                " updated_ns = EXCLUDED.updated_ns, message_count = EXCLUDED.message_count, "
+                " archived = EXCLUDED.archived, pinned = EXCLUDED.pinned, temporary = EXCLUDED.temporary",
                 (owner, conversation_id, snapshot, seq, secrets.randbits(62), seq, orjson.dumps(header),
-                 header["updated_at"], iso_to_ns(header["updated_at"]), header.get("message_count", 0)))
+                 header["updated_at"], iso_to_ns(header["updated_at"]), header.get("message_count", 0),
+                 *_flags_of(header).values()))
             conn.execute("DELETE FROM search_texts WHERE owner = %s AND conversation_id = %s",
                          (owner, conversation_id))
             _add_texts(conn, owner, conversation_id, "title", [header.get("title") or ""])
@@ -271,19 +294,21 @@ class PgConversationStore:
         mark with `size` and `base`, as the file store's, for `needs_compaction()`.
 
         One statement: the row takes the next numbers and the records go in with them."""
-        bodies, header, touched = [], None, None
+        bodies, header, flags, touched = [], None, _flags_of(None), None
         for rec in records:
             rec.pop("seq", None)
             bodies.append(orjson.dumps(rec))
             if rec["type"] == "conversation":
-                header = orjson.dumps(rec["conversation"])
+                header, flags = orjson.dumps(rec["conversation"]), _flags_of(rec["conversation"])
             if rec["type"] in TOUCHING:
                 touched = max(touched or "", rec["at"])
         with self.db.transaction() as conn:
             row = conn.execute(
                 "WITH c AS (UPDATE conversations SET seq = seq + %(n)s, record_bytes = record_bytes + %(bytes)s, "
                 "  updated_at = GREATEST(updated_at, %(touched)s), updated_ns = GREATEST(updated_ns, %(touched_ns)s), "
-                "  message_count = COALESCE(%(count)s, message_count), header = COALESCE(%(header)s, header) "
+                "  message_count = COALESCE(%(count)s, message_count), header = COALESCE(%(header)s, header), "
+                "  archived = COALESCE(%(archived)s, archived), pinned = COALESCE(%(pinned)s, pinned), "
+                "  temporary = COALESCE(%(temporary)s, temporary) "
                 "  WHERE owner = %(owner)s AND id = %(id)s "
                 "  RETURNING seq, updated_at, message_count, record_bytes, length(snapshot) AS base, generation), "
                 " added AS (INSERT INTO conversation_records (owner, conversation_id, seq, body) "
@@ -293,7 +318,7 @@ class PgConversationStore:
                 {"n": len(bodies), "bytes": sum(map(len, bodies)), "touched": touched,
                  "touched_ns": iso_to_ns(touched) if touched else None, "count": message_count,
                  "header": header, "owner": check_id(owner), "id": check_id(conversation_id),
-                 "bodies": bodies, "commit": "on" if sync else "off"}).fetchone()
+                 "bodies": bodies, "commit": "on" if sync else "off", **flags}).fetchone()
             if row is None:
                 raise Missing(conversation_id)
             seq, updated_at, count, record_bytes, base, generation = row[:6]
@@ -342,8 +367,7 @@ class PgConversationStore:
         words = words_of(query)
         if not words:
             return []
-        where, args = "c.owner = %s" + _FLAGS_MATCH.replace("header", "c.header"), [check_id(owner),
-                                                                                    *_flag_args(filters)]
+        where, args = "c.owner = %s" + _flags_match("c."), [check_id(owner), *_flag_args(filters)]
         if after is not None:
             where += " AND (c.updated_ns < %s OR (c.updated_ns = %s AND c.id > %s))"
             args += [after[0], after[0], after[1]]
@@ -363,8 +387,7 @@ class PgConversationStore:
     def expired_temporary(self, cutoff_ns: int) -> list[tuple[str, str]]:
         """(owner, id) of temporary conversations with no activity since `cutoff_ns`."""
         with self.db.connection() as conn:
-            rows = conn.execute("SELECT owner, id FROM conversations WHERE updated_ns < %s AND "
-                                "COALESCE((convert_from(header, 'UTF8')::jsonb ->> 'temporary')::boolean, false)",
+            rows = conn.execute("SELECT owner, id FROM conversations WHERE updated_ns < %s AND temporary",
                                 (cutoff_ns,)).fetchall()
         return [(owner, cid) for owner, cid in rows]
 

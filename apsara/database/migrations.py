@@ -95,6 +95,20 @@ CREATE TABLE search_texts (
 CREATE INDEX search_texts_words ON search_texts USING gin (words);
 CREATE INDEX search_texts_conversation ON search_texts (owner, conversation_id);
 """),
+    (5, "the listing's flags as columns: a header jsonb cannot read (a \\u0000 in a title) broke every listing", """
+ALTER TABLE conversations ADD COLUMN archived boolean NOT NULL DEFAULT false,
+                          ADD COLUMN pinned boolean NOT NULL DEFAULT false,
+                          ADD COLUMN temporary boolean NOT NULL DEFAULT false;
+CREATE FUNCTION pg_temp.header_flag(header bytea, flag text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN COALESCE((convert_from(header, 'UTF8')::jsonb ->> flag)::boolean, false);
+EXCEPTION WHEN others THEN  -- jsonb refuses an escaped NUL: the header's own key, as JSON wrote it
+    RETURN position(('"' || flag || '":true') IN convert_from(header, 'UTF8')) > 0;
+END $$;
+UPDATE conversations SET archived = pg_temp.header_flag(header, 'archived'),
+                         pinned = pg_temp.header_flag(header, 'pinned'),
+                         temporary = pg_temp.header_flag(header, 'temporary');
+"""),
 ]
 
 
