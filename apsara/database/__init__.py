@@ -61,6 +61,7 @@ class Database:
         self.pool_size = pool_size
         self._local = threading.local()
         self._migrated = False
+        self._tries = 0  # to migrate in this process: a request that waited on another's try sees it failed
         self._migrate_lock = threading.Lock()
 
     @property
@@ -92,15 +93,22 @@ class Database:
         """Apply the migrations on first use (under their advisory lock, as every replica does)."""
         if self._migrated:
             return
+        tries = self._tries
         with self._migrate_lock:
             if self._migrated:
                 return
+            if self._tries != tries:
+                # One failed while this request waited: answer now rather than queue behind
+                # another attempt that may wait connect_timeout for a database that does not answer.
+                raise psycopg.OperationalError("the database could not be reached a moment ago")
+            self._tries += 1
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
                     migrate(conn)
             except psycopg.OperationalError:
                 _unreachable[self.url] = True
                 raise
+            _unreachable[self.url] = False
             self._migrated = True
 
     def _checkout(self):
