@@ -125,6 +125,19 @@ def _from_http_exception(exc: HTTPException) -> ApiError:
     return ApiError(code, str(message))
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """psycopg's OperationalError (the pool's PoolTimeout is one): connecting failed, the
+    connection broke mid-statement, or no connection came free in time."""
+    try:
+        import psycopg
+    except ImportError:  # installed with the service; only the database mode raises its errors
+        return False
+    return isinstance(exc, psycopg.OperationalError)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(error: ApiError):
@@ -136,6 +149,13 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_crash(exc: Exception):
+        if _database_unavailable(exc):
+            # The database is away (down, restarting, unreachable, out of connections): not a bug
+            # here, and the client may try again. Only the error's type is logged: its message
+            # names the database's address.
+            log.warning("database unavailable (%s): answered 503", type(exc).__name__)
+            return error_response(ApiError(503, "the database is unavailable; try again shortly",
+                                           headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)}))
         # The trace goes to the log only; the client gets a plain INTERNAL.
         log.exception("unhandled error")
         return error_response(ApiError(500, "internal error"))

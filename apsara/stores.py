@@ -78,18 +78,18 @@ def open_stores(settings: Settings) -> Stores:
     from .ratelimits import RateLimits
     from .usage import SqliteLedger
 
-    secret_key = settings.secret_key  # empty with a database: the replicas' shared one
+    # Empty with a database: the replicas' shared one, which PgFileStore reads on first use.
+    secret_key = settings.secret_key
     if settings.database_url:
         from .database import Database
         from .database.conversations import PgConversationStore
         from .database.files import PgFileStore
         from .database.ratelimits import PgRateLimits
-        from .database.shared import file_url_key
         from .database.usage import PgLedger
 
         db = Database(settings.database_url)
         stores = Stores(PgConversationStore(db),
-                        PgFileStore(db, settings.data_dir, secret_key or file_url_key(db), settings.file_url_ttl_s,
+                        PgFileStore(db, settings.data_dir, secret_key, settings.file_url_ttl_s,
                                     settings.public_url, settings.upload_sweep_every_s),
                         PgLedger(db), PgRateLimits(settings.rate_limits, db, settings.rate_limit_storage))
     else:

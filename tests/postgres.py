@@ -48,29 +48,57 @@ def _as_server_user(args: list[str]) -> list[str]:
     return args
 
 
+class Server:
+    """A PostgreSQL server of its own in `folder`, stopped and started again at will."""
+
+    def __init__(self, bindir: str, folder: str):
+        self.bindir, self.folder = bindir, folder
+        self.data = os.path.join(folder, "data")
+        self.port = free_port()
+        self.url = f"postgresql://apsara@127.0.0.1:{self.port}/apsara"
+
+    def _run(self, *args) -> None:
+        subprocess.run(_as_server_user(list(args)), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def create(self) -> None:
+        self._run(f"{self.bindir}/initdb", "-D", self.data, "-U", "apsara", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.start()
+        self._run(f"{self.bindir}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "apsara", "apsara")
+
+    def start(self) -> None:
+        # fsync off: a test server that dies takes its data with it anyway.
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off "
+                   f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=400")
+        self._run(f"{self.bindir}/pg_ctl", "-D", self.data, "-w", "-l", os.path.join(self.folder, "log"),
+                  "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """mode "fast" closes every connection, as a restart does; "immediate" as a crash does."""
+        subprocess.run(_as_server_user([f"{self.bindir}/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"]),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @contextlib.contextmanager
-def cluster():
-    """Yields a postgresql:// URL of a fresh database on a fresh server."""
+def server():
+    """Yields a fresh, running `Server` with an empty database; gone afterwards."""
     bindir = require_bindir()
     folder = tempfile.mkdtemp(prefix="apsara-pg-")
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    data = os.path.join(folder, "data")
-    port = free_port()
-    run = lambda *args: subprocess.run(_as_server_user(list(args)), check=True,  # noqa: E731
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    running = Server(bindir, folder)
     try:
-        run(f"{bindir}/initdb", "-D", data, "-U", "apsara", "--auth=trust", "-E", "UTF8", "--no-sync")
-        # fsync off: a test server that dies takes its data with it anyway.
-        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off "
-                   f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=400")
-        run(f"{bindir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(folder, "log"), "-o", options, "start")
-        run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "apsara", "apsara")
-        yield f"postgresql://apsara@127.0.0.1:{port}/apsara"
+        running.create()
+        yield running
     finally:
-        subprocess.run(_as_server_user([f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"]),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        running.stop("immediate")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cluster():
+    """Yields a postgresql:// URL of a fresh database on a fresh server."""
+    with server() as running:
+        yield running.url
 
 
 def empty(url: str) -> None:

@@ -22,6 +22,7 @@ import orjson
 from ..conversations.store import InvalidId, check_id
 from ..files import FileStore, examine, generated_meta
 from . import Database
+from .shared import file_url_key
 
 CHUNK = 1024 * 1024
 
@@ -72,6 +73,13 @@ class PgFileStore(FileStore):
                  public_url: str | None = None, sweep_every_s: float = 600.0):
         super().__init__(data_dir, secret_key, url_ttl_s, public_url, sweep_every_s)
         self.db = db
+
+    def _signature(self, owner: str, file_id: str, expires: int) -> str:
+        # No key given: the replicas' shared one, read on first use rather than at start, so a
+        # worker that started while the database was away gets it once the database is back.
+        if not self._secret:
+            self._secret = file_url_key(self.db).encode()
+        return super()._signature(owner, file_id, expires)
 
     def _put(self, owner: str, meta: dict, chunks) -> None:
         with self.db.transaction() as conn, conn.cursor() as cur:

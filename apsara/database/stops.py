@@ -9,6 +9,14 @@ notification was missed: every 0.25 s while this process is not listening,
 every few seconds while it is. It counts as listening once a probe it sent
 itself came back: behind a pooler that does not pass LISTEN on (PgBouncer in
 transaction mode), none does, and replies keep asking often.
+
+A connection can also die without a word (a NAT or firewall that forgot it, a
+server that hangs): no error, no data, and it would count as listening forever
+while replies ask only every few seconds. So it has TCP keepalives, and while
+listening it sends itself a probe every PROBE_EVERY_S from a short-lived
+connection of its own, through the server as any stop request goes; one that
+has not come back within PROBE_WAIT_S means the connection is deaf: it stops
+counting as listening and is made again.
 """
 from __future__ import annotations
 
@@ -27,7 +35,19 @@ CHANNEL = "apsara_stop"
 ASK_S = 0.25  # how often a running reply asks for a stop request while this process is not listening
 ASK_LISTENING_S = 5.0  # and while it is
 RETRY_S = 1.0  # before listening again after the connection failed
-WAKE_S = 1.0  # how often the listener looks whether it is still wanted
+WAKE_S = 0.5  # how often the listener looks whether it is still wanted, and at its probe
+PROBE_EVERY_S = 5.0  # how often a listening connection checks it still hears notifications
+PROBE_WAIT_S = 2.0  # how long a probe may take to come back before the connection counts as deaf
+# The kernel drops a connection whose peer went away within ~25 s, even while nothing is sent;
+# connect_timeout: a server that does not answer never holds the listener up for long.
+# application_name: an operator tells it in pg_stat_activity.
+LISTENER_NAME = "apsara stop listener"
+CONNECT = {"autocommit": True, "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+           "keepalives_interval": 5, "keepalives_count": 3, "application_name": LISTENER_NAME}
+
+
+class Deaf(Exception):
+    """The listening connection stopped hearing its own probes."""
 
 
 def notify(conn, owner: str, conversation_id: str, reply_id: str | None = None) -> None:
@@ -46,6 +66,8 @@ class StopListener:
     def __init__(self, url: str):
         self.url = url
         self._listening_in: int | None = None  # the pid whose connection is listening now
+        self._awaited: str | None = None  # the probe sent and not yet heard back
+        self._sent_at = 0.0  # when it was sent (time.monotonic)
 
     @property
     def listening(self) -> bool:
@@ -53,32 +75,54 @@ class StopListener:
 
     def run(self, on_stop: Callable[[str, str, str | None], None], wanted: Callable[[], bool]) -> None:
         """Call `on_stop(owner, conversation_id, reply_id or None)` for each notification,
-        until `wanted()` is false; a failed connection is made again."""
+        until `wanted()` is false; a failed or deaf connection is made again."""
         while wanted():
             try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
+                with psycopg.connect(self.url, **CONNECT) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    probe = secrets.token_hex(8)
-                    self._probe(conn, probe)
+                    # The first probe goes on the listening connection itself: it tells whether
+                    # notifications reach this connection at all (not behind PgBouncer).
+                    self._send_probe(conn)
                     while wanted():
                         for note in conn.notifies(timeout=WAKE_S):
-                            self._heard(_parsed(note.payload), probe, on_stop)
-            except psycopg.Error as exc:
+                            self._heard(_parsed(note.payload), on_stop)
+                        self._check_hearing()
+            except (psycopg.Error, Deaf) as exc:
                 log.warning("not listening for stop requests (%s): replies ask every %.2f s meanwhile",
                             type(exc).__name__, ASK_S)
                 time.sleep(RETRY_S)
             finally:
                 self._listening_in = None
+                self._awaited = None
+
+    def _send_probe(self, conn) -> None:
+        self._awaited = secrets.token_hex(8)
+        self._sent_at = time.monotonic()
+        self._probe(conn, self._awaited)
 
     @staticmethod
     def _probe(conn, probe: str) -> None:
         _send(conn, {"probe": probe})
 
-    def _heard(self, told: dict | None, probe: str, on_stop) -> None:
+    def _check_hearing(self) -> None:
+        """While listening: probe now and then, and give the connection up when a probe is lost."""
+        if not self.listening:
+            return  # never heard its first probe (a pooler in the way): asking often already
+        waited = time.monotonic() - self._sent_at
+        if self._awaited is not None and waited > PROBE_WAIT_S:
+            raise Deaf(f"a probe did not come back within {PROBE_WAIT_S} s")
+        if self._awaited is None and waited >= PROBE_EVERY_S:
+            # From another connection: a frozen or forgotten listening connection would block on
+            # its own statement, and the probe should travel as a stop request does.
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT["connect_timeout"]) as sender:
+                self._send_probe(sender)
+
+    def _heard(self, told: dict | None, on_stop) -> None:
         if told is None:
             return
         if "probe" in told:  # ours came back: notifications reach this connection (others' are not news)
-            if told["probe"] == probe:
+            if told["probe"] == self._awaited:
+                self._awaited = None
                 self._listening_in = os.getpid()
             return
         try:
