@@ -6,7 +6,9 @@ is gone: on this machine the kernel says so (that pid is not running, or runs a
 process started later); a row of another machine whose `seen` has not moved for
 `SILENT_AFTER_S` belongs to a process that died with its machine or container. The
 holding process refreshes `seen` of all its rows every `HEARTBEAT_S` from a small
-daemon thread (`heartbeat`), running while it holds any.
+daemon thread (`heartbeat`), running while it holds any. `seen` is written and read
+by one clock: PostgreSQL's for the replicas' rows (their own clocks may disagree by
+more than SILENT_AFTER_S), this machine's for the SQLite file.
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ log = logging.getLogger(__name__)
 
 HOST = socket.gethostname()
 # The holder refreshes its rows this often; a row of another machine not refreshed for
-# SILENT_AFTER_S (three beats missed) is a dead process's. Clocks of the machines are
-# assumed to agree within seconds, as for the outer bounds (`stale_s`).
+# SILENT_AFTER_S (three beats missed) is a dead process's.
 HEARTBEAT_S = 10.0
 SILENT_AFTER_S = 30.0
+# PostgreSQL's clock in epoch seconds: the one clock every replica writes and reads `seen` by.
+DB_NOW = "extract(epoch FROM clock_timestamp())"
 
 
 def _boot_id() -> str:
@@ -80,13 +83,14 @@ def holder_alive(pid: int, host: str, started_as: str | None = None) -> bool:
 
 
 def still_held(rows, now: float, stale_s: float, drop: Callable[[str], None]) -> list:
-    """The rows (id, ..., pid, host, started, process, seen) whose holder may still be
-    running; `drop(id)` is called for each of the others. `process` and `seen` are None
-    in rows taken by versions that did not write them: those hold until `stale_s`."""
+    """The rows (id, ..., pid, host, started, process, silent_s) whose holder may still be
+    running; `drop(id)` is called for each of the others. `silent_s`: the seconds since
+    `seen`, as the clock that writes it tells. `process` and `silent_s` are None in rows
+    taken by versions that did not write them: those hold until `stale_s`."""
     held = []
     for row in rows:
-        pid, host, started, process, seen = row[-5:]
-        silent = host != HOST and seen is not None and now - seen > SILENT_AFTER_S
+        pid, host, started, process, silent_s = row[-5:]
+        silent = host != HOST and silent_s is not None and silent_s > SILENT_AFTER_S
         if now - started > stale_s or silent or not holder_alive(pid, host, process):
             drop(row[0])
         else:
@@ -109,8 +113,8 @@ def add_holder_columns(sql, table: str) -> None:
 class Heartbeat:
     """Refreshes `seen` of the rows this process holds, every HEARTBEAT_S, while it holds any.
 
-    A store calls `holding(refresh)` after taking a row; `refresh(now, pid, process)` sets
-    `seen = now` on every row of this host, pid and process in its tables and returns how
+    A store calls `holding(refresh)` after taking a row; `refresh(pid, process)` sets
+    `seen` to now on every row of this host, pid and process in its tables and returns how
     many it touched. A store whose refresh touched none holds nothing any more and is left
     out until it takes a row again; with none left the thread ends. One thread per process:
     a forked child starts its own (its parent's rows are not its own). Under gevent's
@@ -135,7 +139,7 @@ class Heartbeat:
         """Whether its thread runs: this process holds rows, or did until the last beat."""
         return self._running
 
-    def holding(self, refresh: Callable[[float, int, str | None], int]) -> None:
+    def holding(self, refresh: Callable[[int, str | None], int]) -> None:
         with self._lock:
             self._takes += 1
             self._refreshes[refresh] = self._takes
@@ -152,7 +156,7 @@ class Heartbeat:
             idle = []
             for refresh, taken in refreshes.items():
                 try:
-                    if refresh(time.time(), pid, process) == 0:
+                    if refresh(pid, process) == 0:
                         idle.append((refresh, taken))
                 except Exception:  # the database is away: keep trying, the rows still count as ours
                     log.warning("could not refresh the rows this process holds", exc_info=True)

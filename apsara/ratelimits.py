@@ -164,8 +164,8 @@ class RateLimits:
         slot, now = new_id("s"), time.time()
         pid, process = this_process()
         with self.db.write() as sql:
-            rows = sql.execute("SELECT id, pid, host, started, process, seen FROM streams WHERE user=?",
-                               (user,)).fetchall()
+            rows = sql.execute("SELECT id, pid, host, started, process, ? - seen FROM streams WHERE user=?",
+                               (now, user)).fetchall()
             self.refuse_if_full(allowed, len(still_held(
                 rows, now, STALE_STREAM_S, drop=lambda sid: sql.execute("DELETE FROM streams WHERE id=?", (sid,)))))
             sql.execute("INSERT INTO streams (id, user, pid, host, started, process, seen) VALUES (?,?,?,?,?,?,?)",
@@ -173,11 +173,11 @@ class RateLimits:
         heartbeat.holding(self.refresh_streams)
         return slot
 
-    def refresh_streams(self, now: float, pid: int, process: str | None) -> int:
+    def refresh_streams(self, pid: int, process: str | None) -> int:
         """Mark this process's open streams as still open (the heartbeat); how many it holds."""
         with self.db.write() as sql:
             return sql.execute("UPDATE streams SET seen=? WHERE host=? AND pid=? AND process IS ?",
-                               (now, HOST, pid, process)).rowcount
+                               (time.time(), HOST, pid, process)).rowcount
 
     @staticmethod
     def refuse_if_full(allowed: int, open_now: int) -> None:

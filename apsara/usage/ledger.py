@@ -158,8 +158,9 @@ class SqliteLedger:
         month_start = utc_day(now).replace(day=1).isoformat()
         spent = sql.execute("SELECT day, tokens, cost_usd FROM spend WHERE user=? AND day>=?",
                             (user, month_start)).fetchall()
-        reservations = sql.execute("SELECT id, tokens, cost_usd, pid, host, started, process, seen "
-                                   "FROM reservations WHERE user=?", (user,)).fetchall()
+        # `seen` is real time (the heartbeat's), whatever clock the ledger is given.
+        reservations = sql.execute("SELECT id, tokens, cost_usd, pid, host, started, process, ? - seen "
+                                   "FROM reservations WHERE user=?", (time.time(), user)).fetchall()
         return spending_of(spent, reservations, now,
                            drop=lambda rid: sql.execute("DELETE FROM reservations WHERE id=?", (rid,)))
 
@@ -181,15 +182,15 @@ class SqliteLedger:
             check(self._spending(sql, user, now))
             sql.execute("INSERT INTO reservations (id, user, tokens, cost_usd, pid, host, started, process, seen) "
                         "VALUES (?,?,?,?,?,?,?,?,?)",
-                        (reservation_id, user, int(tokens), float(usd), pid, HOST, now, process, now))
+                        (reservation_id, user, int(tokens), float(usd), pid, HOST, now, process, time.time()))
         heartbeat.holding(self.refresh_reservations)
         return reservation_id
 
-    def refresh_reservations(self, now: float, pid: int, process: str | None) -> int:
+    def refresh_reservations(self, pid: int, process: str | None) -> int:
         """Mark this process's reservations as still held (the heartbeat); how many it holds."""
         with self.db.write() as sql:
             return sql.execute("UPDATE reservations SET seen=? WHERE host=? AND pid=? AND process IS ?",
-                               (now, HOST, pid, process)).rowcount
+                               (time.time(), HOST, pid, process)).rowcount
 
     def resize(self, reservation_id: str, tokens: int, usd: float) -> None:
         with self.db.write() as sql:
@@ -220,7 +221,7 @@ def report_groups(rows, group_by: str, width: int) -> list[dict]:
 
 def spending_of(spent, reservations, now: float, drop: Callable[[str], None]) -> Spending:
     """A user's spending from their (day, tokens, usd) rows of this month and their
-    reservations (id, tokens, usd, pid, host, started, process, seen); `drop(id)` removes a reservation
+    reservations (id, tokens, usd, pid, host, started, process, seconds since seen); `drop(id)` removes one
     whose turn can no longer be running."""
     today = utc_day(now).isoformat()
     day_tokens = day_usd = month_tokens = month_usd = 0
