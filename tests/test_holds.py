@@ -18,6 +18,9 @@ from apsara.holders import HOST, this_process
 from apsara.ratelimits import parse_rate_limits
 from apsara.testing.fake_gemini import Reply
 from tests.conftest import make_settings
+from tests.postgres import STORE, server_env
+from tests.servers import call, gunicorn
+from tests.test_jobs_gunicorn import Events
 from tests.test_usage import API, send, start, wait_until_written
 
 # Every test here runs on both stores: the files (SQLite) and PostgreSQL.
@@ -168,6 +171,37 @@ def test_an_open_stream_keeps_its_slot_seen_and_the_heartbeat_ends_with_it(tmp_p
     while beat.running:
         assert time.monotonic() < deadline, "the heartbeat outlived the rows it refreshes"
         time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_gevent_workers_open_stream_keeps_its_slot_seen(tmp_path, fake):
+    # The heartbeat as it runs in production: a greenlet of a Gunicorn gevent worker.
+    env = {"APSARA_DATA_DIR": str(tmp_path / "data"), "gemini": "k", "GEMINI_BASE_URL": fake.url,
+           "APSARA_RATE_LIMITS": "streams=1", **server_env()}
+
+    def slots(statement: str):
+        if STORE["database_url"]:
+            import psycopg
+
+            with psycopg.connect(STORE["database_url"], autocommit=True) as conn:
+                cursor = conn.execute(statement.replace("streams", "stream_slots"))
+                return cursor.fetchall() if cursor.description else None
+        with sqlite3.connect(tmp_path / "data" / "limits.sqlite3") as sql:
+            return sql.execute(statement).fetchall()
+
+    gate = threading.Event()
+    fake.push(Reply(parts=["slow", " reply"], hold=gate))
+    with gunicorn(env, workers=1) as base:
+        call("POST", f"{base}{API}", {"id": "c1"})
+        stream = Events(base, "POST", f"{API}/c1/messages", {"text": "go", "stream": True})
+        stream.until(lambda event: event[0] == "delta")
+        slots("UPDATE streams SET seen = seen - 600")  # as if the stream had been open for minutes
+        deadline = time.monotonic() + 3 * holders.HEARTBEAT_S
+        while slots("SELECT seen FROM streams")[0][0] < time.time() - 60:
+            assert time.monotonic() < deadline, "the worker never refreshed its open stream's slot"
+            time.sleep(0.2)
+        gate.set()
+        stream.until(lambda event: event[0] == "done")
 
 
 @pytest.mark.file_format
