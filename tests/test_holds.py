@@ -226,3 +226,32 @@ def test_files_of_an_older_version_gain_the_new_columns(tmp_path, fake):
             table = "streams" if name == "limits.sqlite3" else "reservations"
             columns = [row[1] for row in upgraded.execute(f"PRAGMA table_info({table})")]
         assert columns[-2:] == ["process", "seen"]
+
+
+def test_a_forked_process_beats_for_its_own_rows_only():
+    # A Gunicorn worker is forked from a master that may have held rows (its threads are not
+    # copied): the child starts its own heartbeat, refreshing the rows of its own pid.
+    beat, refreshed = holders.Heartbeat(every_s=0.02), []
+    parent_rows = threading.Event()
+
+    def refresh(pid, process):
+        refreshed.append(pid)
+        return 0 if parent_rows.is_set() and pid == os.getpid() else 1
+
+    beat.holding(refresh)
+    child = os.fork()
+    if child == 0:  # the child: no heartbeat until it takes a row of its own
+        ok = not beat.running
+        refreshed.clear()
+        beat.holding(refresh)
+        deadline = time.monotonic() + 5
+        while os.getpid() not in refreshed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os._exit(0 if ok and refreshed and set(refreshed) == {os.getpid()} else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    parent_rows.set()  # the parent lets go of its rows: its heartbeat ends
+    deadline = time.monotonic() + 5
+    while beat.running:
+        assert time.monotonic() < deadline, "the heartbeat outlived the rows it refreshes"
+        time.sleep(0.01)
