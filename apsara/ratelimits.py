@@ -7,14 +7,13 @@ worker would allow the whole limit: by default they live in an SQLite file under
 the data folder (`SqliteCounters`, shared by the workers of one machine);
 `APSARA_RATE_LIMIT_STORAGE=redis://host:6379` (any `limits` storage URI) shares
 them between replicas. Streams are slots held while a reply stream is open, in
-the same SQLite file, each tagged with its process so a killed worker's slots
-are freed. Over a limit: 429 RESOURCE_EXHAUSTED with Retry-After.
+the same SQLite file, each tagged with its process (see holders.py) so a killed
+worker's slots are freed. Over a limit: 429 RESOURCE_EXHAUSTED with Retry-After.
 `/health`, `/metrics` and the OpenAPI document are never limited.
 """
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -25,11 +24,12 @@ from limits.strategies import FixedWindowRateLimiter
 from . import metrics
 from .clock import new_id
 from .errors import ApiError
-from .holders import HOST, still_held
+from .holders import HOST, add_holder_columns, heartbeat, still_held, this_process
 from .usage.database import SqliteDatabase
 
 RATES = ("requests", "uploads")
-# A stream slot older than this belongs to a stream that cannot still be open.
+# A stream slot older than this belongs to a stream that cannot still be open (the outer
+# bound; a slot of a process that died is freed long before, see holders.py).
 STALE_STREAM_S = 6 * 3600
 STREAM_RETRY_S = 5
 
@@ -63,7 +63,7 @@ COUNTER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL)
     WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS streams (id TEXT PRIMARY KEY, user TEXT NOT NULL, pid INTEGER NOT NULL,
-    host TEXT NOT NULL, started REAL NOT NULL);
+    host TEXT NOT NULL, started REAL NOT NULL, process TEXT, seen REAL);
 CREATE INDEX IF NOT EXISTS streams_by_user ON streams (user);
 """
 
@@ -134,6 +134,7 @@ class RateLimits:
         storage = storage_from_string(storage_uri) if storage_uri else SqliteCounters(database=self.db)
         self.limiter = FixedWindowRateLimiter(storage)
         self.rates = {name: limits.parse(config[name]) for name in RATES if name in config}
+        self._upgraded = False
 
     @property
     def enabled(self) -> bool:
@@ -156,13 +157,27 @@ class RateLimits:
         allowed = self.config.get("streams")
         if allowed is None:
             return None
+        if not self._upgraded:  # a file of an older version: its own transaction, kept even if this is refused
+            with self.db.write() as sql:
+                add_holder_columns(sql, "streams")
+            self._upgraded = True
         slot, now = new_id("s"), time.time()
+        pid, process = this_process()
         with self.db.write() as sql:
-            rows = sql.execute("SELECT id, pid, host, started FROM streams WHERE user=?", (user,)).fetchall()
+            rows = sql.execute("SELECT id, pid, host, started, process, ? - seen FROM streams WHERE user=?",
+                               (now, user)).fetchall()
             self.refuse_if_full(allowed, len(still_held(
                 rows, now, STALE_STREAM_S, drop=lambda sid: sql.execute("DELETE FROM streams WHERE id=?", (sid,)))))
-            sql.execute("INSERT INTO streams VALUES (?,?,?,?,?)", (slot, user, os.getpid(), HOST, now))
+            sql.execute("INSERT INTO streams (id, user, pid, host, started, process, seen) VALUES (?,?,?,?,?,?,?)",
+                        (slot, user, pid, HOST, now, process, now))
+        heartbeat.holding(self.refresh_streams)
         return slot
+
+    def refresh_streams(self, pid: int, process: str | None) -> int:
+        """Mark this process's open streams as still open (the heartbeat); how many it holds."""
+        with self.db.write() as sql:
+            return sql.execute("UPDATE streams SET seen=? WHERE host=? AND pid=? AND process IS ?",
+                               (time.time(), HOST, pid, process)).rowcount
 
     @staticmethod
     def refuse_if_full(allowed: int, open_now: int) -> None:

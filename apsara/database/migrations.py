@@ -109,6 +109,10 @@ UPDATE conversations SET archived = pg_temp.header_flag(header, 'archived'),
                          pinned = pg_temp.header_flag(header, 'pinned'),
                          temporary = pg_temp.header_flag(header, 'temporary');
 """),
+    (6, "held rows name their holder's process start and carry a heartbeat: a dead holder's holds end", """
+ALTER TABLE stream_slots ADD COLUMN process text, ADD COLUMN seen double precision;
+ALTER TABLE reservations ADD COLUMN process text, ADD COLUMN seen double precision;
+"""),
 ]
 
 

@@ -3,11 +3,11 @@
 The same windows and slots as ratelimits.py keeps in SQLite for the workers of one
 machine. Counters are one row per key (`INSERT ... ON CONFLICT` counts atomically);
 a user's stream slots are counted and taken under a transaction-level advisory lock
-per user, so two replicas never both hand out the last slot.
+per user, so two replicas never both hand out the last slot. A slot's `seen` is the
+database's clock (`DB_NOW`), whichever replica writes or reads it.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import limits
@@ -15,7 +15,7 @@ import psycopg
 from limits.strategies import FixedWindowRateLimiter
 
 from ..clock import new_id
-from ..holders import HOST, still_held
+from ..holders import DB_NOW, HOST, heartbeat, still_held, this_process
 from ..ratelimits import RATES, STALE_STREAM_S, RateLimits, TableCounters
 from . import Database
 
@@ -75,15 +75,23 @@ class PgRateLimits(RateLimits):
         if allowed is None:
             return None
         slot, now = new_id("s"), time.time()
+        pid, process = this_process()
         with self.pg.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("streams/" + user,))
-            rows = conn.execute("SELECT id, pid, host, started FROM stream_slots WHERE owner = %s", (user,)).fetchall()
+            rows = conn.execute(f"SELECT id, pid, host, started, process, {DB_NOW} - seen FROM stream_slots "
+                                "WHERE owner = %s", (user,)).fetchall()
             self.refuse_if_full(allowed, len(still_held(
                 rows, now, STALE_STREAM_S,
                 drop=lambda sid: conn.execute("DELETE FROM stream_slots WHERE id = %s", (sid,)))))
-            conn.execute("INSERT INTO stream_slots VALUES (%s, %s, %s, %s, %s)",
-                         (slot, user, os.getpid(), HOST, now))
+            conn.execute("INSERT INTO stream_slots (id, owner, pid, host, started, process, seen) "
+                         f"VALUES (%s, %s, %s, %s, %s, %s, {DB_NOW})", (slot, user, pid, HOST, now, process))
+        heartbeat.holding(self.refresh_streams)
         return slot
+
+    def refresh_streams(self, pid: int, process: str | None) -> int:
+        with self.pg.connection() as conn:
+            return conn.execute(f"UPDATE stream_slots SET seen = {DB_NOW} WHERE host = %s AND pid = %s "
+                                "AND process IS NOT DISTINCT FROM %s::text", (HOST, pid, process)).rowcount
 
     def close_stream(self, slot: str | None) -> None:
         if slot is None:

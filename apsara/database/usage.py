@@ -4,17 +4,16 @@ The same interface as the SQLite ledger, and the same arithmetic (`spending_of` 
 `report_groups` in usage/ledger.py): per-day sums by user, model, conversation and
 purpose; per-user daily spend for budget checks; reservations of running turns. A reservation is checked and made
 under a transaction-level advisory lock per user, so two replicas never both
-admit the turn that crosses a limit.
+admit the turn that crosses a limit. A reservation's `seen` is the database's clock.
 """
 from __future__ import annotations
 
-import os
 import time
 from datetime import date
 from typing import Callable
 
 from ..clock import new_id
-from ..holders import HOST
+from ..holders import DB_NOW, HOST, heartbeat, this_process
 from ..usage.ledger import (GROUPS, NO_CONVERSATION, TOKEN_FIELDS, CallUsage, Spending, _row,
                             report_groups, spending_of, utc_day)
 from . import Database
@@ -81,8 +80,8 @@ class PgLedger:
         month_start = utc_day(now).replace(day=1).isoformat()
         spent = conn.execute("SELECT day, tokens, cost_usd FROM spend WHERE owner = %s AND day >= %s",
                              (user, month_start)).fetchall()
-        reservations = conn.execute("SELECT id, tokens, cost_usd, pid, host, started FROM reservations "
-                                    "WHERE owner = %s", (user,)).fetchall()
+        reservations = conn.execute(f"SELECT id, tokens, cost_usd, pid, host, started, process, {DB_NOW} - seen "
+                                    "FROM reservations WHERE owner = %s", (user,)).fetchall()
         return spending_of(spent, reservations, now,
                            drop=lambda rid: conn.execute("DELETE FROM reservations WHERE id = %s", (rid,)))
 
@@ -98,12 +97,20 @@ class PgLedger:
         """Check the user's spending and reserve, atomically across replicas."""
         now = self.clock()
         reservation_id = new_id("r")
+        pid, process = this_process()
         with self.db.transaction() as conn:
             self._user_locked(conn, user)
             check(self._spending(conn, user, now))
-            conn.execute("INSERT INTO reservations VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                         (reservation_id, user, int(tokens), float(usd), os.getpid(), HOST, now))
+            conn.execute("INSERT INTO reservations (id, owner, tokens, cost_usd, pid, host, started, process, seen) "
+                         f"VALUES (%s,%s,%s,%s,%s,%s,%s,%s,{DB_NOW})",
+                         (reservation_id, user, int(tokens), float(usd), pid, HOST, now, process))
+        heartbeat.holding(self.refresh_reservations)
         return reservation_id
+
+    def refresh_reservations(self, pid: int, process: str | None) -> int:
+        with self.db.connection() as conn:
+            return conn.execute(f"UPDATE reservations SET seen = {DB_NOW} WHERE host = %s AND pid = %s "
+                                "AND process IS NOT DISTINCT FROM %s::text", (HOST, pid, process)).rowcount
 
     def resize(self, reservation_id: str, tokens: int, usd: float) -> None:
         with self.db.connection() as conn:

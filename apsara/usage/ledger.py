@@ -9,7 +9,6 @@ is the embedded implementation (a PostgreSQL one can stand in for replicas).
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -17,13 +16,14 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..clock import new_id
-from ..holders import HOST, still_held
+from ..holders import HOST, add_holder_columns, heartbeat, still_held, this_process
 from .database import SqliteDatabase
 
 TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "thought_tokens", "cached_tokens", "total_tokens")
 GROUPS = ("day", "model", "conversation", "user")  # also the only column names a report may group on
 # A reservation older than this is a turn that can no longer be running (its writer
-# hung or its machine died): it stops holding budget.
+# hung): it stops holding budget. The outer bound: a reservation of a process that
+# died, here or on another machine, is freed long before (see holders.py).
 STALE_RESERVATION_S = 3600.0
 
 
@@ -83,7 +83,7 @@ CREATE TABLE IF NOT EXISTS spend (
     PRIMARY KEY (user, day)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY, user TEXT NOT NULL, tokens INTEGER NOT NULL, cost_usd REAL NOT NULL,
-    pid INTEGER NOT NULL, host TEXT NOT NULL, started REAL NOT NULL);
+    pid INTEGER NOT NULL, host TEXT NOT NULL, started REAL NOT NULL, process TEXT, seen REAL);
 CREATE INDEX IF NOT EXISTS reservations_by_user ON reservations (user);
 """
 
@@ -95,6 +95,15 @@ class SqliteLedger:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
         self.db = SqliteDatabase(path, SCHEMA)
         self.clock = clock
+        self._upgraded = False
+
+    def _upgrade(self) -> None:
+        """A file of an older version: its reservations gain the columns they lack, in a
+        transaction of its own (kept even if the turn that asked is then refused)."""
+        if not self._upgraded:
+            with self.db.write() as sql:
+                add_holder_columns(sql, "reservations")
+            self._upgraded = True
 
     # -- recording ------------------------------------------------------------------
     def record(self, call: CallUsage) -> None:
@@ -149,12 +158,14 @@ class SqliteLedger:
         month_start = utc_day(now).replace(day=1).isoformat()
         spent = sql.execute("SELECT day, tokens, cost_usd FROM spend WHERE user=? AND day>=?",
                             (user, month_start)).fetchall()
-        reservations = sql.execute("SELECT id, tokens, cost_usd, pid, host, started FROM reservations WHERE user=?",
-                                   (user,)).fetchall()
+        # `seen` is real time (the heartbeat's), whatever clock the ledger is given.
+        reservations = sql.execute("SELECT id, tokens, cost_usd, pid, host, started, process, ? - seen "
+                                   "FROM reservations WHERE user=?", (time.time(), user)).fetchall()
         return spending_of(spent, reservations, now,
                            drop=lambda rid: sql.execute("DELETE FROM reservations WHERE id=?", (rid,)))
 
     def spending(self, user: str) -> Spending:
+        self._upgrade()
         with self.db.write() as sql:  # it may clear stale reservations
             return self._spending(sql, user, self.clock())
 
@@ -163,13 +174,23 @@ class SqliteLedger:
 
         `check(spending)` raises to refuse; nothing is reserved then.
         """
+        self._upgrade()
         now = self.clock()
         reservation_id = new_id("r")
+        pid, process = this_process()
         with self.db.write() as sql:
             check(self._spending(sql, user, now))
-            sql.execute("INSERT INTO reservations VALUES (?,?,?,?,?,?,?)",
-                        (reservation_id, user, int(tokens), float(usd), os.getpid(), HOST, now))
+            sql.execute("INSERT INTO reservations (id, user, tokens, cost_usd, pid, host, started, process, seen) "
+                        "VALUES (?,?,?,?,?,?,?,?,?)",
+                        (reservation_id, user, int(tokens), float(usd), pid, HOST, now, process, time.time()))
+        heartbeat.holding(self.refresh_reservations)
         return reservation_id
+
+    def refresh_reservations(self, pid: int, process: str | None) -> int:
+        """Mark this process's reservations as still held (the heartbeat); how many it holds."""
+        with self.db.write() as sql:
+            return sql.execute("UPDATE reservations SET seen=? WHERE host=? AND pid=? AND process IS ?",
+                               (time.time(), HOST, pid, process)).rowcount
 
     def resize(self, reservation_id: str, tokens: int, usd: float) -> None:
         with self.db.write() as sql:
@@ -200,7 +221,7 @@ def report_groups(rows, group_by: str, width: int) -> list[dict]:
 
 def spending_of(spent, reservations, now: float, drop: Callable[[str], None]) -> Spending:
     """A user's spending from their (day, tokens, usd) rows of this month and their
-    reservations (id, tokens, usd, pid, host, started); `drop(id)` removes a reservation
+    reservations (id, tokens, usd, pid, host, started, process, seconds since seen); `drop(id)` removes one
     whose turn can no longer be running."""
     today = utc_day(now).isoformat()
     day_tokens = day_usd = month_tokens = month_usd = 0
