@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 
 from ..clock import now_iso
-from ..holders import HOST, holder_alive, process_start
+from ..holders import HOST, holder_alive, this_process
 from .tree import MessageTree
 
 # A reply's writer on another machine is presumed dead after this long without a
@@ -50,23 +50,14 @@ def writer_alive(message: dict) -> bool:
         return False
     if not isinstance(pid, int):
         return True  # no pid recorded: presumed alive
-    if pid == os.getpid() and writer.get("pid_start") == _own_start(pid):
+    if (pid, writer.get("pid_start")) == this_process():
         return True  # this very process (no need to ask /proc)
     return holder_alive(pid, HOST, writer.get("pid_start"))
 
 
 def new_writer() -> dict:
-    pid = os.getpid()
-    return {"pid": pid, "host": HOST, "pid_start": _own_start(pid), "started": time.time(), "seen": now_iso()}
-
-
-_own: dict[int, str | None] = {}  # this process's process_start(), by pid (a fork is another process)
-
-
-def _own_start(pid: int) -> str | None:
-    if pid not in _own:
-        _own[pid] = process_start(pid)
-    return _own[pid]
+    pid, started_as = this_process()
+    return {"pid": pid, "host": HOST, "pid_start": started_as, "started": time.time(), "seen": now_iso()}
 
 
 def streaming(tree: MessageTree) -> tuple[list[dict], list[dict]]:
