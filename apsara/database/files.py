@@ -117,7 +117,7 @@ class PgFileStore(FileStore):
     def save_bytes(self, owner: str, data: bytes, mime_type: str, filename: str) -> dict:
         check_id(owner)
         meta = generated_meta(data, mime_type, filename)
-        self._put(owner, self._in_use(meta), (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+        self._keep_restored(owner, meta, data)  # made for a message on its way, as a restored one is
         return meta
 
     def _keep_restored(self, owner: str, meta: dict, data: bytes) -> None:
@@ -133,12 +133,22 @@ class PgFileStore(FileStore):
             check_id(file_id)
         except InvalidId:
             return None
+        return self._change_meta(owner, file_id, self._in_use)
+
+    @staticmethod
+    def _meta_for_update(conn, owner: str, file_id: str) -> dict | None:
+        """A file's metadata, its row locked until the transaction ends (None: not there)."""
+        row = conn.execute("SELECT meta FROM files WHERE owner = %s AND id = %s FOR UPDATE",
+                           (owner, file_id)).fetchone()
+        return orjson.loads(row[0]) if row is not None else None
+
+    def _change_meta(self, owner: str, file_id: str, change) -> dict | None:
+        """Replace a file's metadata with `change(meta)` under its row lock; None when it is not there."""
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT meta FROM files WHERE owner = %s AND id = %s FOR UPDATE",
-                               (owner, file_id)).fetchone()
-            if row is None:
+            meta = self._meta_for_update(conn, owner, file_id)
+            if meta is None:
                 return None
-            meta = self._in_use(orjson.loads(row[0]))
+            meta = change(meta)
             conn.execute("UPDATE files SET meta = %s WHERE owner = %s AND id = %s",
                          (orjson.dumps(meta), owner, file_id))
         return meta
@@ -154,27 +164,19 @@ class PgFileStore(FileStore):
 
     def remove_if_unused(self, owner: str, file_id: str, since: float) -> bool:
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT meta FROM files WHERE owner = %s AND id = %s FOR UPDATE",
-                               (owner, file_id)).fetchone()
-            if row is None or self._last_used(orjson.loads(row[0])) >= since:
+            meta = self._meta_for_update(conn, owner, file_id)
+            if meta is None or self._last_used(meta) >= since:
                 return False
             conn.execute("DELETE FROM files WHERE owner = %s AND id = %s", (owner, file_id))
             conn.execute("DELETE FROM file_chunks WHERE owner = %s AND file_id = %s", (owner, file_id))
         return True
 
     def set_gemini_ref(self, owner: str, file_id: str, ref: dict | None) -> None:
-        with self.db.transaction() as conn:
-            row = conn.execute("SELECT meta FROM files WHERE owner = %s AND id = %s FOR UPDATE",
-                               (owner, file_id)).fetchone()
-            if row is None:
-                return
-            meta = orjson.loads(row[0])
-            if ref is None:
-                meta.pop("gemini", None)
-            else:
-                meta["gemini"] = ref
-            conn.execute("UPDATE files SET meta = %s WHERE owner = %s AND id = %s",
-                         (orjson.dumps(meta), owner, file_id))
+        def with_ref(meta: dict) -> dict:
+            kept = {k: v for k, v in meta.items() if k != "gemini"}
+            return kept if ref is None else {**kept, "gemini": ref}
+
+        self._change_meta(owner, file_id, with_ref)
 
     def get(self, owner: str, file_id: str) -> dict | None:
         try:
