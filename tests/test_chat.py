@@ -27,6 +27,18 @@ def send(client, text, **extra):
     return client.post(f"{API}/c1/messages", json={"text": text, **extra})
 
 
+def send_and_settle(client, text):
+    """A JSON turn answers once its reply is stored; its job leaves the registry a moment
+    later. Tests that then rewrite the stored reply wait for that, or a follower would be
+    given the live job instead of what they wrote."""
+    assert send(client, text).status_code == 201
+    jobs = client.application.extensions["apsara"].chat.jobs
+    deadline = time.monotonic() + 5
+    while jobs.running():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
 # -- context -------------------------------------------------------------------------
 def test_multi_turn_context_is_exactly_what_gemini_receives(chat, fake):
     new_conversation(chat, system_instruction="You are Apsara.", settings={
@@ -254,7 +266,7 @@ def test_a_relay_closed_early_does_not_end_the_reply(chat_app, fake):
 
 def test_a_dead_writers_streaming_reply_becomes_interrupted(chat, settings, fake, tmp_path):
     new_conversation(chat)
-    send(chat, "hello")
+    send_and_settle(chat, "hello")
     store = chat.application.extensions["apsara"].store
     document = store.read("local", "c1")
     document["messages"][1].update(status="streaming", _writer={"pid": 2**22 + 7, "host": __import__("socket").gethostname(),
@@ -275,7 +287,7 @@ def test_a_writer_whose_pid_now_names_another_process_is_dead(chat, fake):
     from apsara.conversations.writers import new_writer
 
     new_conversation(chat)
-    send(chat, "hello")
+    send_and_settle(chat, "hello")
     store = chat.application.extensions["apsara"].store
     document = store.read("local", "c1")
     writer = new_writer()
@@ -294,7 +306,7 @@ def test_a_writer_whose_pid_now_names_another_process_is_dead(chat, fake):
 def test_a_reply_recorded_interrupted_by_the_next_message_still_replays_to_its_end(chat, fake):
     # Its checkpointed events hold no final one: the next message ended it, not its writer.
     new_conversation(chat)
-    send(chat, "hello")
+    send_and_settle(chat, "hello")
     store = chat.application.extensions["apsara"].store
     document = store.read("local", "c1")
     reply = document["messages"][1]
