@@ -120,13 +120,18 @@ def create_app(config: Settings | dict | None = None) -> Flask:
                          settings.temporary_ttl_h).start(settings.temporary_sweep_s)
     chat = Chat(manager, catalog, gemini, files, settings, router, usage)
     rate_limits = stores.rate_limits
+    transfers = Transfers(manager, files, stores.imports)
     app.extensions["apsara"] = Services(settings, store, manager, catalog, gemini, chat, files, router,
-                                        usage, rate_limits, Transfers(manager, files))
+                                        usage, rate_limits, transfers)
     app.request_class = UploadRequest
 
     @app.before_request
-    def sweep_upload_leftovers():
+    def sweep_leftovers():
         files.sweep_now_and_then()
+        try:
+            transfers.take_back_abandoned()
+        except Exception:  # noqa: BLE001 - the request goes on; the next look tries again
+            log.exception("looking for imports that never ended")
 
     @app.teardown_request
     def remove_upload_temp_files(_exc=None):

@@ -70,12 +70,14 @@ class Stores:
     files: StoredFiles
     ledger: UsageLedger
     rate_limits: object  # ratelimits.RateLimits, or its database form
+    imports: object  # transfer.pending: the imports under way
 
 
 def open_stores(settings: Settings) -> Stores:
     from .conversations.store import ConversationStore
     from .files import FileStore
     from .ratelimits import RateLimits
+    from .transfer.pending import PendingImportFiles
     from .usage import SqliteLedger
 
     # Empty with a database: the replicas' shared one, which PgFileStore reads on first use.
@@ -86,12 +88,14 @@ def open_stores(settings: Settings) -> Stores:
         from .database.files import PgFileStore
         from .database.ratelimits import PgRateLimits
         from .database.usage import PgLedger
+        from .transfer.pending import PendingImportRows
 
         db = Database(settings.database_url)
         stores = Stores(PgConversationStore(db),
                         PgFileStore(db, settings.data_dir, secret_key, settings.file_url_ttl_s,
                                     settings.public_url, settings.upload_sweep_every_s),
-                        PgLedger(db), PgRateLimits(settings.rate_limits, db, settings.rate_limit_storage))
+                        PgLedger(db), PgRateLimits(settings.rate_limits, db, settings.rate_limit_storage),
+                        PendingImportRows(db))
     else:
         conversations = ConversationStore(settings.data_dir)
         conversations.history_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,8 @@ def open_stores(settings: Settings) -> Stores:
                         FileStore(settings.data_dir, secret_key, settings.file_url_ttl_s, settings.public_url,
                                   settings.upload_sweep_every_s),
                         SqliteLedger(settings.data_dir / "usage.sqlite3"),
-                        RateLimits(settings.rate_limits, settings.data_dir, settings.rate_limit_storage))
+                        RateLimits(settings.rate_limits, settings.data_dir, settings.rate_limit_storage),
+                        PendingImportFiles(settings.data_dir))
     stores.conversations.sweep_temp_files()
     stores.files.sweep_leftovers()
     return stores

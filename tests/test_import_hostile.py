@@ -33,9 +33,9 @@ def client(settings):
 
 
 def stored(data_dir: Path) -> dict[str, bytes]:
-    """Every conversation and file byte on disk (the recency logs included)."""
+    """Every conversation and file byte on disk (the recency logs and imports under way included)."""
     return {str(p.relative_to(data_dir)): p.read_bytes()
-            for folder in ("history", "files") if (data_dir / folder).exists()
+            for folder in ("history", "files", "imports") if (data_dir / folder).exists()
             for p in (data_dir / folder).rglob("*") if p.is_file()}
 
 
@@ -304,6 +304,37 @@ def test_a_conversation_whose_write_failed_part_way_is_taken_back(settings, monk
     assert client.get(f"{API}/imported").status_code == 404
     client = create_app(settings).test_client()  # and the next start finds nothing to mend
     assert listing(client) == ["source"] and client.get(f"{API}/imported").status_code == 404
+
+
+# -- an import whose writer died -------------------------------------------------------------------
+def test_an_import_whose_writer_died_is_taken_back_but_not_a_conversation_it_never_stored(settings):
+    # Its entry names "theirs" too, which it never stored: someone made it since, and keeps it.
+    from apsara.conversations.writers import new_writer
+
+    app = create_app(settings)
+    client = app.test_client()
+    transfers = app.extensions["apsara"].transfers
+    document = an_export(client)
+    assert client.post(f"{API}/import", json=document).status_code == 201
+    assert not list((settings.data_dir / "imports").iterdir())  # crossed out once stored
+    store = app.extensions["apsara"].store
+    marked = store.read("local", "imported")
+    token = marked["conversation"]["_import"]
+    writer = new_writer()
+    boot, ticks = writer["pid_start"].rsplit(":", 1)
+    dead = {**writer, "pid_start": f"{boot}:{int(ticks) - 1}"}  # this pid's earlier holder
+    transfers.pending.write({"token": token, "owner": "local", "conversations": ["imported", "theirs"],
+                             "writer": dead})
+    assert client.post(API, json={"id": "theirs"}).status_code == 201
+    transfers._next_check = 0.0  # as a process that has not looked yet
+    assert sorted(listing(client)) == ["source", "theirs"]
+    assert client.get(f"{API}/imported").status_code == 404
+    assert not list((settings.data_dir / "imports").iterdir())
+    # An entry whose writer lives is left to it.
+    transfers.pending.write({"token": "i-live", "owner": "local", "conversations": ["theirs"], "writer": writer})
+    transfers._next_check = 0.0
+    assert sorted(listing(client)) == ["source", "theirs"]
+    assert [entry["token"] for entry in transfers.pending.entries()] == ["i-live"]
 
 
 # -- size ----------------------------------------------------------------------------------------

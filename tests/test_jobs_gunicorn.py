@@ -238,3 +238,64 @@ def test_twenty_racing_senders_one_winner_and_a_whole_tree(tmp_path, fake):
         assert conversation["messages"][1]["status"] == "complete"
     document = current_store(tmp_path).read("local", "c1")
     assert len(document["messages"]) == 2 and document["conversation"]["message_count"] == 2
+
+
+def _an_import(count: int) -> dict:
+    """An Apsara export of `count` conversations of 20 messages each (a list of exports)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conversations = []
+    for n in range(count):
+        messages, parent = [], None
+        for k in range(20):
+            message = {"id": f"m{k}", "role": "user" if k % 2 == 0 else "model", "parent_id": parent,
+                       "created_at": stamp, "parts": [{"type": "text", "text": f"zebra {n} {k} " * 20}]}
+            messages.append(message)
+            parent = message["id"]
+        conversations.append({"format": "apsara.conversation", "version": 1,
+                              "conversation": {"id": f"imp{n}", "title": f"imported {n}", "created_at": stamp,
+                                               "updated_at": stamp},
+                              "messages": messages, "active": {m["parent_id"] or "": m["id"] for m in messages},
+                              "files": []})
+    return conversations
+
+
+def _listed(base: str) -> list[str]:
+    ids, cursor = [], None
+    while True:
+        status, page = call("GET", f"{base}{API}?limit=100" + (f"&cursor={cursor}" if cursor else ""))
+        assert status == 200, page
+        ids += [c["id"] for c in page["conversations"]]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return ids
+
+
+def test_an_import_whose_worker_is_killed_part_way_is_taken_back(tmp_path, fake):
+    document = _an_import(300)
+    with two_servers(tmp_path, fake) as (first, second):
+        assert call("POST", f"{first}{API}", {"id": "mine"})[0] == 201
+        importing = ThreadPoolExecutor(1).submit(call, "POST", f"{first}{API}/import", document, None, 60)
+        deadline = time.monotonic() + 30
+        while not any(i.startswith("imp") for i in _listed(second)):  # stored part way, as the other server sees it
+            assert time.monotonic() < deadline and not importing.done()
+            time.sleep(0.005)
+        os.kill(_worker_pid(first), signal.SIGKILL)
+        with pytest.raises(Exception):
+            importing.result(30)  # the client was told nothing
+        seen = [i for i in _listed(second) if i.startswith("imp")]
+        assert 0 < len(seen) < 300, len(seen)
+        # The worker that took its place takes the import back at its first request.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                listed = _listed(first)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert listed == ["mine"] and _listed(second) == ["mine"]
+        assert call("GET", f"{second}{API}/{seen[0]}")[0] == 404
+        # and the client's retry stores every conversation, once
+        status, body = call("POST", f"{second}{API}/import", document, None, 60)
+        assert status == 201 and len(body["conversations"]) == 300
+        assert sorted(_listed(first)) == sorted(["mine"] + [f"imp{n}" for n in range(300)])

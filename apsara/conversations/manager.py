@@ -279,11 +279,18 @@ class ConversationManager:
             conversation_id = None
         raise ApiError(500, "could not pick a free conversation id")
 
-    def remove(self, owner: str, conversation_id: str) -> None:
-        """Take back a conversation this request stored (an import refused part way)."""
+    def remove(self, owner: str, conversation_id: str, only_import: str | None = None) -> bool:
+        """Take back a conversation this request stored (an import refused part way), or that
+        the import `only_import` stored (one its killed writer never ended): not if it is
+        another's."""
         with contextlib.suppress(ApiError):
             with self._locked(owner, conversation_id):
-                self.store.delete(owner, conversation_id)
+                if only_import is not None:
+                    header = self.store.read_header(owner, conversation_id)
+                    if header is None or header.get("_import") != only_import:
+                        return False
+                return self.store.delete(owner, conversation_id)
+        return False
 
     def delete_expired(self, owner: str, conversation_id: str, cutoff: str) -> bool:
         """Delete a temporary conversation whose last message is older than `cutoff`

@@ -113,6 +113,12 @@ UPDATE conversations SET archived = pg_temp.header_flag(header, 'archived'),
 ALTER TABLE stream_slots ADD COLUMN process text, ADD COLUMN seen double precision;
 ALTER TABLE reservations ADD COLUMN process text, ADD COLUMN seen double precision;
 """),
+    (7, "imports under way: what a killed import had stored is taken back", """
+CREATE TABLE pending_imports (
+    token text PRIMARY KEY,
+    entry bytea NOT NULL   -- JSON: owner, the conversation ids it stores, its writer
+);
+"""),
 ]
 
 

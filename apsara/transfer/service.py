@@ -4,19 +4,23 @@ Export gives Apsara's own format (every version, the active branch, settings,
 the files' records and with `inline` their bytes) or the active path as
 Markdown. Import reads any known format (importing.py) and stores every
 conversation of the request or none: a failure part way takes back what this
-request stored, files included. Nothing here reaches another user's data:
-every read and write names the requesting owner.
+request stored, files included, and a worker killed part way has its import
+taken back by the next process to look (pending.py). Nothing here reaches
+another user's data: every read and write names the requesting owner.
 """
 from __future__ import annotations
 
 import base64
 import copy
+import logging
 import re
+import time
 
 from marshmallow import ValidationError
 
 from ..clock import new_id, now_iso
 from ..conversations.manager import ConversationManager
+from ..conversations.writers import HEARTBEAT_S, new_writer, writer_alive
 from ..conversations.views import conversation_view, summary_view
 from ..conversations.tree import ROOT, MessageTree
 from ..errors import ApiError, _flatten
@@ -26,6 +30,9 @@ from . import Imported, UnknownFormat, apsara_format, markdown
 from .importing import InvalidExport, read_export
 
 _ID = re.compile(ID_REGEX)  # used with fullmatch: `$` alone would let "x\n" through
+log = logging.getLogger("apsara.imports")
+# How often a process looks for imports whose writer died (a directory listing, or one query).
+ABANDONED_CHECK_S = 30.0
 _FILE_FIELDS = ("id", "filename", "mime_type", "size_bytes", "sha256", "created_at")
 
 
@@ -46,9 +53,11 @@ def _refuse(problems: dict) -> ApiError:
 
 
 class Transfers:
-    def __init__(self, manager: ConversationManager, files: FileStore):
+    def __init__(self, manager: ConversationManager, files: FileStore, pending):
         self.manager = manager
         self.files = files
+        self.pending = pending  # pending.PendingImportFiles or PendingImportRows
+        self._next_check = 0.0
 
     # -- export ---------------------------------------------------------------------------
     def export_json(self, owner: str, conversation_id: str, inline: bool) -> dict:
@@ -85,23 +94,74 @@ class Transfers:
                            {"_body": ["not an Apsara, ChatGPT or Open WebUI export"]}) from None
         for n, imported in enumerate(batch.conversations):
             self._check_choices(imported, f"{n}." if isinstance(document, list) else "")
-        stored_ids, restored_files = [], []
+        entry = {"token": new_id("i"), "owner": owner, "conversations": self._planned_ids(owner, batch),
+                 "writer": new_writer()}
+        self.pending.write(entry)  # before the first conversation: a crash from here on is taken back
+        stored_ids, restored_files, beat = [], [], time.monotonic()
         try:
             summaries = []
             for n, imported in enumerate(batch.conversations):
                 renamed = self._restore_files(owner, imported, n, restored_files)
-                stored = self.manager.store_new(owner, self._document(imported, renamed),
-                                                imported.id if imported.id and _ID.fullmatch(imported.id) else None)
+                document = self._document(imported, renamed)
+                document["conversation"]["_import"] = entry["token"]
+                stored = self._store(owner, document, entry, n)
                 stored_ids.append(stored["conversation"]["id"])
                 summaries.append(summary_view(stored["conversation"]))
+                if time.monotonic() - beat > HEARTBEAT_S:  # still alive, to other machines
+                    entry["writer"] = {**entry["writer"], "seen": now_iso()}
+                    self.pending.write(entry)
+                    beat = time.monotonic()
         except BaseException:
             for conversation_id in stored_ids:
                 self.manager.remove(owner, conversation_id)
             for file_id in restored_files:
                 self.files.delete(owner, file_id)
+            self.pending.remove(entry["token"])
             raise
+        self.pending.remove(entry["token"])
         skipped = {"messages": batch.skipped_messages, "conversations": batch.skipped_conversations}
         return summaries, skipped
+
+    def _planned_ids(self, owner: str, batch) -> list[str]:
+        """The id each conversation will be stored under: its own when valid and free, else a new one."""
+        planned, taken = [], set()
+        for imported in batch.conversations:
+            wanted = imported.id if imported.id and _ID.fullmatch(imported.id) else None
+            if wanted is None or wanted in taken or self.manager.store.exists(owner, wanted):
+                wanted = new_id()
+            taken.add(wanted)
+            planned.append(wanted)
+        return planned
+
+    def _store(self, owner: str, document: dict, entry: dict, n: int) -> dict:
+        """Store the n-th conversation under its planned id; one taken meanwhile is replaced in
+        the entry, before the conversation is stored under the new one."""
+        for _attempt in range(5):
+            try:
+                return self.manager.store_new(owner, document, entry["conversations"][n], exact=True)
+            except ApiError as refused:
+                if refused.code != 409:
+                    raise
+            entry["conversations"][n] = new_id()
+            self.pending.write(entry)
+        raise ApiError(500, "could not pick a free conversation id")
+
+    def take_back_abandoned(self) -> int:
+        """Take back what imports whose writer died had stored; returns how many conversations.
+        Called on requests, at most every ABANDONED_CHECK_S in each process."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return 0
+        self._next_check = now + ABANDONED_CHECK_S
+        removed = 0
+        for entry in self.pending.entries():
+            if writer_alive({"_writer": entry.get("writer")}):
+                continue
+            for conversation_id in entry.get("conversations", ()):
+                removed += self.manager.remove(entry["owner"], conversation_id, only_import=entry["token"])
+            self.pending.remove(entry["token"])
+            log.warning("took back an import that never ended: %d conversation(s) of %s", removed, entry["owner"])
+        return removed
 
     @staticmethod
     def _check_choices(imported: Imported, prefix: str) -> None:
