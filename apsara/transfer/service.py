@@ -101,16 +101,16 @@ class Transfers:
         try:
             summaries = []
             for n, imported in enumerate(batch.conversations):
+                if time.monotonic() - beat > HEARTBEAT_S:  # still alive, to other machines
+                    entry["writer"] = {**entry["writer"], "seen": now_iso()}
+                    self.pending.write(entry)
+                    beat = time.monotonic()
                 renamed = self._restore_files(owner, imported, n, restored_files)
                 document = self._document(imported, renamed)
                 document["conversation"]["_import"] = entry["token"]
                 stored = self._store(owner, document, entry, n)
                 stored_ids.append(stored["conversation"]["id"])
                 summaries.append(summary_view(stored["conversation"]))
-                if time.monotonic() - beat > HEARTBEAT_S:  # still alive, to other machines
-                    entry["writer"] = {**entry["writer"], "seen": now_iso()}
-                    self.pending.write(entry)
-                    beat = time.monotonic()
         except BaseException:
             for conversation_id in stored_ids:
                 self.manager.remove(owner, conversation_id)
