@@ -236,6 +236,27 @@ def test_a_stop_written_by_another_replica_is_told_at_once(postgres_url, tmp_pat
         gate.set()
 
 
+def test_a_listener_let_go_leaves_the_next_ones_hearing_alone(postgres_url):
+    """The watcher idles out as its last reply ends, and the next reply starts another listener
+    while the first still winds down: the first's end must not unset what the second heard."""
+    from apsara.database import stops
+
+    listener = stops.StopListener(postgres_url)
+    first_until = time.monotonic() + 1.0
+    first = threading.Thread(target=listener.run, args=(lambda *told: None, lambda: time.monotonic() < first_until))
+    first.start()
+    time.sleep(0.8)
+    second_until = time.monotonic() + 4.0
+    second = threading.Thread(target=listener.run,
+                              args=(lambda *told: None, lambda: time.monotonic() < second_until))
+    second.start()
+    first.join(10)
+    time.sleep(0.2)
+    assert listener.listening  # else its replies would ask the database 20 times as often
+    second.join(10)
+    assert not listener.listening
+
+
 def test_a_listener_whose_probe_never_comes_back_leaves_replies_asking_often(postgres_url, monkeypatch):
     """As behind a pooler that does not pass LISTEN on: the listener does not count as listening."""
     from apsara.database import stops

@@ -60,70 +60,82 @@ def _send(conn, told: dict) -> None:
     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, orjson.dumps(told).decode()))
 
 
+class _Hearing:
+    """One listening connection's state: whether its probes come back. Each connection has its
+    own: a listener that has just been let go (its replies ended) may still be winding down
+    while the next one starts, and must not reset what the next one found."""
+
+    def __init__(self):
+        self.heard_in: int | None = None  # the pid in which its first probe came back
+        self.awaited: str | None = None  # the probe sent and not yet heard back
+        self.sent_at = 0.0  # when it was sent (time.monotonic)
+
+
 class StopListener:
     """One per store and process: a connection of its own, listening while replies run here."""
 
     def __init__(self, url: str):
         self.url = url
-        self._listening_in: int | None = None  # the pid whose connection is listening now
-        self._awaited: str | None = None  # the probe sent and not yet heard back
-        self._sent_at = 0.0  # when it was sent (time.monotonic)
+        self._hearing: _Hearing | None = None  # the newest connection's
 
     @property
     def listening(self) -> bool:
-        return self._listening_in == os.getpid()
+        hearing = self._hearing
+        return hearing is not None and hearing.heard_in == os.getpid()
 
     def run(self, on_stop: Callable[[str, str, str | None], None], wanted: Callable[[], bool]) -> None:
         """Call `on_stop(owner, conversation_id, reply_id or None)` for each notification,
         until `wanted()` is false; a failed or deaf connection is made again."""
         while wanted():
+            hearing = self._hearing = _Hearing()
             try:
                 with psycopg.connect(self.url, **CONNECT) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     # The first probe goes on the listening connection itself: it tells whether
                     # notifications reach this connection at all (not behind PgBouncer).
-                    self._send_probe(conn)
+                    self._send_probe(conn, hearing)
                     while wanted():
                         for note in conn.notifies(timeout=WAKE_S):
-                            self._heard(_parsed(note.payload), on_stop)
-                        self._check_hearing()
+                            self._heard(_parsed(note.payload), hearing, on_stop)
+                        self._check_hearing(hearing)
             except (psycopg.Error, Deaf) as exc:
                 log.warning("not listening for stop requests (%s): replies ask every %.2f s meanwhile",
                             type(exc).__name__, ASK_S)
                 time.sleep(RETRY_S)
             finally:
-                self._listening_in = None
-                self._awaited = None
+                if self._hearing is hearing:
+                    self._hearing = None
 
-    def _send_probe(self, conn) -> None:
-        self._awaited = secrets.token_hex(8)
-        self._sent_at = time.monotonic()
-        self._probe(conn, self._awaited)
+    def _send_probe(self, conn, hearing: _Hearing) -> None:
+        hearing.awaited = secrets.token_hex(8)
+        hearing.sent_at = time.monotonic()
+        self._probe(conn, hearing.awaited)
 
     @staticmethod
     def _probe(conn, probe: str) -> None:
         _send(conn, {"probe": probe})
 
-    def _check_hearing(self) -> None:
+    def _check_hearing(self, hearing: _Hearing) -> None:
         """While listening: probe now and then, and give the connection up when a probe is lost."""
-        if not self.listening:
+        if hearing.heard_in != os.getpid():
             return  # never heard its first probe (a pooler in the way): asking often already
-        waited = time.monotonic() - self._sent_at
-        if self._awaited is not None and waited > PROBE_WAIT_S:
+        waited = time.monotonic() - hearing.sent_at
+        if hearing.awaited is not None and waited > PROBE_WAIT_S:
             raise Deaf(f"a probe did not come back within {PROBE_WAIT_S} s")
-        if self._awaited is None and waited >= PROBE_EVERY_S:
+        if hearing.awaited is None and waited >= PROBE_EVERY_S:
             # From another connection: a frozen or forgotten listening connection would block on
             # its own statement, and the probe should travel as a stop request does.
             with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT["connect_timeout"]) as sender:
-                self._send_probe(sender)
+                self._send_probe(sender, hearing)
 
-    def _heard(self, told: dict | None, on_stop) -> None:
+    @staticmethod
+    def _heard(told: dict | None, hearing: _Hearing, on_stop) -> None:
         if told is None:
             return
-        if "probe" in told:  # ours came back: notifications reach this connection (others' are not news)
-            if told["probe"] == self._awaited:
-                self._awaited = None
-                self._listening_in = os.getpid()
+        if "probe" in told:  # its own came back: notifications reach this connection (others' are not news)
+            if told["probe"] == hearing.awaited:
+                hearing.awaited = None
+                hearing.heard_in = os.getpid()
             return
         try:
             on_stop(told["owner"], told["conversation"], told["reply"])
