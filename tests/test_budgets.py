@@ -209,3 +209,31 @@ def test_a_function_round_within_the_budget_runs_on(tmp_path, fake):
     assert len(fake.generate_requests()) == 2
     assert usage(client)["totals"]["total_tokens"] >= 1500
     assert_ledger_matches_bill(client, fake)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_ends_even_when_its_budget_hold_cannot_be_released(tmp_path, fake, stream):
+    # The ledger refuses the release (a full disk, the database away): the reply still ends,
+    # and the conversation takes the next message.
+    app = budget_app(tmp_path, fake, {"default": {"tokens_per_day": 1_000_000}})
+    client = app.test_client()
+    ledger = app.extensions["apsara"].usage.ledger
+    release, failed = ledger.release, []
+
+    def refusing(reservation_id):
+        if not failed:
+            failed.append(reservation_id)
+            raise OSError(28, "No space left on device")
+        return release(reservation_id)
+
+    ledger.release = refusing
+    start(client)
+    fake.push(Reply(parts=["kept"]))
+    response = send(client, "hello", stream=stream)
+    assert response.status_code == (200 if stream else 201)
+    if stream:
+        events, _ = parse_sse(response.get_data(as_text=True))
+        assert events[-1][0] == "done" and events[-1][2]["text"] == "kept"
+    assert failed
+    assert client.get(f"{API}/c1").json["messages"][1]["status"] == "complete"
+    assert send(client, "next").status_code == 201

@@ -54,10 +54,16 @@ class Bill:
 
     def settle(self) -> None:
         """What the turn spent is in the ledger: the rest of its reservation goes (when the
-        turn ends, or before a further call renews it)."""
+        turn ends, or before a further call renews it). A release the ledger cannot write (a
+        full disk, the database away) is logged, not raised: the reply must still end (else it
+        would stay streaming, holding its conversation), and the hold lapses by itself once
+        stale or with its process."""
         if self.reservation_id is not None:
             reservation, self.reservation_id = self.reservation_id, None
-            self._service.ledger.release(reservation)
+            try:
+                self._service.ledger.release(reservation)
+            except Exception:  # noqa: BLE001 - see above
+                log.exception("could not release budget reservation %s; it lapses by itself", reservation)
 
     def totals(self) -> dict:
         """Tokens of every call on this bill, and the model of the last one."""
