@@ -336,6 +336,11 @@ def test_a_reply_end_that_keeps_failing_is_told_and_stored_once_the_disk_has_roo
     reply = wait_until(lambda: next((m for m in chat.get(f"{API}/c1").json["messages"][1:]
                                      if m["status"] != "streaming"), None))
     assert (reply["status"], reply["text"]) == ("complete", "what was read")
+    # Replayed as it was stored: the error its followers were told meanwhile is not part of it.
+    replayed, _ = parse_sse(chat.get(f"{API}/c1/messages/{reply['id']}/events").get_data(as_text=True))
+    assert [name for name, _, _ in replayed].count("error") == 0 and replayed[-1][0] == "done"
+    assert replayed[-1][2]["text"] == "what was read"
+    assert [i for _, i, _ in replayed] == sorted({i for _, i, _ in replayed})
     assert chat.post(f"{API}/c1/messages", json={"text": "again"}).status_code == 201
 
 
@@ -378,3 +383,85 @@ def test_a_stop_while_gemini_thinks_closes_the_request_at_once(chat, chat_app, f
     sender.join(5)
     assert answer["response"].status_code in (200, 201)
     assert chat.post(f"{API}/c1/messages", json={"text": "next"}).status_code == 201
+
+
+def test_a_slow_reply_end_holds_up_no_other_replys_checkpoints(chat, chat_app, fake, monkeypatch):
+    # Storing a reply's end may wait (its conversation's lock, a full disk): meanwhile the other
+    # replies of the process must still be checkpointed, and their writers still heartbeat.
+    manager = chat_app.extensions["apsara"].manager
+    jobs = chat_app.extensions["apsara"].chat.jobs
+    finish, released = manager.finish_reply, threading.Event()
+
+    def slow_finish(owner, conversation_id, *args, **kwargs):
+        if conversation_id == "c1":
+            released.wait(10)
+        return finish(owner, conversation_id, *args, **kwargs)
+
+    monkeypatch.setattr(manager, "finish_reply", slow_finish)
+    new_conversation(chat, "c1")
+    new_conversation(chat, "c2")
+    fake.push(Reply(parts=["quick"]))
+    ending = threading.Thread(target=lambda: chat.post(f"{API}/c1/messages", json={"text": "hi"}), daemon=True)
+    ending.start()
+    slow = wait_until(lambda: next((j for j in jobs._jobs.values() if j.conversation_id == "c1"
+                                    and j.flush_lock.locked()), None))
+    try:
+        fake.push(Reply(parts=["one "] + ["more "] * 9, chunk_delay_s=0.4))
+        streaming = Streaming(chat, "c2", "go")
+
+        def checkpointed_text():
+            reply = manager.store.read("local", "c2")["messages"][-1]
+            return reply["status"] == "streaming" and "".join(p.get("text", "") for p in reply.get("parts", ()))
+
+        assert wait_until(checkpointed_text, timeout=2.0).startswith("one")  # long before its end, ~4 s in
+        assert slow.flush_lock.locked()  # c1's end was still being stored all along
+    finally:
+        released.set()
+    assert streaming.finish()[-1][0] == "done"
+    ending.join(10)
+
+
+def test_a_follower_reads_once_more_before_telling_the_writer_died(chat, chat_app, fake, monkeypatch):
+    # Between two looks of a follower the writer stored its end and its process exited (a deploy
+    # lets the last reply end, then the worker goes): the follower tells the end, not a death.
+    from apsara.conversations.writers import new_writer
+    from apsara.turns import follow
+
+    new_conversation(chat)
+    fake.push(Reply(parts=["all ", "of it"]))
+    reply_id = chat.post(f"{API}/c1/messages", json={"text": "hi"}).json["reply"]["id"]
+    jobs = chat_app.extensions["apsara"].chat.jobs
+    wait_until(lambda: not jobs.running())
+    manager = chat_app.extensions["apsara"].manager
+    document = manager.store.read("local", "c1")
+    reply = document["messages"][1]
+    ending = [e for e in reply["_events"] if e[1] == "done"]
+    writer = new_writer()
+    boot, ticks = writer["pid_start"].rsplit(":", 1)
+    reply.update(status="streaming", _events=[e for e in reply["_events"] if e[1] != "done"],
+                 _writer={**writer, "pid_start": f"{boot}:{int(ticks) - 1}"})  # a process gone by now
+    with manager.store.locked("local", "c1"):
+        manager.store.write("local", "c1", document)
+    landed = []
+
+    def gone_once_its_end_landed(message):
+        if not landed:
+            landed.append(manager.finish_reply("local", "c1", reply_id, ending, {"status": "complete"}))
+        return False
+
+    monkeypatch.setattr(follow, "writer_alive", gone_once_its_end_landed)
+    events = events_of(chat, "c1", reply_id)
+    assert landed and events[-1][0] == "done" and events[-1][2]["status"] == "complete"
+    assert events[-1][2]["text"] == "all of it"
+
+
+def test_a_job_whose_reply_ended_before_its_launch_was_done_is_not_left_registered(chat_app):
+    # With threads, a quick reply's thread can end (and leave the registry) before the request
+    # that launched it registers it: registered then, it would be tended, and drained, for ever.
+    from apsara.turns.jobs import Job
+
+    jobs = chat_app.extensions["apsara"].chat.jobs
+    job = Job("local", "c1", "m1", 1)
+    jobs.remove(job)
+    jobs.add(job)
+    assert jobs.running() == 0

@@ -100,6 +100,7 @@ def from_file(manager: ConversationManager, owner: str, conversation_id: str, re
         return view if name == "done" else {"error": (data or {}).get("error") or INTERRUPTED, "reply": view}
 
     quiet_since, poll = time.monotonic(), POLL_S[0]
+    writer_gone = False
     while True:
         while index < len(kept):
             event = kept[index]
@@ -120,11 +121,16 @@ def from_file(manager: ConversationManager, owner: str, conversation_id: str, re
                 yield sent + 1, name, final(name, {"error": reply.get("error")} if name == "error" else None)
             return
         if not writer_alive(reply):
-            view = message_view(reply, tree, link)
-            yield sent + 1, "error", {"error": INTERRUPTED, "reply": view}
-            return
-        time.sleep(poll)
-        poll = min(poll * 1.5, POLL_S[1])
+            if writer_gone:  # and nothing it stored before it went was left to read
+                view = message_view(reply, tree, link)
+                yield sent + 1, "error", {"error": INTERRUPTED, "reply": view}
+                return
+            # Read once more first: it may have stored its end just before its process exited
+            # (a deploy lets the last reply end, then the worker goes).
+            writer_gone = True
+        else:
+            time.sleep(poll)
+            poll = min(poll * 1.5, POLL_S[1])
         records, position = manager.store.follow(owner, conversation_id, position)
         if records is None:  # compacted (or deleted): read it whole again
             document, position = manager.load_with_position(owner, conversation_id)

@@ -51,6 +51,10 @@ class Job:
         self.position: tuple[int, int] | None = None  # how far the watcher read the store
         self.stop_checked = 0.0
         self.result: tuple[str, dict] | None = None
+        # The id of the error its followers were told while its end could not be stored yet
+        # (tell_failure); that event is not the reply's, and is never stored.
+        self.failure_told: int | None = None
+        self.released = False  # out of the registry: its thread is done with it
 
     def publish(self, name: str, data, shown: bool = True) -> list:
         with self.cond:
@@ -84,6 +88,19 @@ class Job:
             self.ended = True
             self.cond.notify_all()
 
+    def tell_failure(self, data: dict, event_id: int) -> None:
+        """End the stream for its followers with an error while the reply's end is still being
+        stored, which goes on: until it lands the job is checkpointed and its writer heartbeats
+        as before, and once it does, the reply replays as it was stored, without this event.
+        Call holding flush_lock."""
+        self.failure_told = event_id
+        self.end("error", data, event_id)
+
+    @property
+    def being_written(self) -> bool:
+        """Whether the reply is still to be stored (checkpoints and heartbeats go on)."""
+        return not self.ended or self.failure_told is not None
+
     def stop(self) -> None:
         self.stop_requested = True
         self.upstream.close()
@@ -103,7 +120,10 @@ class Job:
         flush_lock; once they are written, `self.flushed` takes that count (a write that
         failed leaves them for the next)."""
         with self.cond:
-            return self.events[self.flushed:], len(self.events)
+            batch = self.events[self.flushed:]
+            if self.failure_told is not None:
+                batch = [event for event in batch if event[0] != self.failure_told]
+            return batch, len(self.events)
 
 
 class JobRegistry:
@@ -116,6 +136,8 @@ class JobRegistry:
 
     def add(self, job: Job) -> None:
         with self._lock:
+            if job.released:
+                return  # its reply ended before its launch was done: nothing left to tend
             self._jobs[(job.owner, job.conversation_id, job.reply_id)] = job
             if self._watcher is None or self._pid != os.getpid() or not self._watcher.is_alive():
                 self._pid = os.getpid()
@@ -127,6 +149,7 @@ class JobRegistry:
 
     def remove(self, job: Job) -> None:
         with self._lock:
+            job.released = True
             self._jobs.pop((job.owner, job.conversation_id, job.reply_id), None)
 
     def get(self, owner: str, conversation_id: str, reply_id: str) -> Job | None:
@@ -172,12 +195,14 @@ class JobRegistry:
                     log.exception("tending reply %s", job.reply_id)
 
     def _tend(self, job: Job) -> None:
-        if job.ended:
+        if not job.being_written:
             return
         now = time.monotonic()
         pending = len(job.events) > job.flushed
         if (pending and now - job.last_flush >= CHECKPOINT_S) or now - job.last_flush >= HEARTBEAT_S:
-            self.checkpoint(job)
+            # Not waiting on a job whose end is being stored (with every event): a slow end
+            # (its conversation's lock, a full disk) would hold up every other job's checkpoints.
+            self.checkpoint(job, wait=False)
         # A stop request recorded by another process: as often as the store finds cheap.
         if not job.stop_requested and now - job.stop_checked >= self.manager.store.stop_poll_s:
             job.stop_checked = now
@@ -205,21 +230,28 @@ class JobRegistry:
         log.info("reply %s stopped from another process (or its conversation deleted)", job.reply_id)
         job.stop()
 
-    def checkpoint(self, job: Job) -> None:
-        with job.flush_lock:
-            if job.ended:
-                return
-            batch, upto = job.unflushed()
-            job.last_flush = time.monotonic()
-            mark = self.manager.checkpoint(job.owner, job.conversation_id, job.reply_id, batch)
-            if mark is None:
-                return  # not written (the lock stayed taken, or the conversation is gone)
-            job.flushed = upto
-            # The job's own progress holds no stop: when nothing else was appended since the
-            # last look, the next looks on from after it instead of reading it back (200
-            # streams checkpointing 4 times a second would otherwise read all that back too).
-            if job.position == mark["began_at"]:
-                job.position = mark["position"]
+    def checkpoint(self, job: Job, wait: bool = True) -> None:
+        if not job.flush_lock.acquire(blocking=wait):
+            return
+        try:
+            self._checkpoint(job)
+        finally:
+            job.flush_lock.release()
+
+    def _checkpoint(self, job: Job) -> None:
+        if not job.being_written:
+            return
+        batch, upto = job.unflushed()
+        job.last_flush = time.monotonic()
+        mark = self.manager.checkpoint(job.owner, job.conversation_id, job.reply_id, batch)
+        if mark is None:
+            return  # not written (the lock stayed taken, or the conversation is gone)
+        job.flushed = upto
+        # The job's own progress holds no stop: when nothing else was appended since the
+        # last look, the next looks on from after it instead of reading it back (200
+        # streams checkpointing 4 times a second would otherwise read all that back too).
+        if job.position == mark["began_at"]:
+            job.position = mark["position"]
 
     def _stop_recorded(self, job: Job) -> bool:
         """Whether a `stop` record for this reply was appended since we last looked, or

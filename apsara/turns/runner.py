@@ -218,11 +218,12 @@ class ReplyRunner:
                 return
 
     def _tell_failure(self, owner: str, turn: Turn, job: Job, builder: ReplyBuilder) -> None:
-        if not job.ended:  # its followers would wait forever
-            view = message_view({**turn.stored_reply, "parts": builder.parts, "status": "error"},
-                                link=self.manager.link(owner))
-            job.end("error", {"error": ApiError(500, "internal error").to_dict()["error"], "reply": view},
-                    job.next_id())
+        with job.flush_lock:  # the event id is taken as the ending's is
+            if not job.ended:  # its followers would wait forever
+                view = message_view({**turn.stored_reply, "parts": builder.parts, "status": "error"},
+                                    link=self.manager.link(owner))
+                job.tell_failure({"error": ApiError(500, "internal error").to_dict()["error"], "reply": view},
+                                 job.next_id())
 
     def _finish(self, owner: str, turn: Turn, job: Job, builder: ReplyBuilder, fields: dict,
                 error: ApiError | None) -> None:
