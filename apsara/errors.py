@@ -138,6 +138,32 @@ def _database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError)
 
 
+def _unreadable_body(exc: BaseException) -> bool:
+    """Gunicorn's reader found the body malformed as the app read it: a chunk size that is not
+    hex, a chunk without its terminator, a connection gone mid-chunk. The client's fault."""
+    try:
+        from gunicorn.http.errors import NoMoreData, ParseException
+    except ImportError:  # served by another server: its own errors are werkzeug's
+        return False
+    return isinstance(exc, (ParseException, NoMoreData))
+
+
+def uncaught_error(exc: Exception) -> ApiError:
+    """What an exception no code caught tells the client (the API's handler and /v1's)."""
+    if _unreadable_body(exc):
+        return ApiError(400, "malformed request body")
+    if _database_unavailable(exc):
+        # The database is away (down, restarting, unreachable, out of connections): not a bug
+        # here, and the client may try again. Only the error's type is logged: its message
+        # names the database's address.
+        log.warning("database unavailable (%s): answered 503", type(exc).__name__)
+        return ApiError(503, "the database is unavailable; try again shortly",
+                        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+    # The trace goes to the log only; the client gets a plain INTERNAL.
+    log.exception("unhandled error")
+    return ApiError(500, "internal error")
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(error: ApiError):
@@ -149,13 +175,4 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_crash(exc: Exception):
-        if _database_unavailable(exc):
-            # The database is away (down, restarting, unreachable, out of connections): not a bug
-            # here, and the client may try again. Only the error's type is logged: its message
-            # names the database's address.
-            log.warning("database unavailable (%s): answered 503", type(exc).__name__)
-            return error_response(ApiError(503, "the database is unavailable; try again shortly",
-                                           headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)}))
-        # The trace goes to the log only; the client gets a plain INTERNAL.
-        log.exception("unhandled error")
-        return error_response(ApiError(500, "internal error"))
+        return error_response(uncaught_error(exc))

@@ -52,3 +52,37 @@ def test_chunked_bodies_over_the_limits_under_gunicorn(tmp_path):
     leftovers = [p for p in (data / "files").rglob("*") if p.is_file()] if (data / "files").exists() else []
     assert leftovers == []
     assert not list((data / "history").rglob("*.json"))
+
+
+def raw_request(base: str, request: bytes) -> tuple[int, dict]:
+    """Bytes as an attacker writes them, on a connection of their own."""
+    import socket
+
+    url = urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
+        conn.sendall(request)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_malformed_chunk_framing_is_400_and_stores_nothing(tmp_path):
+    data = tmp_path / "data"
+    env = {"APSARA_DATA_DIR": str(data), "APSARA_API_KEYS": "alice:key-a", "gemini": "k",
+           "GEMINI_BASE_URL": "http://127.0.0.1:9"}
+    with gunicorn(env, workers=1) as base:
+        for framing in (b"ZZ\r\nabc\r\n0\r\n\r\n",  # a chunk size that is not hex
+                        b"2\r\n{}XX0\r\n\r\n"):  # a chunk without its CRLF
+            for path, content_type in (("/api/v1/conversations", "application/json"),
+                                       ("/api/v1/files", "multipart/form-data; boundary=B"),
+                                       ("/api/v1/conversations/import", "application/json"),
+                                       ("/v1/chat/completions", "application/json")):
+                status, body = raw_request(base, b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+                                                 b"Content-Type: %s\r\nTransfer-Encoding: chunked\r\n"
+                                                 b"Connection: close\r\n\r\n%s"
+                                                 % (path.encode(), content_type.encode(), framing))
+                assert status == 400 and "malformed" in json.dumps(body), (path, framing, body)
+    leftovers = [p for p in (data / "files").rglob("*") if p.is_file()] if (data / "files").exists() else []
+    assert leftovers == [] and not list((data / "history").rglob("*.json"))

@@ -7,21 +7,18 @@ is OpenAI's.
 """
 from __future__ import annotations
 
-import logging
-
 import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..auth import current_user
 from ..conversations.options import AUTO
-from ..errors import ApiError
+from ..errors import ApiError, uncaught_error
 from ..openai_compat import answers
 from ..openai_compat.completions import Completions
 from ..openai_compat.request import read_request
 from .bodies import body_text, read_body
 
-log = logging.getLogger("apsara.openai")
 blp = Blueprint("openai", __name__, url_prefix="/v1")
 
 
@@ -100,6 +97,4 @@ def handle_http_exception(exc: HTTPException):
 
 @blp.errorhandler(Exception)
 def handle_crash(exc: Exception):
-    # The trace goes to the log only; the client gets a plain server error.
-    log.exception("unhandled error")
-    return _openai_error(ApiError(500, "internal error"))
+    return _openai_error(uncaught_error(exc))
