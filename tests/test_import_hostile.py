@@ -306,6 +306,31 @@ def test_a_conversation_whose_write_failed_part_way_is_taken_back(settings, monk
     assert listing(client) == ["source"] and client.get(f"{API}/imported").status_code == 404
 
 
+# -- what the store's JSON cannot hold -----------------------------------------------------------------
+@pytest.mark.parametrize("where, value, path", [("usage", {"prompt_tokens": 2 ** 64}, "usage.prompt_tokens"),
+                                                ("grounding", {"chunks": [{"score": -2 ** 63 - 1}]},
+                                                 "grounding.chunks.0.score"),
+                                                ("last_event_id", -2 ** 70, "last_event_id")])
+def test_a_whole_number_past_64_bits_in_a_field_kept_as_it_came_is_refused(client, settings, where, value, path):
+    export = an_export(client)
+    stamp = export["messages"][0]["created_at"]
+    export["messages"].append({"id": "m2", "role": "model", "parent_id": "m1", "created_at": stamp,
+                               "parts": [{"type": "text", "text": "zebra answer"}], "status": "complete",
+                               where: value})
+    export["active"]["m1"] = "m2"
+    error = refused(client, settings, [export], path=f"0.messages.1.{path}")
+    assert "64 bits" in json.dumps(error["details"])
+
+
+@pytest.mark.parametrize("parts", [1, True, {"0": "zebra"}, "zebra"])
+def test_a_chatgpt_message_whose_parts_are_not_a_list_shows_nothing(client, parts):
+    response = client.post(f"{API}/import", json=chatgpt(**{"mapping.b.message.content.parts": parts}))
+    assert response.status_code == 201, response.json
+    assert response.json["skipped"]["messages"] == 1
+    stored_id = response.json["conversations"][0]["id"]
+    assert [m["text"] for m in client.get(f"{API}/{stored_id}").json["messages"]] == ["zebra?"]
+
+
 # -- an import whose writer died -------------------------------------------------------------------
 def test_an_import_whose_writer_died_is_taken_back_but_not_a_conversation_it_never_stored(settings):
     # Its entry names "theirs" too, which it never stored: someone made it since, and keeps it.

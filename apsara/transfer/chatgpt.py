@@ -51,7 +51,8 @@ def _message(raw) -> dict | None:
         return None
     if content.get("content_type") not in _SHOWN_CONTENT:
         return None
-    text = "".join(part for part in content.get("parts") or () if isinstance(part, str))
+    parts = content.get("parts") if isinstance(content.get("parts"), list) else ()
+    text = "".join(part for part in parts if isinstance(part, str))
     if role == "assistant":
         text = _with_citations(text, metadata)
     if not text.strip():

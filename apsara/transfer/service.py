@@ -16,6 +16,7 @@ import logging
 import re
 import time
 
+import orjson
 from marshmallow import ValidationError
 
 from ..clock import new_id, now_iso
@@ -44,6 +45,32 @@ def file_ids(messages) -> list[str]:
             if part.get("type") == "file" and part.get("file_id"):
                 found[part["file_id"]] = True
     return list(found)
+
+
+def _unstorable_at(value, path: str) -> str | None:
+    """Where in `value` (JSON as parsed) lies what the store's JSON cannot hold (an integer
+    past 64 bits, in a field kept as it came: usage, grounding, a function's arguments...)."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return path if isinstance(value, int) and not -2 ** 63 <= value < 2 ** 64 else None
+    for key, item in items:
+        found = _unstorable_at(item, f"{path}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def _check_storable(imported: Imported, prefix: str) -> None:
+    for where, value in [("conversation", imported.header)] + [
+            (f"messages.{k}", message) for k, message in enumerate(imported.messages)]:
+        try:
+            orjson.dumps(value)
+        except TypeError:
+            path = _unstorable_at(value, f"{prefix}{where}") or f"{prefix}{where}"
+            raise _refuse({path: ["Cannot be stored: a whole number past 64 bits."]}) from None
 
 
 def _refuse(problems: dict) -> ApiError:
@@ -93,7 +120,9 @@ class Transfers:
                                 "conversations.json or an Open WebUI export",
                            {"_body": ["not an Apsara, ChatGPT or Open WebUI export"]}) from None
         for n, imported in enumerate(batch.conversations):
-            self._check_choices(imported, f"{n}." if isinstance(document, list) else "")
+            prefix = f"{n}." if isinstance(document, list) else ""
+            self._check_choices(imported, prefix)
+            _check_storable(imported, prefix)
         entry = {"token": new_id("i"), "owner": owner, "conversations": self._planned_ids(owner, batch),
                  "writer": new_writer()}
         self.pending.write(entry)  # before the first conversation: a crash from here on is taken back
