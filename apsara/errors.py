@@ -80,19 +80,31 @@ def error_response(error: ApiError):
     return response
 
 
-def _flatten(messages, prefix="") -> dict[str, list[str]]:
-    """webargs' nested {"settings": {"temperature": [..]}} -> {"settings.temperature": [..]}."""
-    if isinstance(messages, list):
-        if all(isinstance(m, str) for m in messages):
-            return {prefix or "_body": messages}
-        out: dict[str, list[str]] = {}
-        for item in messages:
-            out.update(_flatten(item, prefix))
-        return out
-    out = {}
-    for key, value in messages.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        out.update(_flatten(value, path))
+# A request can hold a million mistakes (one per unknown key): the answer names the first ones.
+MAX_DETAILS = 50
+MORE = "_more"
+
+
+def _flatten(messages, prefix="", limit: int = MAX_DETAILS) -> dict[str, list[str]]:
+    """webargs' nested {"settings": {"temperature": [..]}} -> {"settings.temperature": [..]};
+    the first `limit` paths, and MORE when there were others."""
+    out: dict[str, list[str]] = {}
+    walks = [iter([(prefix, messages)])]  # iterators, not lists: a million keys are never copied
+    while walks:
+        entry = next(walks[-1], None)
+        if entry is None:
+            walks.pop()
+            continue
+        path, value = entry
+        if isinstance(value, list) and all(isinstance(m, str) for m in value):
+            if len(out) >= limit:
+                out[MORE] = ["more problems, not listed"]
+                break
+            out[path or "_body"] = value
+        elif isinstance(value, list):
+            walks.append((path, item) for item in value)
+        elif isinstance(value, dict):
+            walks.append((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
     return out
 
 
@@ -100,7 +112,9 @@ def validation_details(messages: dict) -> dict[str, list[str]]:
     """Drop webargs' location level (json, query, ...) and flatten to dotted paths."""
     details: dict[str, list[str]] = {}
     for location_messages in messages.values():
-        details.update(_flatten(location_messages))
+        details.update(_flatten(location_messages, limit=MAX_DETAILS - len(details)))
+        if MORE in details:
+            break
     return details
 
 

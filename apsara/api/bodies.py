@@ -1,7 +1,9 @@
 """Request bodies the service can read, checked before anything else looks at them.
 
 A JSON body must be JSON (strictly: no NaN, valid UTF-8), nested at most 64
-levels, with every string and key valid Unicode (no lone surrogate): else 400
+levels, with every string and key valid Unicode (no lone surrogate), and but for
+an import no object of more than 1,000 members (no request of this API has
+one; a million unknown keys would each be a validation error): else 400
 INVALID_ARGUMENT. It may be at most 16 MB (or the upload limit, if lower),
 whether it came with a Content-Length or chunked: else 413. Uploads (multipart)
 are bounded by the upload limit alone; an import (a JSON body or a multipart
@@ -20,6 +22,7 @@ from ..errors import ApiError
 
 JSON_BODY_LIMIT = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
+MAX_JSON_MEMBERS = 1000
 UPLOAD_PATH = "/api/v1/files"
 IMPORT_PATH = "/api/v1/conversations/import"
 NOT_UTF8 = "the body is not valid UTF-8"
@@ -29,8 +32,8 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
-def _check_values(value) -> None:
-    """Depth and Unicode of a parsed body, walked without recursion."""
+def _check_values(value, max_members: int | None) -> None:
+    """Depth, Unicode and object sizes of a parsed body, walked without recursion."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -42,6 +45,8 @@ def _check_values(value) -> None:
         if depth > MAX_JSON_DEPTH:
             raise ApiError(400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(item, dict):
+            if max_members is not None and len(item) > max_members:
+                raise ApiError(400, f"the JSON body holds an object of more than {max_members:,} members")
             for key, child in item.items():
                 _check_text(key)
                 stack.append((child, depth + 1))
@@ -77,7 +82,7 @@ def body_text(raw: bytes) -> str:
         raise ApiError(400, NOT_UTF8) from None
 
 
-def parse_json_body(raw: bytes):
+def parse_json_body(raw: bytes, max_members: int | None = None):
     """The body's value, or ApiError(400) saying why it cannot be read."""
     text = body_text(raw)
     try:
@@ -86,7 +91,7 @@ def parse_json_body(raw: bytes):
         raise ApiError(400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from None
-    _check_values(value)
+    _check_values(value, max_members)
     return value
 
 
@@ -133,4 +138,4 @@ def check_body() -> None:
         return
     raw = read_body()
     if raw:
-        parse_json_body(raw)
+        parse_json_body(raw, None if request.path == IMPORT_PATH else MAX_JSON_MEMBERS)
