@@ -113,12 +113,31 @@ def _disk_threads() -> Callable[[Callable[[], object]], Callable[[], object]]:
             from gevent.threadpool import ThreadPool
 
             threads = ThreadPool(DISK_THREADS)
-            start = lambda work: threads.spawn(work).get  # noqa: E731
+            start = lambda work: _raised(threads.spawn(_caught, work).get)  # noqa: E731
         else:
             executor = ThreadPoolExecutor(max_workers=DISK_THREADS, thread_name_prefix="apsara-disk")
             start = lambda work: executor.submit(work).result  # noqa: E731
         _pool = (os.getpid(), start)
     return _pool[1]
+
+
+def _caught(work: Callable[[], object]) -> tuple[object, BaseException | None]:
+    """`work()`, what it raises returned instead: gevent's pool prints the traceback of a task
+    that raises (every upload refused with 415 wrote one to the log), though its caller
+    handles the error."""
+    try:
+        return work(), None
+    except BaseException as exc:  # noqa: BLE001 - raised again by the caller's wait
+        return None, exc
+
+
+def _raised(get: Callable[[], tuple[object, BaseException | None]]) -> Callable[[], object]:
+    def wait():
+        result, error = get()
+        if error is not None:
+            raise error
+        return result
+    return wait
 
 
 def _gevent_patched() -> bool:

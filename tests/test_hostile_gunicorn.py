@@ -86,3 +86,18 @@ def test_malformed_chunk_framing_is_400_and_stores_nothing(tmp_path):
                 assert status == 400 and "malformed" in json.dumps(body), (path, framing, body)
     leftovers = [p for p in (data / "files").rglob("*") if p.is_file()] if (data / "files").exists() else []
     assert leftovers == [] and not list((data / "history").rglob("*.json"))
+
+
+def test_an_upload_of_a_type_no_model_reads_is_415_and_logs_no_traceback(tmp_path):
+    # The type is told on a disk thread; gevent's pool printed what its task raised.
+    data, log = tmp_path / "data", tmp_path / "server.log"
+    env = {"APSARA_DATA_DIR": str(data), "APSARA_API_KEYS": "alice:key-a"}
+    with gunicorn(env, workers=1, log_path=log) as base:
+        for _ in range(3):
+            status, body = chunked(base, "/api/v1/files", "multipart/form-data; boundary=B",
+                                   [b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n',
+                                    b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 8, b"\r\n--B--\r\n"])
+            assert status == 415 and body["error"]["status"] == "UNSUPPORTED_MEDIA_TYPE"
+    written = log.read_text(errors="replace")
+    assert "Traceback" not in written and "ApiError" not in written
+    assert not [p for p in (data / "files").rglob("*") if p.is_file()]
