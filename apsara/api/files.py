@@ -76,12 +76,12 @@ def get(file_id):
 
 
 def _without_a_malformed_range():
-    """The request, or its environ less a `Range` that does not parse or counts in another
-    unit than bytes: such a header is ignored and the whole file sent (RFC 9110, 14.2),
-    where werkzeug would answer 416."""
+    """The request, or its environ less a `Range` that does not parse, counts in another unit
+    than bytes or asks for several ranges (werkzeug serves one): such a header is ignored and
+    the whole file sent (RFC 9110, 14.2), where werkzeug would answer 416."""
     header = request.headers.get("Range")
     parsed = parse_range_header(header) if header is not None else None
-    if header is None or (parsed is not None and parsed.units == "bytes"):
+    if header is None or (parsed is not None and parsed.units == "bytes" and len(parsed.ranges) == 1):
         return request
     return {key: value for key, value in request.environ.items() if key != "HTTP_RANGE"}
 
@@ -90,7 +90,7 @@ def _without_a_malformed_range():
 @blp.response(200, description="The bytes.")
 @blp.alt_response(206, description="The bytes asked for with `Range` (one range), and `Content-Range`.")
 @blp.alt_response(304, description="Unchanged since the `ETag` given in `If-None-Match`.")
-@blp.alt_response(416, schema=ErrorSchema, description="A `Range` outside the file (with `Content-Range: bytes */size`); a `Range` that does not parse is ignored.")
+@blp.alt_response(416, schema=ErrorSchema, description="A `Range` outside the file (with `Content-Range: bytes */size`); a `Range` that does not parse, or asks for several ranges, is ignored.")
 @blp.doc(security=[{"bearer": []}, {}], parameters=[
     {"in": "query", "name": name, "schema": {"type": "string"}, "required": False,
      "description": "Part of a signed URL (instead of the Bearer key)."}
