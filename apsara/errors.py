@@ -101,11 +101,19 @@ def _flatten(messages, prefix="", limit: int = MAX_DETAILS) -> dict[str, list[st
                 out[MORE] = ["more problems, not listed"]
                 break
             out[path or "_body"] = value
-        elif isinstance(value, list):
-            walks.append((path, item) for item in value)
-        elif isinstance(value, dict):
-            walks.append((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+        elif isinstance(value, (list, dict)):
+            walks.append(_children(path, value))
     return out
+
+
+def _children(path: str, value):
+    """(path, item) of each item of a list (the same path) or dict (the path and its key)."""
+    if isinstance(value, list):
+        for item in value:
+            yield path, item
+    else:
+        for key, item in value.items():
+            yield (f"{path}.{key}" if path else str(key)), item
 
 
 def validation_details(messages: dict) -> dict[str, list[str]]:

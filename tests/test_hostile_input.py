@@ -293,3 +293,12 @@ def test_a_million_mistakes_are_refused_cheaply_and_named_by_the_first_ones(clie
     assert len(error["details"]) == 51 and error["details"]["_more"] == ["more problems, not listed"]
     assert all(messages == ["Unknown field."] for key, messages in error["details"].items() if key != "_more")
     assert client.get(API).json["conversations"] == []
+
+
+def test_each_problem_is_named_by_its_own_path(client):
+    error = envelope(client.post(API, json={"junkA": 1, "junkB": 2, "settings": {"temperature": 9, "top_p": 9}}), 422)
+    assert set(error["details"]) == {"junkA", "junkB", "settings.temperature", "settings.top_p"}
+    from apsara.errors import _flatten
+
+    assert _flatten({"a": {0: ["x"], 1: ["y"]}, "b": ["z"], "c": [{"d": ["w"]}, {"e": ["v"]}]}) == {
+        "a.0": ["x"], "a.1": ["y"], "b": ["z"], "c.d": ["w"], "c.e": ["v"]}
