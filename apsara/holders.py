@@ -45,13 +45,18 @@ def process_start(pid: int) -> str | None:
     """When a process started: the boot and the clock ticks since it, as the kernel tells
     (None where there is no /proc). A pid handed out again, after a crash, a reboot or a
     container's restart (same hostname, same low pids), belongs to a process started later."""
+    fields = _stat(pid)
+    return None if fields is None else f"{_BOOT_ID}:{int(fields[19])}"  # field 22 of proc(5), from the state (3)
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat from its state (field 3) on; None where there is none."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
         return None
-    after_name = stat[stat.rindex(b")") + 2:].split()  # the name may hold spaces and parentheses
-    return f"{_BOOT_ID}:{int(after_name[19])}"  # field 22 of proc(5), counted from the state (3)
+    return stat[stat.rindex(b")") + 2:].split()  # the name may hold spaces and parentheses
 
 
 _own_start: dict[int, str | None] = {}  # this process's process_start(), by pid (a fork is another process)
@@ -76,9 +81,11 @@ def holder_alive(pid: int, host: str, started_as: str | None = None) -> bool:
         return False
     except PermissionError:
         pass
-    if started_as is not None:
-        now = process_start(pid)
-        return now is None or now == started_as
+    fields = _stat(pid)
+    if fields is not None and fields[0] in (b"Z", b"X"):
+        return False  # killed, and not yet reaped by its parent: it runs no more
+    if started_as is not None and fields is not None:
+        return f"{_BOOT_ID}:{int(fields[19])}" == started_as
     return True
 
 

@@ -255,3 +255,26 @@ def test_a_forked_process_beats_for_its_own_rows_only():
     while beat.running:
         assert time.monotonic() < deadline, "the heartbeat outlived the rows it refreshes"
         time.sleep(0.01)
+
+
+def test_a_killed_process_not_yet_reaped_holds_nothing():
+    # Between its death and its parent's wait() (a Gunicorn master busy for a moment), a killed
+    # worker is a zombie: /proc still lists it, with its start, but it runs no more.
+    import signal
+    import subprocess
+
+    holder_alive, process_start = holders.holder_alive, holders.process_start
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        started = process_start(child.pid)
+        assert holder_alive(child.pid, HOST, started)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while process_start(child.pid) is not None and holder_alive(child.pid, HOST, started):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert process_start(child.pid) == started  # still listed, not reaped
+        assert not holder_alive(child.pid, HOST, started)
+    finally:
+        child.kill()
+        child.wait()

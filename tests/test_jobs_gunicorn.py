@@ -284,7 +284,28 @@ def test_an_import_whose_worker_is_killed_part_way_is_taken_back(tmp_path, fake)
             importing.result(30)  # the client was told nothing
         seen = [i for i in _listed(second) if i.startswith("imp")]
         assert 0 < len(seen) < 300, len(seen)
-        # The worker that took its place takes the import back at its first request.
+        # The client's retry, at once through the other server: what the killed import stored is
+        # taken back first, and every conversation is stored once, under its own id.
+        status, body = call("POST", f"{second}{API}/import", document, None, 60)
+        assert status == 201 and [c["id"] for c in body["conversations"]] == [f"imp{n}" for n in range(300)]
+        assert sorted(_listed(second)) == sorted(["mine"] + [f"imp{n}" for n in range(300)])
+
+
+def test_a_killed_import_is_taken_back_by_the_next_worker_to_look(tmp_path, fake):
+    document = _an_import(300)
+    with two_servers(tmp_path, fake) as (first, second):
+        assert call("POST", f"{first}{API}", {"id": "mine"})[0] == 201
+        importing = ThreadPoolExecutor(1).submit(call, "POST", f"{first}{API}/import", document, None, 60)
+        deadline = time.monotonic() + 30
+        while not any(i.startswith("imp") for i in _listed(second)):
+            assert time.monotonic() < deadline and not importing.done()
+            time.sleep(0.005)
+        os.kill(_worker_pid(first), signal.SIGKILL)
+        with pytest.raises(Exception):
+            importing.result(30)
+        seen = [i for i in _listed(second) if i.startswith("imp")]
+        assert seen
+        # The worker that took its place looks at its first request.
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -295,7 +316,3 @@ def test_an_import_whose_worker_is_killed_part_way_is_taken_back(tmp_path, fake)
                 time.sleep(0.1)
         assert listed == ["mine"] and _listed(second) == ["mine"]
         assert call("GET", f"{second}{API}/{seen[0]}")[0] == 404
-        # and the client's retry stores every conversation, once
-        status, body = call("POST", f"{second}{API}/import", document, None, 60)
-        assert status == 201 and len(body["conversations"]) == 300
-        assert sorted(_listed(first)) == sorted(["mine"] + [f"imp{n}" for n in range(300)])

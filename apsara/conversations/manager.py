@@ -282,15 +282,18 @@ class ConversationManager:
     def remove(self, owner: str, conversation_id: str, only_import: str | None = None) -> bool:
         """Take back a conversation this request stored (an import refused part way), or that
         the import `only_import` stored (one its killed writer never ended): not if it is
-        another's."""
-        with contextlib.suppress(ApiError):
+        another's. True if it was removed; raises if it could not be now (its lock busy)."""
+        try:
             with self._locked(owner, conversation_id):
                 if only_import is not None:
                     header = self.store.read_header(owner, conversation_id)
                     if header is None or header.get("_import") != only_import:
                         return False
                 return self.store.delete(owner, conversation_id)
-        return False
+        except ApiError as refused:
+            if refused.code == 404:
+                return False  # not there: nothing to take back
+            raise  # its lock busy: not taken back
 
     def delete_expired(self, owner: str, conversation_id: str, cutoff: str) -> bool:
         """Delete a temporary conversation whose last message is older than `cutoff`

@@ -15,7 +15,6 @@ next `python -m apsara.cleanup`.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -36,10 +35,14 @@ class PendingImportFiles:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_atomically(self.folder / f"{entry['token']}.json", orjson.dumps(entry))
 
-    def remove(self, token: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+    def remove(self, token: str) -> bool:
+        """Cross the entry out; False if it was not there (taken back by another process)."""
+        try:
             (self.folder / f"{token}.json").unlink()
-            fsync_dir(self.folder)
+        except FileNotFoundError:
+            return False
+        fsync_dir(self.folder)
+        return True
 
     def entries(self) -> list[dict]:
         try:
@@ -69,9 +72,9 @@ class PendingImportRows:
                          "ON CONFLICT (token) DO UPDATE SET entry = EXCLUDED.entry",
                          (entry["token"], orjson.dumps(entry)))
 
-    def remove(self, token: str) -> None:
+    def remove(self, token: str) -> bool:
         with self.db.transaction() as conn:
-            conn.execute("DELETE FROM pending_imports WHERE token = %s", (token,))
+            return conn.execute("DELETE FROM pending_imports WHERE token = %s", (token,)).rowcount > 0
 
     def entries(self) -> list[dict]:
         with self.db.connection() as conn:

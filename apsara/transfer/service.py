@@ -11,9 +11,11 @@ another user's data: every read and write names the requesting owner.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import logging
 import re
+import threading
 import time
 
 import orjson
@@ -123,33 +125,55 @@ class Transfers:
             prefix = f"{n}." if isinstance(document, list) else ""
             self._check_choices(imported, prefix)
             _check_storable(imported, prefix)
+        # A retry after a killed import: what the killed one stored goes first, and its ids with it.
+        self.take_back_abandoned(owner)
         entry = {"token": new_id("i"), "owner": owner, "conversations": self._planned_ids(owner, batch),
                  "writer": new_writer()}
         self.pending.write(entry)  # before the first conversation: a crash from here on is taken back
-        stored_ids, restored_files, beat = [], [], time.monotonic()
+        stored_ids, restored_files, summaries = [], [], []
         try:
-            summaries = []
-            for n, imported in enumerate(batch.conversations):
-                if time.monotonic() - beat > HEARTBEAT_S:  # still alive, to other machines
-                    entry["writer"] = {**entry["writer"], "seen": now_iso()}
-                    self.pending.write(entry)
-                    beat = time.monotonic()
-                renamed = self._restore_files(owner, imported, n, restored_files)
-                document = self._document(imported, renamed)
-                document["conversation"]["_import"] = entry["token"]
-                stored = self._store(owner, document, entry, n)
-                stored_ids.append(stored["conversation"]["id"])
-                summaries.append(summary_view(stored["conversation"]))
+            with self._heartbeat(entry):
+                for n, imported in enumerate(batch.conversations):
+                    renamed = self._restore_files(owner, imported, n, restored_files)
+                    document = self._document(imported, renamed)
+                    document["conversation"]["_import"] = entry["token"]
+                    stored = self._store(owner, document, entry, n)
+                    stored_ids.append(stored["conversation"]["id"])
+                    summaries.append(summary_view(stored["conversation"]))
+            if not self.pending.remove(entry["token"]):
+                # Another process judged this one dead (a stall past the writers' silence) and
+                # took the import back meanwhile: what it stored is gone.
+                raise ApiError(503, "the import was interrupted and taken back; send it again")
         except BaseException:
-            for conversation_id in stored_ids:
-                self.manager.remove(owner, conversation_id)
             for file_id in restored_files:
-                self.files.delete(owner, file_id)
-            self.pending.remove(entry["token"])
+                with contextlib.suppress(Exception):
+                    self.files.delete(owner, file_id)
+            self._take_back(entry, stored_ids)
             raise
-        self.pending.remove(entry["token"])
         skipped = {"messages": batch.skipped_messages, "conversations": batch.skipped_conversations}
         return summaries, skipped
+
+    @contextlib.contextmanager
+    def _heartbeat(self, entry: dict):
+        """The entry says its writer lives, every HEARTBEAT_S while the import runs: other machines
+        judge a writer by that (a conversation's inline files may take longer than their patience)."""
+        done = threading.Event()
+
+        def beat():
+            while not done.wait(HEARTBEAT_S):
+                entry["writer"] = {**entry["writer"], "seen": now_iso()}
+                try:
+                    self.pending.write(entry)
+                except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                    log.warning("could not renew an import's entry (%s)", type(exc).__name__)
+
+        thread = threading.Thread(target=beat, name="apsara-import-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _planned_ids(self, owner: str, batch) -> list[str]:
         """The id each conversation will be stored under: its own when valid and free, else a new one."""
@@ -175,21 +199,43 @@ class Transfers:
             self.pending.write(entry)
         raise ApiError(500, "could not pick a free conversation id")
 
-    def take_back_abandoned(self) -> int:
+    def take_back_abandoned(self, owner: str | None = None) -> int:
         """Take back what imports whose writer died had stored; returns how many conversations.
-        Called on requests, at most every ABANDONED_CHECK_S in each process."""
-        now = time.monotonic()
-        if now < self._next_check:
-            return 0
-        self._next_check = now + ABANDONED_CHECK_S
+        Every user's on requests, at most every ABANDONED_CHECK_S in each process; one user's at
+        once as an import of theirs starts."""
+        if owner is None:
+            now = time.monotonic()
+            if now < self._next_check:
+                return 0
+            self._next_check = now + ABANDONED_CHECK_S
         removed = 0
         for entry in self.pending.entries():
-            if writer_alive({"_writer": entry.get("writer")}):
+            if owner not in (None, entry.get("owner")) or writer_alive({"_writer": entry.get("writer")}):
                 continue
-            for conversation_id in entry.get("conversations", ()):
+            taken = self._take_back(entry, entry.get("conversations", ()))
+            removed += taken
+            log.warning("took back an import that never ended: %d conversation(s) of %s", taken, entry["owner"])
+        return removed
+
+    def _take_back(self, entry: dict, conversation_ids) -> int:
+        """Remove those of `conversation_ids` that bear the entry's mark, then the entry; returns
+        how many were removed. One that cannot be removed now (its lock busy, the database away)
+        keeps the entry, marked as written by nobody: the next look of any process finishes."""
+        removed, kept = 0, False
+        for conversation_id in conversation_ids:
+            try:
                 removed += self.manager.remove(entry["owner"], conversation_id, only_import=entry["token"])
-            self.pending.remove(entry["token"])
-            log.warning("took back an import that never ended: %d conversation(s) of %s", removed, entry["owner"])
+            except Exception as exc:  # noqa: BLE001 - left for the next look
+                log.warning("could not take back conversation %s of an import (%s)", conversation_id,
+                            type(exc).__name__)
+                kept = True
+        try:
+            if kept:
+                self.pending.write({**entry, "writer": None})
+            else:
+                self.pending.remove(entry["token"])
+        except Exception as exc:  # noqa: BLE001 - its writer's death hands it to the next look
+            log.warning("could not update an import's entry (%s)", type(exc).__name__)
         return removed
 
     @staticmethod

@@ -129,6 +129,7 @@ def from_file(manager: ConversationManager, owner: str, conversation_id: str, re
             # (a deploy lets the last reply end, then the worker goes).
             writer_gone = True
         else:
+            writer_gone = False  # another machine's writer, late with a checkpoint, then heard from
             time.sleep(poll)
             poll = min(poll * 1.5, POLL_S[1])
         records, position = manager.store.follow(owner, conversation_id, position)
