@@ -270,20 +270,27 @@ def _listed(base: str) -> list[str]:
             return ids
 
 
-def test_an_import_whose_worker_is_killed_part_way_is_taken_back(tmp_path, fake):
+def _killed_mid_import(first: str, second: str, document) -> list[str]:
+    """Import `document` through `first` and SIGKILL its worker once some of it is stored, as
+    `second` sees it; returns the ids stored by then."""
+    importing = ThreadPoolExecutor(1).submit(call, "POST", f"{first}{API}/import", document, None, 60)
+    deadline = time.monotonic() + 30
+    while not any(i.startswith("imp") for i in _listed(second)):
+        assert time.monotonic() < deadline and not importing.done()
+        time.sleep(0.005)
+    os.kill(_worker_pid(first), signal.SIGKILL)
+    with pytest.raises(Exception):
+        importing.result(30)  # the client was told nothing
+    seen = [i for i in _listed(second) if i.startswith("imp")]
+    assert 0 < len(seen) < len(document), len(seen)
+    return seen
+
+
+def test_an_import_whose_worker_is_killed_part_way_is_taken_back_by_the_retry(tmp_path, fake):
     document = _an_import(300)
     with two_servers(tmp_path, fake) as (first, second):
         assert call("POST", f"{first}{API}", {"id": "mine"})[0] == 201
-        importing = ThreadPoolExecutor(1).submit(call, "POST", f"{first}{API}/import", document, None, 60)
-        deadline = time.monotonic() + 30
-        while not any(i.startswith("imp") for i in _listed(second)):  # stored part way, as the other server sees it
-            assert time.monotonic() < deadline and not importing.done()
-            time.sleep(0.005)
-        os.kill(_worker_pid(first), signal.SIGKILL)
-        with pytest.raises(Exception):
-            importing.result(30)  # the client was told nothing
-        seen = [i for i in _listed(second) if i.startswith("imp")]
-        assert 0 < len(seen) < 300, len(seen)
+        _killed_mid_import(first, second, document)
         # The client's retry, at once through the other server: what the killed import stored is
         # taken back first, and every conversation is stored once, under its own id.
         status, body = call("POST", f"{second}{API}/import", document, None, 60)
@@ -292,19 +299,9 @@ def test_an_import_whose_worker_is_killed_part_way_is_taken_back(tmp_path, fake)
 
 
 def test_a_killed_import_is_taken_back_by_the_next_worker_to_look(tmp_path, fake):
-    document = _an_import(300)
     with two_servers(tmp_path, fake) as (first, second):
         assert call("POST", f"{first}{API}", {"id": "mine"})[0] == 201
-        importing = ThreadPoolExecutor(1).submit(call, "POST", f"{first}{API}/import", document, None, 60)
-        deadline = time.monotonic() + 30
-        while not any(i.startswith("imp") for i in _listed(second)):
-            assert time.monotonic() < deadline and not importing.done()
-            time.sleep(0.005)
-        os.kill(_worker_pid(first), signal.SIGKILL)
-        with pytest.raises(Exception):
-            importing.result(30)
-        seen = [i for i in _listed(second) if i.startswith("imp")]
-        assert seen
+        seen = _killed_mid_import(first, second, _an_import(300))
         # The worker that took its place looks at its first request.
         deadline = time.monotonic() + 30
         while True:
