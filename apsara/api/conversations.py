@@ -69,8 +69,11 @@ def transfers():
 @blp.alt_response(415, schema=ErrorSchema, description="Neither JSON nor a multipart upload.")
 @blp.alt_response(422, schema=ErrorSchema, description="Not JSON, not an export this server can read, a value "
                                                        "it cannot keep (a time before 1970 or from 2200 on, a "
-                                                       "part without its fields) or more than one file; "
-                                                       "nothing is stored.")
+                                                       "whole number past 64 bits, a part without its fields) "
+                                                       "or more than one file; nothing is stored.")
+@blp.alt_response(503, schema=ErrorSchema, description="The import was taken back before it ended (another "
+                                                       "server judged it abandoned), or the database is away; "
+                                                       "nothing is stored: send it again.")
 def import_(*_args):
     """Import an Apsara export, a ChatGPT `conversations.json` or an Open WebUI export: all or nothing."""
     summaries, skipped = transfers().import_document(current_user(), _export_document())
