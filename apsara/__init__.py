@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, Request, current_app, request
 from flask_cors import CORS
+from werkzeug.utils import cached_property
 
 from .config import VERSION, Settings, from_env
 
@@ -41,11 +42,52 @@ class UploadRequest(Request):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.incoming_files: list = []
+        self._read: _CountedStream | None = None
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         handle = current_app.extensions["apsara"].files.incoming_file()
         self.incoming_files.append(handle)
         return handle
+
+    @cached_property
+    def stream(self):
+        self._read = _CountedStream(super().stream)
+        return self._read
+
+    def _load_form_data(self) -> None:
+        super()._load_form_data()
+        # Gunicorn ends a body where the client stopped sending (a half-closed connection): a
+        # multipart body cut short parses as a form without its file. Told as a JSON body's is.
+        read, announced = (self._read.count if self._read else None), self.content_length
+        if self.want_form_data_parsed and read is not None and announced is not None and read < announced:
+            from .errors import ApiError
+
+            raise ApiError(400, f"the body ended after {read} of the {announced} bytes its Content-Length "
+                                "announced")
+
+
+class _CountedStream:
+    """A request's input, counting the bytes read from it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.count += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self._stream.readline(size)
+        self.count += len(data)
+        return data
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 @dataclass
