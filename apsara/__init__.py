@@ -16,6 +16,7 @@ from flask_cors import CORS
 from werkzeug.utils import cached_property
 
 from .config import VERSION, Settings, from_env
+from .errors import ApiError
 
 if TYPE_CHECKING:
     from .chat import Chat
@@ -60,8 +61,6 @@ class UploadRequest(Request):
         # multipart body cut short parses as a form without its file. Told as a JSON body's is.
         read, announced = (self._read.count if self._read else None), self.content_length
         if self.want_form_data_parsed and read is not None and announced is not None and read < announced:
-            from .errors import ApiError
-
             raise ApiError(400, f"the body ended after {read} of the {announced} bytes its Content-Length "
                                 "announced")
 

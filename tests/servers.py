@@ -69,3 +69,21 @@ def call(method: str, url: str, body=None, headers=None, timeout: float = 30):
     except urllib.error.HTTPError as error:
         raw = error.read()
         return error.code, (json.loads(raw) if raw else None)
+
+
+def raw_exchange(base: str, request: bytes, half_close: bool = False) -> tuple[int, dict]:
+    """Bytes as a client (or an attacker) writes them, on a connection of their own; with
+    `half_close`, the client then stops sending. Returns (status, JSON answer)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as connection:
+        connection.sendall(request)
+        if half_close:
+            connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)

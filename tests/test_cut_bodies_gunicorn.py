@@ -7,12 +7,11 @@ own server refuses such a body itself, hence real Gunicorn here.
 from __future__ import annotations
 
 import json
-import socket
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.servers import call, gunicorn
+from tests.servers import call, gunicorn, raw_exchange
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +21,7 @@ def send_cut(base: str, path: str, body: bytes, announced: int, method: str = "P
     url = urlsplit(base)
     head = (f"{method} {path} HTTP/1.1\r\nHost: {url.hostname}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {announced}\r\nConnection: close\r\n\r\n").encode()
-    with socket.create_connection((url.hostname, url.port), timeout=30) as connection:
-        connection.sendall(head + body)
-        connection.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := connection.recv(65536):
-            answer += chunk
-    top, _, payload = answer.partition(b"\r\n\r\n")
-    return int(top.split()[1]), json.loads(payload)
+    return raw_exchange(base, head + body, half_close=True)
 
 
 def test_a_body_shorter_than_its_content_length_is_400_and_not_acted_on(tmp_path):

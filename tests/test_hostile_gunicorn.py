@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.servers import gunicorn
+from tests.servers import gunicorn, raw_exchange
 
 pytestmark = pytest.mark.slow
 KEY = {"Authorization": "Bearer key-a"}
@@ -54,20 +54,6 @@ def test_chunked_bodies_over_the_limits_under_gunicorn(tmp_path):
     assert not list((data / "history").rglob("*.json"))
 
 
-def raw_request(base: str, request: bytes) -> tuple[int, dict]:
-    """Bytes as an attacker writes them, on a connection of their own."""
-    import socket
-
-    url = urlsplit(base)
-    with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
-        conn.sendall(request)
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)
-
-
 def test_malformed_chunk_framing_is_400_and_stores_nothing(tmp_path):
     data = tmp_path / "data"
     env = {"APSARA_DATA_DIR": str(data), "APSARA_API_KEYS": "alice:key-a", "gemini": "k",
@@ -79,7 +65,7 @@ def test_malformed_chunk_framing_is_400_and_stores_nothing(tmp_path):
                                        ("/api/v1/files", "multipart/form-data; boundary=B"),
                                        ("/api/v1/conversations/import", "application/json"),
                                        ("/v1/chat/completions", "application/json")):
-                status, body = raw_request(base, b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+                status, body = raw_exchange(base, b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
                                                  b"Content-Type: %s\r\nTransfer-Encoding: chunked\r\n"
                                                  b"Connection: close\r\n\r\n%s"
                                                  % (path.encode(), content_type.encode(), framing))
@@ -106,22 +92,13 @@ def test_an_upload_of_a_type_no_model_reads_is_415_and_logs_no_traceback(tmp_pat
 def test_a_multipart_upload_cut_short_is_400_as_a_json_body_is(tmp_path):
     # The client sent part of what its Content-Length announced, then half-closed: the form
     # parsed as one without its file (a misleading 422).
-    import socket
-
     data = tmp_path / "data"
     env = {"APSARA_DATA_DIR": str(data), "APSARA_API_KEYS": "alice:key-a"}
     body = b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\nplain text, enough'
     with gunicorn(env, workers=1) as base:
-        url = urlsplit(base)
-        with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
-            conn.sendall(b"POST /api/v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
-                         b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: %d\r\n"
-                         b"Connection: close\r\n\r\n%s" % (len(body) + 500, body))
-            conn.shutdown(socket.SHUT_WR)
-            answer = b""
-            while chunk := conn.recv(65536):
-                answer += chunk
-    head, _, payload = answer.partition(b"\r\n\r\n")
-    assert int(head.split()[1]) == 400, answer[:300]
-    assert f"ended after {len(body)} of the {len(body) + 500} bytes" in json.loads(payload)["error"]["message"]
+        status, answer = raw_exchange(base, b"POST /api/v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-a\r\n"
+                                            b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: %d\r\n"
+                                            b"Connection: close\r\n\r\n%s" % (len(body) + 500, body), half_close=True)
+    assert status == 400, answer
+    assert f"ended after {len(body)} of the {len(body) + 500} bytes" in answer["error"]["message"]
     assert not [p for p in (data / "files").rglob("*") if p.is_file()]
