@@ -43,6 +43,7 @@ from google.genai import types  # noqa: E402
 
 from apsara.clock import now_iso  # noqa: E402
 from apsara.gemini.client import speed_up_sdk  # noqa: E402
+from apsara.gemini.wire import WireHistory  # noqa: E402
 from apsara.conversations.file_format import encode  # noqa: E402
 from apsara.conversations.store import ConversationStore, iso_to_ns  # noqa: E402
 from apsara.testing.fake_gemini import FakeGemini, Reply  # noqa: E402
@@ -181,16 +182,26 @@ def direct_call_section(fake_url: str, samples: int, label: str) -> None:
     """The direct call alone, with the SDK's own request building and then with the
     faster one Apsara's workers use (apsara.gemini.client.speed_up_sdk): what it saves a
     long conversation's every turn, Apsara's or a direct one. The pairs below give both
-    sides the faster one, so that they differ only by Apsara."""
+    sides the faster one, so that they differ only by Apsara. Beside each, the same call
+    with the history handed over as Gemini's JSON, each message's made once
+    (apsara.gemini.wire), as Apsara's workers send theirs: the direct calls of the pairs
+    below do not, so Apsara's turn gains that against them."""
     client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=fake_url, api_version="v1beta",
                                                                           timeout=60_000))
     for turns in (10, 500):
-        contents, times = direct_contents(turns), []
+        contents, times, handed_over = direct_contents(turns), [], []
+        wire = WireHistory()
         for _ in range(samples):
             start = time.perf_counter()
             client.models.generate_content(model=MODEL, contents=contents)
             times.append((time.perf_counter() - start) * 1000)
-        print(f"{turns:>4}-turn direct call, {label}: p50 {statistics.median(times):6.2f} ms")
+            start = time.perf_counter()
+            newest, config = wire.request(contents, None)  # from the second call on, all kept
+            client.models.generate_content(model=MODEL, contents=newest, config=config)
+            handed_over.append((time.perf_counter() - start) * 1000)
+        print(f"{turns:>4}-turn direct call, {label}: p50 {statistics.median(times):6.2f} ms; "
+              f"with the history handed over as JSON made once, as Apsara's workers send it: "
+              f"p50 {statistics.median(handed_over):6.2f} ms")
 
 
 def latency_section(base: str, floor_base: str, fake_url: str, turns: int, samples: int, log: Path) -> None:

@@ -18,6 +18,7 @@ from google.genai import types
 from ..config import Settings
 from . import extra_fields, field_lookup, metering, type_check
 from .upstream import stoppable_transport
+from .wire import WireHistory
 
 log = logging.getLogger("apsara.gemini")
 
@@ -57,6 +58,7 @@ class GeminiClient:
         self._pid: int | None = None
         # Told about every generate call when it ends (the usage ledger and metrics).
         self.on_call = None
+        self._wire = WireHistory()  # the history's messages as Gemini's JSON, each made once
 
     @property
     def configured(self) -> bool:
@@ -109,12 +111,12 @@ class GeminiClient:
 
     def generate(self, model: str, contents, config=None, *, billed_to=None, purpose: str = "reply"):
         """One generate call, reported to `on_call` when it ends."""
-        return metering.generate(self.sdk, self.on_call, model, contents, config,
+        return metering.generate(self.sdk, self.on_call, model, self._wire.request, contents, config,
                                  billed_to=billed_to, purpose=purpose)
 
     def stream(self, model: str, contents, config=None, *, billed_to=None, purpose: str = "reply"):
         """A streamed generate call, reported to `on_call` when it ends, stopped or not."""
-        return metering.stream(self.sdk, self.on_call, model, contents, config,
+        return metering.stream(self.sdk, self.on_call, model, self._wire.request, contents, config,
                                billed_to=billed_to, purpose=purpose)
 
     def list_models(self) -> list[dict]:

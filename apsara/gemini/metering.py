@@ -70,9 +70,12 @@ class _Call:
             log.exception("a Gemini call could not be recorded in the usage ledger")
 
 
-def generate(sdk, report, model: str, contents, config, *, billed_to=None, purpose: str = "reply"):
+def generate(sdk, report, model: str, prepare, contents, config, *, billed_to=None, purpose: str = "reply"):
+    """`prepare(contents, config)` gives what the SDK is handed: part of the call's time, as
+    the SDK's own building of the request is."""
     call = _Call(report, model, purpose, billed_to)
     try:
+        contents, config = prepare(contents, config)
         response = sdk.models.generate_content(model=model, contents=contents, config=config)
         call.saw(response)
         return response
@@ -83,11 +86,12 @@ def generate(sdk, report, model: str, contents, config, *, billed_to=None, purpo
         call.finish()
 
 
-def stream(sdk, report, model: str, contents, config, *, billed_to=None,
+def stream(sdk, report, model: str, prepare, contents, config, *, billed_to=None,
            purpose: str = "reply") -> Iterator[types.GenerateContentResponse]:
     call = _Call(report, model, purpose, billed_to)
     responses = None
     try:
+        contents, config = prepare(contents, config)
         responses = sdk.models.generate_content_stream(model=model, contents=contents, config=config)
         for response in responses:
             call.saw(response)
