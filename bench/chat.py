@@ -43,7 +43,7 @@ from google.genai import types  # noqa: E402
 
 from apsara.clock import now_iso  # noqa: E402
 from apsara.gemini.client import speed_up_sdk  # noqa: E402
-from apsara.gemini.wire import WireHistory  # noqa: E402
+from apsara.gemini import wire  # noqa: E402
 from apsara.conversations.file_format import encode  # noqa: E402
 from apsara.conversations.store import ConversationStore, iso_to_ns  # noqa: E402
 from apsara.testing.fake_gemini import FakeGemini, Reply  # noqa: E402
@@ -190,13 +190,13 @@ def direct_call_section(fake_url: str, samples: int, label: str) -> None:
                                                                           timeout=60_000))
     for turns in (10, 500):
         contents, times, handed_over = direct_contents(turns), [], []
-        wire = WireHistory()
+        kept = [wire.ContentDict(content) for content in contents]  # as a conversation's are
         for _ in range(samples):
             start = time.perf_counter()
             client.models.generate_content(model=MODEL, contents=contents)
             times.append((time.perf_counter() - start) * 1000)
             start = time.perf_counter()
-            newest, config = wire.request(contents, None)  # from the second call on, all kept
+            newest, config = wire.request(kept, None)  # from the second call on, each message's JSON is kept
             client.models.generate_content(model=MODEL, contents=newest, config=config)
             handed_over.append((time.perf_counter() - start) * 1000)
         print(f"{turns:>4}-turn direct call, {label}: p50 {statistics.median(times):6.2f} ms; "

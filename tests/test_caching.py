@@ -48,6 +48,11 @@ def test_cache_is_created_once_and_reused(cached, fake):
     for n in range(3):
         reply = send(client, f"question {n}")["reply"]
         assert reply["usage"]["cached_tokens"] >= 2000
+        # what follows the prefix, kept from turn to turn, grows by this turn's messages
+        sent = fake.last_body()["contents"]
+        assert [c["role"] for c in sent] == ["model", "user"] * (n + 2)
+        assert [c["parts"][0]["text"] for c in sent[1::2]] == ["And the first word?"] + [
+            f"question {k}" for k in range(n + 1)]
     assert len(cache_creations(fake)) == 1
     assert "_cache" not in client.get(f"{API}/c1").json  # bookkeeping stays private
     assert all("_cache" not in c for c in client.get(API).json["conversations"])

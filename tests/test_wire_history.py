@@ -1,8 +1,8 @@
 """A request's history handed to the SDK already as Gemini's JSON sends the same bytes.
 
 Each request is sent through the real SDK to the fake twice: as the SDK builds it from
-the contents, and with the history as WireHistory hands it over (then once more, from
-what it kept). The bodies the fake received must be identical.
+the contents, and with the history as wire.request hands it over (then once more, from
+what the contents kept). The bodies the fake received must be identical.
 """
 import base64
 import json
@@ -15,7 +15,8 @@ from google.genai import types
 from apsara.gemini.catalog import ModelInfo
 from apsara.gemini.convert import generation_config, to_contents
 from apsara.gemini.requests import BUILT_IN
-from apsara.gemini.wire import WireHistory
+from apsara.gemini import wire
+from apsara.gemini.wire import ContentDict
 from tests.sdk_parts import every_part_kind
 
 RECORDED = Path(__file__).parent / "fixtures" / "real-gemini"
@@ -31,8 +32,8 @@ def _sent(fake, send) -> list[dict]:
     return [r["json"] for r in fake.requests[start:]]
 
 
-def _stock_and_ours(fake, model: str, contents, config, wire: WireHistory | None = None) -> tuple[list, list, list]:
-    client, wire = _client(fake), wire or WireHistory()
+def _stock_and_ours(fake, model: str, contents, config) -> tuple[list, list, list]:
+    client = _client(fake)
 
     def both(contents, config):
         client.models.generate_content(model=model, contents=contents, config=config)
@@ -86,36 +87,42 @@ def _recorded_contents() -> dict[str, list]:
 @pytest.mark.parametrize("contents", _recorded_contents().values(), ids=_recorded_contents().keys())
 def test_the_recorded_real_requests(fake, contents):
     """What other projects sent to the live API, sent again both ways."""
+    contents = [ContentDict(content) for content in contents]  # kept, as a conversation's are
     stock, ours, again = _stock_and_ours(fake, "gemini-2.5-flash", contents, types.GenerateContentConfig())
     assert ours == stock and again == stock
     assert ours[0]["contents"] == contents
 
 
 def test_each_message_is_converted_once_but_a_files_bytes_are_not_kept():
-    wire = WireHistory()
-    text = {"role": "user", "parts": [{"text": "hello"}]}
-    picture = {"role": "user", "parts": [{"inline_data": {"mime_type": "image/png",
-                                                          "data": base64.b64encode(b"\x89PNG").decode()}}]}
+    text = ContentDict(role="user", parts=[{"text": "hello"}])
+    picture = ContentDict(role="user", parts=[{"inline_data": {"mime_type": "image/png",
+                                                              "data": base64.b64encode(b"\x89PNG").decode()}}])
     assert wire.json_of(text) is wire.json_of(text)
     assert wire.json_of(picture) == wire.json_of(picture)
     assert wire.json_of(picture) is not wire.json_of(picture)  # made again each time: up to 15 MB
-    assert wire.json_of({"role": "user", "parts": [{"text": "hello"}]}) is not wire.json_of(text)  # by identity
+    plain = {"role": "user", "parts": [{"text": "hello"}]}  # not one of ours: nowhere to keep it
+    assert wire.json_of(plain) == wire.json_of(text) and wire.json_of(plain) is not wire.json_of(plain)
 
 
-def test_it_keeps_a_bounded_number_and_stays_right_past_it():
-    wire = WireHistory(max_kept=4)
-    contents = [{"role": "user", "parts": [{"text": f"m{n}"}]} for n in range(10)]
-    for content in contents:
-        wire.json_of(content)
-    assert len(wire._kept) <= 4
-    assert [wire.json_of(c)["parts"][0]["text"] for c in contents] == [f"m{n}" for n in range(10)]
+def test_what_a_conversation_sends_is_kept_with_its_contents_and_goes_with_them():
+    turns = [("user" if n % 2 == 0 else "model", [{"type": "text", "text": f"m{n}"}]) for n in range(5)]
+    contents = to_contents(turns)
+    assert all(type(content) is ContentDict for content in contents)
+    wire.request(contents, types.GenerateContentConfig())
+    assert [content.sent_as["parts"][0]["text"] for content in contents] == [f"m{n}" for n in range(5)]
+    assert to_contents(turns)[0] is not contents[0]  # made afresh: nothing kept anywhere else
 
 
 def test_anything_but_content_dicts_goes_to_the_sdk_as_it_came():
-    wire = WireHistory()
     config = types.GenerateContentConfig(temperature=0.1)
     for contents in ("a prompt", [], [{"text": "a part"}], [types.Content(role="user", parts=[types.Part(text="x")])]):
         assert wire.request(contents, config) == (contents, config)
+
+
+def test_a_config_given_as_a_dict(fake):
+    contents = to_contents([("user", [{"type": "text", "text": "hi"}])])
+    stock, ours, again = _stock_and_ours(fake, "gemini-2.5-flash", contents, {"temperature": 0.3})
+    assert ours == stock and again == stock and stock[0]["generationConfig"] == {"temperature": 0.3}
 
 
 def test_a_bad_message_fails_as_the_sdk_fails_it(fake):
@@ -123,5 +130,5 @@ def test_a_bad_message_fails_as_the_sdk_fails_it(fake):
     with pytest.raises(Exception) as stock:
         _client(fake).models.generate_content(model="gemini-2.5-flash", contents=bad)
     with pytest.raises(type(stock.value)):
-        WireHistory().request(bad, None)
+        wire.request(bad, None)
     assert not fake.requests

@@ -105,9 +105,11 @@ class ContextCache:
                 pass
 
     @staticmethod
-    def apply(record: dict, turns: list[tuple[str, list[dict]]], config: types.GenerateContentConfig):
-        """The request for a turn that uses the cache: only what follows the prefix."""
-        contents = to_contents(turns[record["length"]:])
+    def apply(record: dict, turns: list[tuple[str, list[dict]]], config: types.GenerateContentConfig,
+              convert=to_contents):
+        """The request for a turn that uses the cache: only what follows the prefix, made
+        Content dicts by `convert`."""
+        contents = convert(turns[record["length"]:])
         # Gemini refuses system_instruction, tools or tool_config next to cached_content: they are in it.
         config = config.model_copy(update={"cached_content": record["name"], "system_instruction": None,
                                            "tools": None, "tool_config": None})

@@ -18,7 +18,7 @@ from google.genai import types
 from ..config import Settings
 from . import extra_fields, field_lookup, metering, type_check
 from .upstream import stoppable_transport
-from .wire import WireHistory
+from . import wire
 
 log = logging.getLogger("apsara.gemini")
 
@@ -58,7 +58,6 @@ class GeminiClient:
         self._pid: int | None = None
         # Told about every generate call when it ends (the usage ledger and metrics).
         self.on_call = None
-        self._wire = WireHistory()  # the history's messages as Gemini's JSON, each made once
 
     @property
     def configured(self) -> bool:
@@ -111,13 +110,17 @@ class GeminiClient:
 
     def generate(self, model: str, contents, config=None, *, billed_to=None, purpose: str = "reply"):
         """One generate call, reported to `on_call` when it ends."""
-        return metering.generate(self.sdk, self.on_call, model, self._wire.request, contents, config,
+        return metering.generate(self.sdk, self.on_call, model, self._handed_over, contents, config,
                                  billed_to=billed_to, purpose=purpose)
 
     def stream(self, model: str, contents, config=None, *, billed_to=None, purpose: str = "reply"):
         """A streamed generate call, reported to `on_call` when it ends, stopped or not."""
-        return metering.stream(self.sdk, self.on_call, model, self._wire.request, contents, config,
+        return metering.stream(self.sdk, self.on_call, model, self._handed_over, contents, config,
                                billed_to=billed_to, purpose=purpose)
+
+    def _handed_over(self, contents, config):
+        """What the SDK is handed for a request: its history as JSON made once (wire.py)."""
+        return wire.request(contents, config, vertex=bool(self.sdk.vertexai))
 
     def list_models(self) -> list[dict]:
         """The live model list as plain dicts for the catalog, every page of it.

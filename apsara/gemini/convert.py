@@ -15,6 +15,7 @@ from google.genai import types
 
 from ..recent import Recent
 from .catalog import ModelInfo
+from .wire import ContentDict
 
 
 def _signature(part: dict) -> bytes | None:
@@ -60,7 +61,8 @@ def to_sdk_part(part: dict) -> dict | None:
 
 
 def to_contents(turns: list[tuple[str, list[dict]]]) -> list[dict]:
-    """(role, parts) turns, oldest first -> Content dicts.
+    """(role, parts) turns, oldest first -> Content dicts (each keeps the JSON it is first
+    sent as: wire.py).
 
     A stored reply that called functions holds the calls and their results in
     order; Gemini wants each result in a user turn between the model's turns, so
@@ -94,7 +96,7 @@ def _converted(turns: list[tuple[str, list[dict]]], first: int) -> tuple[list[di
                     cut_turns.append(index)
                     cut_contents.append(len(contents))
                 last_role, last_parts = part_role, [sdk_part]
-                contents.append({"role": part_role, "parts": last_parts})
+                contents.append(ContentDict(role=part_role, parts=last_parts))
             first_part = False
     return contents, cut_turns, cut_contents
 
@@ -109,8 +111,8 @@ class ContentsMemo:
     by identity up to the first that differs, and conversion starts again at the last
     unchanged turn that began a content of its own: what comes before it cannot merge
     with what follows. At 1,000 messages that is ~0.05 ms instead of ~0.4 ms. The
-    contents handed out are shared with the next turn's: nobody changes a request's
-    contents in place (the SDK validates them into objects of its own)."""
+    contents handed out are shared with the next turn's, with the JSON each was sent as
+    (wire.py): nobody changes a request's contents in place."""
 
     def __init__(self, conversations: int = 64):
         self._kept = Recent(conversations)  # key -> (turns, contents, cut turns, cut contents)

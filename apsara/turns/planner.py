@@ -34,6 +34,8 @@ from ..routing.router import Router, translate_thinking
 from ..usage import Bill, UsageService
 
 JUDGE_OUTPUT_TOKENS = 5  # the judge answers one word (its max_output_tokens)
+# The key suffix of the contents kept of what follows a conversation's context cache.
+AFTER_CACHE = ("after cache",)
 
 
 @dataclass
@@ -317,9 +319,11 @@ class TurnPlanner:
                                         turn.files, count)
             if save is not None:
                 self.save_cache_record(owner, turn, save)
-            if use is not None:
-                return ContextCache.apply(use, turns, config)
-            return self.contents.contents((owner, turn.conversation_id), turns), config
+            key = (owner, turn.conversation_id)
+            if use is not None:  # what follows the cached prefix: kept apart, as a list of its own
+                return ContextCache.apply(use, turns, config,
+                                          lambda tail: self.contents.contents(key + AFTER_CACHE, tail))
+            return self.contents.contents(key, turns), config
         return to_contents(turns), config
 
     def save_cache_record(self, owner: str, turn: Turn, record: dict | None) -> None:
@@ -331,3 +335,4 @@ class TurnPlanner:
         self.cache.forget(record)
         self.contexts.forget((owner, conversation_id))
         self.contents.forget((owner, conversation_id))
+        self.contents.forget((owner, conversation_id) + AFTER_CACHE)
