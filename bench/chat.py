@@ -390,6 +390,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settled(workers: list[int], quiet_s: float = 0.3, timeout_s: float = 30.0) -> None:
+    """Until every worker has booted and sits idle (no CPU used for `quiet_s`): the start-up
+    check answered once one worker was up, and the other may still be importing the app,
+    which would leave the start of a burst to one worker."""
+    deadline = time.monotonic() + timeout_s
+    before = [cpu_seconds(pid) for pid in workers]
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = [cpu_seconds(pid) for pid in workers]
+        if now == before:
+            return
+        before = now
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -469,6 +483,7 @@ def concurrency_section(worker_class: str, streams: int, seconds: float) -> None
                 conn.getresponse().read()
                 conn.close()
             workers = children(MASTERS[base])
+            settled(workers)
             with CpuWatch({"Apsara's workers": workers, "fake Gemini": [fake.pid]}) as watch:
                 started = time.perf_counter()
                 ok, errors, firsts, totals, wall = burst([base], "c", streams, seconds)
@@ -481,6 +496,7 @@ def concurrency_section(worker_class: str, streams: int, seconds: float) -> None
         with gunicorn(env, workers=2, worker_class=worker_class, app=SDK_ONLY) as floor_base:
             warm_sdk_only(floor_base)
             workers = children(MASTERS[floor_base])
+            settled(workers)
             with CpuWatch({"SDK-only workers": workers, "fake Gemini": [fake.pid]}) as floor_watch:
                 floor_started = time.perf_counter()
                 _, floor_errors, floor_firsts, _, _ = burst([floor_base], "", streams, seconds, path="/stream")
