@@ -81,3 +81,22 @@ def test_the_newest_turns_inline_bytes_are_not_kept():
     assert contents[-1]["parts"][1]["inline_data"]["data"] is data
     del contents, turns
     assert sys.getrefcount(data) == before
+
+
+def test_a_message_whose_parts_are_made_afresh_but_equal_keeps_its_content():
+    """A message with a file has its parts made again each turn (its upload looked up): its
+    Content dict, and the JSON it was sent as, are kept all the same."""
+    memo = ContentsMemo()
+
+    def with_file():  # a new list each time, as the attachments' lookup makes it
+        return [{"type": "uri", "uri": "https://example.test/files/a1", "mime_type": "application/pdf"},
+                {"type": "text", "text": "read this"}]
+
+    turns = [("user", with_file()), ("model", [{"type": "text", "text": "done"}]),
+             ("user", [{"type": "text", "text": "and?"}])]
+    first = memo.contents("k", turns)
+    turns = [("user", with_file())] + turns[1:] + [("model", [{"type": "text", "text": "so"}]),
+                                                    ("user", [{"type": "text", "text": "more"}])]
+    second = memo.contents("k", turns)
+    assert second == to_contents(turns)
+    assert second[0] is first[0]  # (the last kept message is converted again: what follows may merge with it)

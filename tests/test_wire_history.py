@@ -132,3 +132,12 @@ def test_a_bad_message_fails_as_the_sdk_fails_it(fake):
     with pytest.raises(type(stock.value)):
         wire.request(bad, None)
     assert not fake.requests
+
+
+def test_the_sdks_own_function_calling_is_off_unless_the_caller_set_it():
+    """Its loop deep-copied the config, the whole history in it, on every call."""
+    contents = to_contents([("user", [{"type": "text", "text": "hi"}])])
+    assert wire.request(contents, types.GenerateContentConfig())[1].automatic_function_calling.disable
+    own = types.AutomaticFunctionCallingConfig(maximum_remote_calls=3)
+    config = wire.request(contents, types.GenerateContentConfig(automatic_function_calling=own))[1]
+    assert config.automatic_function_calling == own

@@ -118,7 +118,7 @@ class ContentsMemo:
         self._kept = Recent(conversations)  # key -> (turns, contents, cut turns, cut contents)
 
     def forget(self, key) -> None:
-        """A deleted conversation's contents are not kept."""
+        """Let go of what is kept for `key`: a deleted conversation's, or a list no longer sent."""
         self._kept.forget(key)
 
     def contents(self, key, turns: list[tuple[str, list[dict]]]) -> list[dict]:
@@ -130,8 +130,10 @@ class ContentsMemo:
             # in C; from the first pair made afresh on, role and parts are compared one by one.
             identical = list(map(operator.is_, turns, old_turns))
             same = identical.index(False) if False in identical else len(identical)
+            # A message with files has its parts made afresh each turn (their uploads looked up):
+            # equal parts are the same message.
             for (role, parts), (old_role, old_parts) in zip(turns[same:], old_turns[same:]):
-                if parts is not old_parts or role != old_role:
+                if role != old_role or (parts is not old_parts and parts != old_parts):
                     break
                 same += 1
             cut = bisect.bisect_right(old_cut_turns, same - 1) - 1  # the last cut at an unchanged turn

@@ -6,9 +6,11 @@ converts them back to JSON: at 500 turns that was ~60 ms of a worker's CPU per t
 contents are the very dicts its last turn sent (`ContentsMemo` keeps them), so each
 Content dict made here (`ContentDict`) keeps the JSON it was first sent as, for as long as
 it lives itself, and the request carries the whole history as `http_options.extra_body`,
-which the SDK merges into the body it sends as it is. The SDK is still handed the newest
-content, for the checks it makes of `contents` (it wants at least one); the body's list
-takes its place.
+which the SDK merges into the body it sends as it is. The SDK is handed a placeholder
+content (it wants at least one), which the body's list replaces; each message was
+validated by the SDK's own types when its JSON was made. Its automatic function calling
+is turned off: Apsara runs its functions itself, and that loop deep-copied the config,
+the whole history with it, on every call.
 
 Nobody changes a request's contents in place (ContentsMemo's rule), so a content's JSON
 stays its JSON. One that carries a file's bytes keeps nothing: it may weigh 15 MB.
@@ -16,6 +18,11 @@ stays its JSON. One that carries a file's bytes keeps nothing: it may weigh 15 M
 from __future__ import annotations
 
 from google.genai import _common, models, types
+
+
+# What the SDK itself is handed as a request's contents: the body's list replaces it.
+PLACEHOLDER = [{"role": "user", "parts": [{"text": ""}]}]
+NO_AUTOMATIC_CALLS = types.AutomaticFunctionCallingConfig(disable=True)
 
 
 class ContentDict(dict):
@@ -58,6 +65,8 @@ def request(contents, config, vertex: bool = False):
     if config is None or isinstance(config, dict):
         config = types.GenerateContentConfig.model_validate(config or {})
     options = config.http_options or types.HttpOptions()
-    extra = dict(options.extra_body or {}, contents=history)
-    return contents[-1:], config.model_copy(update={
-        "http_options": options.model_copy(update={"extra_body": extra})})
+    update = {"http_options": options.model_copy(update={"extra_body": dict(options.extra_body or {},
+                                                                              contents=history)})}
+    if config.automatic_function_calling is None:
+        update["automatic_function_calling"] = NO_AUTOMATIC_CALLS
+    return PLACEHOLDER, config.model_copy(update=update)

@@ -321,8 +321,10 @@ class TurnPlanner:
                 self.save_cache_record(owner, turn, save)
             key = (owner, turn.conversation_id)
             if use is not None:  # what follows the cached prefix: kept apart, as a list of its own
+                self.contents.forget(key)  # the whole history's is not sent while the cache serves
                 return ContextCache.apply(use, turns, config,
                                           lambda tail: self.contents.contents(key + AFTER_CACHE, tail))
+            self.contents.forget(key + AFTER_CACHE)
             return self.contents.contents(key, turns), config
         return to_contents(turns), config
 
