@@ -138,6 +138,9 @@ def test_the_sdks_own_function_calling_is_off_unless_the_caller_set_it():
     """Its loop deep-copied the config, the whole history in it, on every call."""
     contents = to_contents([("user", [{"type": "text", "text": "hi"}])])
     assert wire.request(contents, types.GenerateContentConfig())[1].automatic_function_calling.disable
-    own = types.AutomaticFunctionCallingConfig(maximum_remote_calls=3)
-    config = wire.request(contents, types.GenerateContentConfig(automatic_function_calling=own))[1]
-    assert config.automatic_function_calling == own
+    # A caller who asked for the SDK's loop gets the SDK's own way: the loop sends what it adds.
+    asked = types.GenerateContentConfig(automatic_function_calling=types.AutomaticFunctionCallingConfig(
+        maximum_remote_calls=3))
+    assert wire.request(contents, asked) == (contents, asked)
+    off = types.GenerateContentConfig(automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+    assert wire.request(contents, off)[0] is wire.PLACEHOLDER

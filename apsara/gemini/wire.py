@@ -61,12 +61,15 @@ def request(contents, config, vertex: bool = False):
     if not isinstance(contents, list) or not contents or \
             not all(isinstance(content, dict) and "parts" in content for content in contents):
         return contents, config  # a prompt's text, say: the SDK's own way
-    history = [json_of(content, vertex) for content in contents]
     if config is None or isinstance(config, dict):
         config = types.GenerateContentConfig.model_validate(config or {})
+    calling = config.automatic_function_calling
+    if calling is not None and not calling.disable:
+        return contents, config  # the SDK's own loop sends what it adds to the contents: its own way
+    history = [json_of(content, vertex) for content in contents]
     options = config.http_options or types.HttpOptions()
     update = {"http_options": options.model_copy(update={"extra_body": dict(options.extra_body or {},
                                                                               contents=history)})}
-    if config.automatic_function_calling is None:
+    if calling is None:
         update["automatic_function_calling"] = NO_AUTOMATIC_CALLS
     return PLACEHOLDER, config.model_copy(update=update)
