@@ -16,9 +16,8 @@ from google import genai
 from google.genai import types
 
 from ..config import Settings
-from . import extra_fields, field_lookup, metering, type_check
+from . import extra_fields, field_lookup, metering, type_check, wire
 from .upstream import stoppable_transport
-from . import wire
 
 log = logging.getLogger("apsara.gemini")
 
