@@ -46,7 +46,12 @@ def process_start(pid: int) -> str | None:
     (None where there is no /proc). A pid handed out again, after a crash, a reboot or a
     container's restart (same hostname, same low pids), belongs to a process started later."""
     fields = _stat(pid)
-    return None if fields is None else f"{_BOOT_ID}:{int(fields[19])}"  # field 22 of proc(5), from the state (3)
+    return None if fields is None else _started(fields)
+
+
+def _started(fields: list[bytes]) -> str:
+    """process_start() of a process whose _stat() this is."""
+    return f"{_BOOT_ID}:{int(fields[19])}"  # field 22 of proc(5), counted from the state (3)
 
 
 def _stat(pid: int) -> list[bytes] | None:
@@ -85,7 +90,7 @@ def holder_alive(pid: int, host: str, started_as: str | None = None) -> bool:
     if fields is not None and fields[0] in (b"Z", b"X"):
         return False  # killed, and not yet reaped by its parent: it runs no more
     if started_as is not None and fields is not None:
-        return f"{_BOOT_ID}:{int(fields[19])}" == started_as
+        return _started(fields) == started_as
     return True
 
 

@@ -308,8 +308,9 @@ class ErrorBodySchema(Schema):
     message = fields.String(metadata={"description": "What went wrong, in words; never a trace, path or key."})
     details = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), metadata={
         "description": "On a 422: each dotted field path (`settings.temperature`, `settings.response_schema."
-                       "properties.age.type`) mapped to its messages, the first 50 (`_more` when there were others). On a 429: `retry_after`, the seconds "
-                       "to wait (as the Retry-After header). Else empty."})
+                       "properties.age.type`) mapped to its messages, the first 50 (`_more` when there were "
+                       "others). On a 429: `retry_after`, the seconds to wait (as the Retry-After header). "
+                       "Else empty."})
 
 
 class ErrorSchema(Schema):
