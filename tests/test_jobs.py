@@ -7,6 +7,7 @@ import time
 import pytest
 
 from apsara.testing.fake_gemini import Reply
+from apsara.turns import jobs as jobs_module
 from tests.conftest import parse_sse
 
 # Every test here runs on both stores: the files and PostgreSQL.
@@ -308,6 +309,36 @@ def test_a_checkpoint_that_could_not_be_written_goes_with_the_next(chat, chat_ap
     assert failed and events[-1][0] == "done"
     stored = chat.get(f"{API}/c1").json["messages"][1]
     assert (stored["status"], stored["text"]) == ("complete", "one two three four five")
+
+
+def test_a_reply_gemini_has_not_answered_yet_writes_nothing_then_its_first_words_within_a_window(
+        chat, chat_app, fake, monkeypatch):
+    # reply_start says nothing the stored reply does not: a burst of streams waiting for Gemini
+    # wrote one record each for it. The first words are kept as before: within a window.
+    store = chat_app.extensions["apsara"].manager.store
+    original, progress = store.append, []
+
+    def append(owner, conversation_id, records, **kwargs):
+        mark = original(owner, conversation_id, records, **kwargs)
+        progress.extend((time.monotonic(), r) for r in records if r["type"] == "progress")
+        return mark
+
+    monkeypatch.setattr(store, "append", append)
+    new_conversation(chat)
+    held = threading.Event()
+    fake.push(Reply(parts=["first words", " more"], delay_s=0.8, hold=held))
+    stream = Streaming(chat, "c1", "go")
+    wait_until(lambda: any(e[0] == "reply_start" for e in stream.events()))
+    time.sleep(0.6)  # over two checkpoint windows with reply_start alone
+    assert progress == []
+    seen = wait_until(lambda: next((time.monotonic() for e in stream.events() if e[0] == "delta"), None))
+    wait_until(lambda: progress, timeout=2.0)
+    written_at, record = progress[0]
+    assert written_at - seen < jobs_module.CHECKPOINT_S + 0.25
+    assert [e[1] for e in record["events"]] == ["reply_start", "delta"]
+    assert chat.get(f"{API}/c1").json["messages"][-1]["text"] == "first words"
+    held.set()
+    assert stream.finish()[-1][0] == "done"
 
 
 def test_a_reply_end_that_fails_once_is_stored_on_the_next_try(chat, chat_app, fake, monkeypatch):

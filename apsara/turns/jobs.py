@@ -5,10 +5,13 @@ them, for every client of this process that follows it (the one that asked, and
 any that re-attach). The process's `JobRegistry` tends its running jobs from one
 watcher thread:
 
-- checkpoints: events not yet on disk are appended as one `progress` record at
-  most every CHECKPOINT_S (coalesced), and a heartbeat every HEARTBEAT_S while
-  Gemini is silent, so other processes see the reply grow and know its writer
-  lives; a killed process loses at most the last window;
+- checkpoints: events not yet on disk are appended as one `progress` record once
+  the oldest of them is CHECKPOINT_S old, at most every CHECKPOINT_S (coalesced),
+  and a heartbeat every HEARTBEAT_S while Gemini is silent, so other processes see
+  the reply grow and know its writer lives; a killed process loses at most the
+  last window. `reply_start` alone is not worth a write: the stored reply already
+  says all it says (a burst of 200 streams wrote 200 of them as it waited for
+  Gemini's first words);
 - stop requests another process recorded in the conversation's file (a `stop`
   record), or the conversation's deletion, close the job's Gemini request
   within a watcher period.
@@ -48,6 +51,8 @@ class Job:
         self.flush_lock = threading.Lock()
         self.flushed = 0
         self.last_flush = time.monotonic()
+        # When the oldest event not on disk that says something new was published (None: none).
+        self.unflushed_since: float | None = None
         self.position: tuple[int, int] | None = None  # how far the watcher read the store
         self.stop_checked = 0.0
         self.result: tuple[str, dict] | None = None
@@ -63,6 +68,8 @@ class Job:
                 event_id, self._next_id = self._next_id, self._next_id + 1
             event = [event_id, name, data]
             self.events.append(event)
+            if self.unflushed_since is None and name != "reply_start":
+                self.unflushed_since = time.monotonic()
             self.cond.notify_all()
         return event
 
@@ -198,8 +205,9 @@ class JobRegistry:
         if not job.being_written:
             return
         now = time.monotonic()
-        pending = len(job.events) > job.flushed
-        if (pending and now - job.last_flush >= CHECKPOINT_S) or now - job.last_flush >= HEARTBEAT_S:
+        since = job.unflushed_since
+        if (since is not None and now - max(since, job.last_flush) >= CHECKPOINT_S) \
+                or now - job.last_flush >= HEARTBEAT_S:
             # Not waiting on a job whose end is being stored (with every event): a slow end
             # (its conversation's lock, a full disk) would hold up every other job's checkpoints.
             self.checkpoint(job, wait=False)
@@ -241,12 +249,15 @@ class JobRegistry:
     def _checkpoint(self, job: Job) -> None:
         if not job.being_written:
             return
+        job.last_flush = began = time.monotonic()
         batch, upto = job.unflushed()
-        job.last_flush = time.monotonic()
         mark = self.manager.checkpoint(job.owner, job.conversation_id, job.reply_id, batch)
         if mark is None:
             return  # not written (the lock stayed taken, or the conversation is gone)
-        job.flushed = upto
+        with job.cond:  # as publish() would see it
+            job.flushed = upto
+            # Those published meanwhile came after `began`: counted from then, they are written in time.
+            job.unflushed_since = None if len(job.events) == upto else began
         # The job's own progress holds no stop: when nothing else was appended since the
         # last look, the next looks on from after it instead of reading it back (200
         # streams checkpointing 4 times a second would otherwise read all that back too).
