@@ -285,6 +285,43 @@ def test_a_listener_whose_probe_never_comes_back_leaves_replies_asking_often(pos
     assert heard == [("local", "c1", "m1")]
 
 
+def test_behind_a_pooler_the_listener_tries_new_connections_ever_more_slowly_and_says_so_once(
+        postgres_url, monkeypatch, caplog):
+    """A connection that never hears its probes may be one whose server hung as it began to
+    listen: it is made again, but behind a pooler every one hears nothing, so each next one
+    comes later, and the warning is given once."""
+    from apsara.database import stops
+
+    monkeypatch.setattr(stops.StopListener, "_probe", staticmethod(lambda conn, probe: None))
+    monkeypatch.setattr(stops, "PROBE_WAIT_S", 0.2)
+    monkeypatch.setattr(stops, "RETRY_S", 0.1)
+    monkeypatch.setattr(stops, "WAKE_S", 0.05)
+    monkeypatch.setattr(stops, "NEVER_HEARD_S", (0.0, 0.5, 1.0))
+    listener = stops.StopListener(postgres_url)
+    connected, connect = [], psycopg.connect
+
+    def counting(*args, **kwargs):
+        if kwargs.get("application_name") == stops.LISTENER_NAME and threading.current_thread() is thread:
+            connected.append(time.monotonic())
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(stops.psycopg, "connect", counting)
+    until = time.monotonic() + 4.5
+    thread = threading.Thread(target=listener.run, args=(lambda *told: None, lambda: time.monotonic() < until))
+    with caplog.at_level("INFO", logger="apsara.database"):
+        thread.start()
+        time.sleep(2.0)
+        assert not listener.listening
+        thread.join(10)
+    assert not thread.is_alive()
+    gaps = [later - earlier for earlier, later in zip(connected, connected[1:])]
+    # Each connection waits PROBE_WAIT_S for its probe, then RETRY_S, then NEVER_HEARD_S's next.
+    assert len(gaps) >= 3 and gaps[0] < 1.0 and gaps[1] > 0.75 and gaps[2] > 1.25, gaps
+    # Only this listener's: other tests' apps may still run theirs in this process.
+    warnings = [r for r in caplog.records if r.thread == thread.ident and "no probe ever came back" in r.getMessage()]
+    assert [r.levelname for r in warnings][:3] == ["WARNING", "INFO", "INFO"]
+
+
 def test_a_replica_keeps_what_it_read_yet_sees_every_change_made_elsewhere(postgres_url, tmp_path, fake):
     empty(postgres_url)
     STORE["database_url"] = postgres_url

@@ -135,10 +135,9 @@ def test_a_listener_that_went_deaf_is_replaced_and_stops_stay_quick(tmp_path):
                     reply_id = stream.seen[1][2]["id"]
                     assert _until(lambda: len(_listeners(conn)) == 1)
                     frozen = _listeners(conn)
-                    # Frozen once its first probe went out and while it waits for its client, as a
-                    # forgotten connection's is. Frozen before that probe, the replica would wait for
-                    # the probe's answer; frozen while reading the notification queue, it would
-                    # hold the queue's lock, and every NOTIFY of the server would wait for it.
+                    # Frozen while it waits for its client, as a forgotten connection's is (frozen
+                    # while reading the notification queue, it would hold the queue's lock, and
+                    # every NOTIFY of the server would wait for it).
                     assert _until(lambda: _listening_idle(conn, frozen[0]))
                     os.kill(frozen[0], signal.SIGSTOP)
                     # It notices within a probe's round, and listens on a new connection.
@@ -159,7 +158,7 @@ def test_a_listener_that_went_deaf_is_replaced_and_stops_stay_quick(tmp_path):
 
 def _listening_idle(conn, pid: int) -> bool:
     row = conn.execute("SELECT state, wait_event, query FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
-    return row is not None and row[:2] == ("idle", "ClientRead") and row[2].startswith("SELECT pg_notify")
+    return row is not None and row[:2] == ("idle", "ClientRead") and row[2].startswith("LISTEN")
 
 
 def _listeners(conn) -> list[int]:

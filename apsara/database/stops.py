@@ -12,11 +12,15 @@ transaction mode), none does, and replies keep asking often.
 
 A connection can also die without a word (a NAT or firewall that forgot it, a
 server that hangs): no error, no data, and it would count as listening forever
-while replies ask only every few seconds. So it has TCP keepalives, and while
-listening it sends itself a probe every PROBE_EVERY_S from a short-lived
-connection of its own, through the server as any stop request goes; one that
-has not come back within PROBE_WAIT_S means the connection is deaf: it stops
-counting as listening and is made again.
+while replies ask only every few seconds. So it has TCP keepalives, and it sends
+itself a probe every PROBE_EVERY_S from a short-lived connection of its own,
+through the server as any stop request goes; one that has not come back within
+PROBE_WAIT_S means the connection is deaf: it stops counting as listening and is
+made again. The listening connection itself sends nothing after its LISTEN: a
+statement there would wait for ever on a server that hung. A connection that
+never heard a probe (a pooler, or a server that hung as it began to listen) is
+made again too, each time a little later (NEVER_HEARD_S), so that behind a
+pooler the listener does not keep reconnecting.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ RETRY_S = 1.0  # before listening again after the connection failed
 WAKE_S = 0.5  # how often the listener looks whether it is still wanted, and at its probe
 PROBE_EVERY_S = 5.0  # how often a listening connection checks it still hears notifications
 PROBE_WAIT_S = 2.0  # how long a probe may take to come back before the connection counts as deaf
+# Before making again a connection that never heard a probe: the first time, then each next in a row.
+NEVER_HEARD_S = (0.0, 5.0, 15.0, 60.0)
 # The kernel drops a connection whose peer went away within ~25 s, even while nothing is sent;
 # connect_timeout: a server that does not answer never holds the listener up for long.
 # application_name: an operator tells it in pg_stat_activity.
@@ -47,7 +53,11 @@ CONNECT = {"autocommit": True, "connect_timeout": 5, "keepalives": 1, "keepalive
 
 
 class Deaf(Exception):
-    """The listening connection stopped hearing its own probes."""
+    """The listening connection does not hear its own probes."""
+
+    def __init__(self, message: str, never_heard: bool):
+        super().__init__(message)
+        self.never_heard = never_heard
 
 
 def notify(conn, owner: str, conversation_id: str, reply_id: str | None = None) -> None:
@@ -68,7 +78,7 @@ class _Hearing:
     def __init__(self):
         self.heard_in: int | None = None  # the pid in which its first probe came back
         self.awaited: str | None = None  # the probe sent and not yet heard back
-        self.sent_at = 0.0  # when it was sent (time.monotonic)
+        self.sent_at = float("-inf")  # when it was sent (time.monotonic); none yet: the first goes at once
 
 
 class StopListener:
@@ -77,6 +87,7 @@ class StopListener:
     def __init__(self, url: str):
         self.url = url
         self._hearing: _Hearing | None = None  # the newest connection's
+        self._never_heard = 0  # connections in a row that heard no probe of theirs
 
     @property
     def listening(self) -> bool:
@@ -91,42 +102,42 @@ class StopListener:
             try:
                 with psycopg.connect(self.url, **CONNECT) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    # The first probe goes on the listening connection itself: it tells whether
-                    # notifications reach this connection at all (not behind PgBouncer).
-                    self._send_probe(conn, hearing)
                     while wanted():
+                        self._check_hearing(hearing)
                         for note in conn.notifies(timeout=WAKE_S):
                             self._heard(_parsed(note.payload), hearing, on_stop)
-                        self._check_hearing(hearing)
             except (psycopg.Error, Deaf) as exc:
-                log.warning("not listening for stop requests (%s): replies ask every %.2f s meanwhile",
-                            type(exc).__name__, ASK_S)
-                time.sleep(RETRY_S)
+                never_heard = isinstance(exc, Deaf) and exc.never_heard
+                self._never_heard = self._never_heard + 1 if never_heard else 0
+                # Behind a pooler every connection hears nothing: said once, not at every one.
+                (log.info if self._never_heard > 1 else log.warning)(
+                    "not listening for stop requests (%s%s): replies ask every %.2f s meanwhile",
+                    type(exc).__name__, ", no probe ever came back" if never_heard else "", ASK_S)
+                later = NEVER_HEARD_S[min(self._never_heard, len(NEVER_HEARD_S)) - 1] if never_heard else 0.0
+                deadline = time.monotonic() + RETRY_S + later
+                while time.monotonic() < deadline and wanted():
+                    time.sleep(min(WAKE_S, RETRY_S))
             finally:
                 if self._hearing is hearing:
                     self._hearing = None
 
-    def _send_probe(self, conn, hearing: _Hearing) -> None:
-        hearing.awaited = secrets.token_hex(8)
-        hearing.sent_at = time.monotonic()
-        self._probe(conn, hearing.awaited)
+    def _check_hearing(self, hearing: _Hearing) -> None:
+        """Probe now and then, and give the connection up when a probe is lost."""
+        now = time.monotonic()
+        if hearing.heard_in is not None:
+            self._never_heard = 0
+        if hearing.awaited is not None and now - hearing.sent_at > PROBE_WAIT_S:
+            raise Deaf(f"a probe did not come back within {PROBE_WAIT_S} s", never_heard=hearing.heard_in is None)
+        if hearing.awaited is None and now - hearing.sent_at >= PROBE_EVERY_S:
+            # From another connection, as a stop request travels: the listening one sends nothing.
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT["connect_timeout"]) as sender:
+                hearing.awaited = secrets.token_hex(8)
+                hearing.sent_at = time.monotonic()
+                self._probe(sender, hearing.awaited)
 
     @staticmethod
     def _probe(conn, probe: str) -> None:
         _send(conn, {"probe": probe})
-
-    def _check_hearing(self, hearing: _Hearing) -> None:
-        """While listening: probe now and then, and give the connection up when a probe is lost."""
-        if hearing.heard_in != os.getpid():
-            return  # never heard its first probe (a pooler in the way): asking often already
-        waited = time.monotonic() - hearing.sent_at
-        if hearing.awaited is not None and waited > PROBE_WAIT_S:
-            raise Deaf(f"a probe did not come back within {PROBE_WAIT_S} s")
-        if hearing.awaited is None and waited >= PROBE_EVERY_S:
-            # From another connection: a frozen or forgotten listening connection would block on
-            # its own statement, and the probe should travel as a stop request does.
-            with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT["connect_timeout"]) as sender:
-                self._send_probe(sender, hearing)
 
     @staticmethod
     def _heard(told: dict | None, hearing: _Hearing, on_stop) -> None:
