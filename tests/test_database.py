@@ -322,6 +322,36 @@ def test_behind_a_pooler_the_listener_tries_new_connections_ever_more_slowly_and
     assert [r.levelname for r in warnings][:3] == ["WARNING", "INFO", "INFO"]
 
 
+def test_a_probe_whose_server_hangs_holds_up_neither_the_listener_nor_another_thread(postgres_url, monkeypatch):
+    """A server that hangs as a probe is sent: the probe is lost, the listener goes on (and lets
+    go when it is no longer wanted), and no second sender joins the one that hangs."""
+    from apsara.database import stops
+
+    release, sent = threading.Event(), []
+
+    def hangs(conn, probe):
+        sent.append(probe)
+        release.wait(30)
+
+    monkeypatch.setattr(stops.StopListener, "_probe", staticmethod(hangs))
+    monkeypatch.setattr(stops, "PROBE_WAIT_S", 0.2)
+    monkeypatch.setattr(stops, "RETRY_S", 0.1)
+    monkeypatch.setattr(stops, "WAKE_S", 0.05)
+    monkeypatch.setattr(stops, "NEVER_HEARD_S", (0.0,))
+    listener = stops.StopListener(postgres_url)
+    until = time.monotonic() + 1.5
+    thread = threading.Thread(target=listener.run, args=(lambda *told: None, lambda: time.monotonic() < until))
+    try:
+        thread.start()
+        time.sleep(1.0)  # a few connections made by now, each one's probe lost
+        assert not listener.listening
+        thread.join(2.0)
+        assert not thread.is_alive()
+        assert len(sent) == 1
+    finally:
+        release.set()
+
+
 def test_a_replica_keeps_what_it_read_yet_sees_every_change_made_elsewhere(postgres_url, tmp_path, fake):
     empty(postgres_url)
     STORE["database_url"] = postgres_url

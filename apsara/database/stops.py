@@ -16,8 +16,10 @@ while replies ask only every few seconds. So it has TCP keepalives, and it sends
 itself a probe every PROBE_EVERY_S from a short-lived connection of its own,
 through the server as any stop request goes; one that has not come back within
 PROBE_WAIT_S means the connection is deaf: it stops counting as listening and is
-made again. The listening connection itself sends nothing after its LISTEN: a
-statement there would wait for ever on a server that hung. A connection that
+made again. The listening connection itself sends nothing after its LISTEN, and
+the listener does not wait for a probe's own connection (a thread of its own
+sends it, one at a time): a statement would wait for ever on a server that hung,
+which the lost probe tells instead. A connection that
 never heard a probe (a pooler, or a server that hung as it began to listen) is
 made again too, each time a little later (NEVER_HEARD_S), so that behind a
 pooler the listener does not keep reconnecting.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 import time
 from typing import Callable
 
@@ -48,6 +51,7 @@ NEVER_HEARD_S = (0.0, 5.0, 15.0, 60.0)
 # connect_timeout: a server that does not answer never holds the listener up for long.
 # application_name: an operator tells it in pg_stat_activity.
 LISTENER_NAME = "apsara stop listener"
+PROBE_NAME = "apsara stop probe"
 CONNECT = {"autocommit": True, "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
            "keepalives_interval": 5, "keepalives_count": 3, "application_name": LISTENER_NAME}
 
@@ -88,6 +92,7 @@ class StopListener:
         self.url = url
         self._hearing: _Hearing | None = None  # the newest connection's
         self._never_heard = 0  # connections in a row that heard no probe of theirs
+        self._sender: threading.Thread | None = None  # sending the last probe
 
     @property
     def listening(self) -> bool:
@@ -124,29 +129,38 @@ class StopListener:
     def _check_hearing(self, hearing: _Hearing) -> None:
         """Probe now and then, and give the connection up when a probe is lost."""
         now = time.monotonic()
-        if hearing.heard_in is not None:
-            self._never_heard = 0
         if hearing.awaited is not None and now - hearing.sent_at > PROBE_WAIT_S:
             raise Deaf(f"a probe did not come back within {PROBE_WAIT_S} s", never_heard=hearing.heard_in is None)
         if hearing.awaited is None and now - hearing.sent_at >= PROBE_EVERY_S:
-            # From another connection, as a stop request travels: the listening one sends nothing.
-            with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT["connect_timeout"]) as sender:
-                hearing.awaited = secrets.token_hex(8)
-                hearing.sent_at = time.monotonic()
-                self._probe(sender, hearing.awaited)
+            hearing.awaited = probe = secrets.token_hex(8)
+            hearing.sent_at = now
+            sender = self._sender
+            if sender is None or not sender.is_alive():  # else the last one hangs: this one is lost
+                self._sender = threading.Thread(target=self._send_probe, args=(probe,), daemon=True,
+                                                name="apsara-stop-probe")
+                self._sender.start()
+
+    def _send_probe(self, probe: str) -> None:
+        """From a connection of its own, as a stop request travels. What goes wrong only loses the
+        probe, which the listener finds out."""
+        try:
+            with psycopg.connect(self.url, **{**CONNECT, "application_name": PROBE_NAME}) as sender:
+                self._probe(sender, probe)
+        except psycopg.Error:
+            pass
 
     @staticmethod
     def _probe(conn, probe: str) -> None:
         _send(conn, {"probe": probe})
 
-    @staticmethod
-    def _heard(told: dict | None, hearing: _Hearing, on_stop) -> None:
+    def _heard(self, told: dict | None, hearing: _Hearing, on_stop) -> None:
         if told is None:
             return
         if "probe" in told:  # its own came back: notifications reach this connection (others' are not news)
             if told["probe"] == hearing.awaited:
                 hearing.awaited = None
                 hearing.heard_in = os.getpid()
+                self._never_heard = 0
             return
         try:
             on_stop(told["owner"], told["conversation"], told["reply"])

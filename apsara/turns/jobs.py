@@ -124,13 +124,20 @@ class Job:
 
     def unflushed(self) -> tuple[list[list], int]:
         """Events not yet on disk, and how many events there are with them. Call holding
-        flush_lock; once they are written, `self.flushed` takes that count (a write that
+        flush_lock; once they are written, `written()` is told that count (a write that
         failed leaves them for the next)."""
         with self.cond:
             batch = self.events[self.flushed:]
             if self.failure_told is not None:
                 batch = [event for event in batch if event[0] != self.failure_told]
             return batch, len(self.events)
+
+    def written(self, upto: int, taken_at: float) -> None:
+        """events[:upto], taken by `unflushed()` at `taken_at` (time.monotonic), are on disk."""
+        with self.cond:  # as publish() would see it
+            self.flushed = upto
+            # Those published meanwhile came after `taken_at`: counted from then, they are written in time.
+            self.unflushed_since = None if len(self.events) == upto else taken_at
 
 
 class JobRegistry:
@@ -249,15 +256,12 @@ class JobRegistry:
     def _checkpoint(self, job: Job) -> None:
         if not job.being_written:
             return
-        job.last_flush = began = time.monotonic()
+        job.last_flush = taken_at = time.monotonic()
         batch, upto = job.unflushed()
         mark = self.manager.checkpoint(job.owner, job.conversation_id, job.reply_id, batch)
         if mark is None:
             return  # not written (the lock stayed taken, or the conversation is gone)
-        with job.cond:  # as publish() would see it
-            job.flushed = upto
-            # Those published meanwhile came after `began`: counted from then, they are written in time.
-            job.unflushed_since = None if len(job.events) == upto else began
+        job.written(upto, taken_at)
         # The job's own progress holds no stop: when nothing else was appended since the
         # last look, the next looks on from after it instead of reading it back (200
         # streams checkpointing 4 times a second would otherwise read all that back too).

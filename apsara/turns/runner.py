@@ -244,10 +244,11 @@ class ReplyRunner:
             final_id = job.next_id()
             last = [final_id, name] if error is None else [final_id, name, {"error": error.to_dict()["error"]}]
             if turn.persist:
+                taken_at = time.monotonic()
                 events, upto = job.unflushed()
                 self.manager.finish_reply(owner, turn.conversation_id, job.reply_id, events + [last], fields,
                                           text=message_text(stored))
-                job.flushed = upto
+                job.written(upto, taken_at)
             view = message_view({**stored, "last_event_id": final_id}, link=self.manager.link(owner))
             if turn.reply is not None:
                 view["siblings"] = turn.reply.get("siblings", view["siblings"])
