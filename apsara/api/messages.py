@@ -22,6 +22,8 @@ blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
                 description="Messages, replies and their versions.")
 
 STREAM_DOC = {**stream_response(with_user=True), **TURN_LINKS}
+UNAVAILABLE_DOC = ("No Gemini key configured, or Gemini unavailable; or the disk did not keep the turn (nothing "
+                   "was stored: send it again after Retry-After).")
 REGENERATE_STREAM_DOC = stream_response(with_user=False)
 
 
@@ -66,7 +68,7 @@ def _chat():
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or file.")
 @blp.alt_response(409, schema=ErrorSchema, description="A reply is still being written in this conversation, "
                                                        "or the conversation changed while this turn was prepared.")
-@blp.alt_response(503, schema=ErrorSchema, description="No Gemini key configured, or Gemini unavailable.")
+@blp.alt_response(503, schema=ErrorSchema, description=UNAVAILABLE_DOC)
 def send(body, conversation_id):
     """Send a message and get the reply (JSON or a stream)."""
     turn = _chat().start(current_user(), conversation_id, kind="send", text=body.get("text"),
@@ -81,6 +83,7 @@ def send(body, conversation_id):
 @blp.doc(responses=STREAM_DOC)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
 @blp.alt_response(422, schema=ErrorSchema, description="Not a user message, or a choice the model cannot take.")
+@blp.alt_response(503, schema=ErrorSchema, description=UNAVAILABLE_DOC)
 def edit(body, conversation_id, message_id):
     """Edit a user message: a new version becomes active and the conversation continues from it."""
     turn = _chat().start(current_user(), conversation_id, kind="edit", target_id=message_id,
@@ -95,6 +98,7 @@ def edit(body, conversation_id, message_id):
 @blp.doc(responses=REGENERATE_STREAM_DOC)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
 @blp.alt_response(422, schema=ErrorSchema, description="Not a model reply.")
+@blp.alt_response(503, schema=ErrorSchema, description=UNAVAILABLE_DOC)
 def regenerate(body, conversation_id, message_id):
     """Write a new version of a model reply, optionally with another model."""
     body = body or {}

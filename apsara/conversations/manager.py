@@ -22,7 +22,7 @@ from .filters import ListFilters
 from .journal import Replay, record
 from .locks import LockTimeout, Missing
 from .options import check_choice
-from .store import ConversationStore, InvalidId
+from .store import ConversationStore, InvalidId, NotKept
 from .tree import DERIVED, MessageTree
 from .views import conversation_view, decode_cursor, encode_cursor, message_view, summary_view
 from .writers import age_s, new_writer, streaming, writer_alive
@@ -123,6 +123,9 @@ class ConversationManager:
         except LockTimeout:
             raise ApiError(503, f"conversation '{conversation_id}' is busy; try again",
                            headers={"Retry-After": "1"}) from None
+        except NotKept:
+            raise ApiError(503, "the change could not be stored (the disk refused it); nothing was kept: "
+                                "try again", headers={"Retry-After": "1"}) from None
 
     def _append(self, owner: str, conversation_id: str, document: dict, records: list[dict],
                 tree: MessageTree | None = None, **options) -> dict:
@@ -401,7 +404,11 @@ class ConversationManager:
                 records.append(record(0, "message", stamp, message=turn.stored_user))
             reply = {**turn.stored_reply, "_writer": new_writer()}
             records.append(record(0, "message", stamp, message=reply))
-            mark = self._append(owner, conversation_id, document, records, tree, on_written=on_written)
+            try:
+                mark = self._append(owner, conversation_id, document, records, tree, on_written=on_written)
+            except NotKept:
+                turn.persist = False  # nothing of the turn is stored: its reply's end must not be either
+                raise
             turn.position = mark["position"]
             link = self.link(owner)
             turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None
@@ -418,12 +425,16 @@ class ConversationManager:
             return None
 
     def finish_reply(self, owner: str, conversation_id: str, reply_id: str, events: list, fields: dict,
-                     text: str | None = None) -> bool:
+                     text: str | None = None, kept: Callable[[], bool] | None = None) -> bool:
         """Store how a reply ended (with its last events); False when the conversation is gone,
         LockTimeout when it stayed locked. `text`: the reply's text, for the search index (else
-        read back). When the records have outgrown the snapshot, fold them into a new one."""
+        read back). `kept()`, asked under the lock: whether the reply's turn is stored (False
+        when the disk did not keep it, as this end waited). When the records have outgrown the
+        snapshot, fold them into a new one."""
         try:
             with self.store.locked(owner, conversation_id, existing=True):
+                if kept is not None and not kept():
+                    return False
                 mark = self.store.append(owner, conversation_id, [record(0, "reply", now_iso(), id=reply_id,
                                                                          events=events, fields=fields)],
                                          reply_texts={reply_id: text} if text is not None else None)

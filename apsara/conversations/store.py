@@ -121,6 +121,10 @@ def _index_row(owner: str, document: dict) -> tuple:
     return owner, header, iso_to_ns(header["updated_at"]), [message_text(m) for m in messages], iso_to_ns(last)
 
 
+class NotKept(OSError):
+    """An append whose records could not be made durable, and were taken back: nothing changed."""
+
+
 class ConversationStore:
     # How often a running reply looks for a stop request: a stat() is cheap.
     stop_poll_s = 0.0
@@ -389,7 +393,7 @@ class ConversationStore:
             inode = os.fstat(fd).st_ino
             mark = mark_at_end(fd, size) or self._rebuild_mark(fd, conversation_id)
             lines, offset, seq = [], size, mark["seq"]
-            updated_at = mark["updated_at"]
+            updated_at = was_updated_at = mark["updated_at"]
             for rec in records:
                 seq += 1
                 rec["seq"] = seq
@@ -442,7 +446,12 @@ class ConversationStore:
 
                 # The index is written beside the fsync, not after it: a reply's end waited for
                 # the two in turn.
-                took, indexed = on_disk_threads([make_durable, write_index], meanwhile=on_written)
+                try:
+                    took, indexed = on_disk_threads([make_durable, write_index], meanwhile=on_written)
+                except OSError as exc:
+                    if self._take_back(fd, size, owner, conversation_id, was_updated_at, index is not None):
+                        raise NotKept(exc.errno, f"the disk refused the change ({exc.strerror})") from exc
+                    raise
                 store_write_took(took)
             else:
                 indexed = write_index()
@@ -459,6 +468,31 @@ class ConversationStore:
         mark["position"] = (inode, mark["size"])  # where a follow() of what comes next starts
         mark["began_at"] = (inode, size)  # and where these records start
         return mark
+
+    def _take_back(self, fd: int, size: int, owner: str, conversation_id: str, was_updated_at: str | None,
+                   indexed: bool) -> bool:
+        """Cut the file back to `size`, before records that could not be made durable: their
+        caller is told the change failed, and one that tries again must not find it stored
+        twice. The search index and the recency log go back with it. False when the disk
+        refuses the cut too: the records stay, as written."""
+        try:
+            os.ftruncate(fd, size)
+        except OSError:
+            log.exception("conversation %s: could not take back records the disk did not keep", conversation_id)
+            return False
+        log.error("conversation %s: the disk did not keep its new records; they were taken back", conversation_id)
+        was_ns = iso_to_ns(was_updated_at) if was_updated_at else None
+        try:
+            if was_ns is not None:  # the time the index knows it by, as the start-up check expects
+                os.utime(fd, ns=(was_ns, was_ns))
+            os.fsync(fd)
+        except OSError:  # readers see the file without them; only a crash might bring them back
+            log.exception("conversation %s: the cut could not be made durable", conversation_id)
+        if indexed:
+            if was_ns is not None:
+                self.recency(owner).record(conversation_id, was_ns)
+            self._index_whole(owner, conversation_id)
+        return True
 
     def _repair(self, fd: int, conversation_id: str) -> int:
         """Cut off a torn last line left by a writer that died mid-append; returns the size."""
