@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import time
 
 import orjson
 import pytest
+
+from apsara.clock import new_id, now_iso
+from apsara.conversations.journal import record
+from apsara.conversations.store import ConversationStore, NotKept
 
 API = "/api/v1/conversations"
 
@@ -77,8 +82,69 @@ def test_a_reply_end_the_disk_did_not_keep_is_stored_once_on_the_next_try(chat, 
     refused = refuse_fsyncs(monkeypatch, path, {2})  # 1: the user message's; 2: the reply's end
     response = chat.post(f"{API}/c1/messages", json={"text": "second"})
     assert response.status_code == 201 and response.json["reply"]["status"] == "complete"
-    assert len(refused) == 4  # the end's, the cut taking it back, the end tried again
+    assert len(refused) == 3  # the user message's, the end's, the end tried again
     reply_id = response.json["reply"]["id"]
     # Its progress may be checkpointed while the end waits to be tried again; the end is stored once.
     assert [r["type"] for r in records(path) if r.get("id") == reply_id and r["type"] != "progress"] == ["reply"]
     assert texts(chat)[-2:] == ["second", "Echo: second"]
+
+
+def _user_message(text: str) -> list[dict]:
+    at = now_iso()
+    return [record(0, "message", at, message={"id": new_id("m"), "role": "user", "parent_id": None,
+                                              "created_at": at, "parts": [{"type": "text", "text": text}]})]
+
+
+def test_a_reader_that_saw_records_taken_back_reads_the_file_again_even_once_it_has_regrown_to_that_length(
+        tmp_path, monkeypatch):
+    """Another process reads as the fsync is failing, then the same message is sent again: the
+    file grows back to the very length that reader stopped at. It must not take the file for
+    unchanged, keeping a message that is not there and missing the one that is."""
+    writer, other = ConversationStore(tmp_path), ConversationStore(tmp_path)  # two processes' stores
+    stamp = now_iso()
+    writer.write("local", "c1", {"conversation": {"id": "c1", "title": "", "created_at": stamp, "updated_at": stamp,
+                                                  "message_count": 0, "model": "m", "tools": [], "settings": {},
+                                                  "archived": False, "pinned": False, "temporary": False},
+                                 "messages": [], "active": {}, "seq": 0})
+    path, real, seen = writer.path("local", "c1"), os.fsync, {}
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(path) and not seen:
+            seen["document"], seen["position"] = other.load("local", "c1")  # the records are in the file now
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with writer.locked("local", "c1"), pytest.raises(NotKept):
+        writer.append("local", "c1", _user_message("hello again"), message_count=1)
+    assert [m["parts"][0]["text"] for m in seen["document"]["messages"]] == ["hello again"]
+    time.sleep(0.002)  # another time stamp, of the same length
+    with writer.locked("local", "c1"):
+        writer.append("local", "c1", _user_message("hello again"), message_count=1)
+    assert os.path.getsize(path) == seen["position"][1]  # the same length as what was taken back
+    truth = [m["id"] for m in writer.read("local", "c1")["messages"]]
+    assert other.may_have_news("local", "c1", seen["position"])
+    assert other.follow("local", "c1", seen["position"]) == (None, None)  # read it again whole
+    assert [m["id"] for m in other.load("local", "c1")[0]["messages"]] == truth
+    assert truth != [m["id"] for m in seen["document"]["messages"]]
+
+
+def test_a_take_back_whose_index_write_fails_still_answers_that_nothing_was_kept(chat, chat_app, monkeypatch):
+    store = chat_app.extensions["apsara"].manager.store
+    assert chat.post(API, json={"id": "c1"}).status_code == 201
+    assert chat.post(f"{API}/c1/messages", json={"text": "first"}).status_code == 201
+    path = store.path("local", "c1")
+    before = path.read_bytes()
+
+    def index_refused(owner, conversation_id):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "_index_whole", index_refused)
+    refuse_fsyncs(monkeypatch, path, {1})
+    response = chat.post(f"{API}/c1/messages", json={"text": "lost words"})
+    assert response.status_code == 503 and "nothing was kept" in response.json["error"]["message"]
+    time.sleep(0.3)
+    assert path.read_bytes() == before
+    monkeypatch.undo()
+    assert chat.post(f"{API}/c1/messages", json={"text": "lost words"}).status_code == 201
+    assert texts(chat) == ["first", "Echo: first", "lost words", "Echo: lost words"]

@@ -23,7 +23,7 @@ blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
 
 STREAM_DOC = {**stream_response(with_user=True), **TURN_LINKS}
 UNAVAILABLE_DOC = ("No Gemini key configured, or Gemini unavailable; or the disk did not keep the turn (nothing "
-                   "was stored: send it again after Retry-After).")
+                   "was stored: try again after Retry-After).")
 REGENERATE_STREAM_DOC = stream_response(with_user=False)
 
 

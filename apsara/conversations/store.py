@@ -471,27 +471,29 @@ class ConversationStore:
 
     def _take_back(self, fd: int, size: int, owner: str, conversation_id: str, was_updated_at: str | None,
                    indexed: bool) -> bool:
-        """Cut the file back to `size`, before records that could not be made durable: their
+        """Put the file back as it was before records that could not be made durable: their
         caller is told the change failed, and one that tries again must not find it stored
-        twice. The search index and the recency log go back with it. False when the disk
-        refuses the cut too: the records stay, as written."""
+        twice. A new file, not a cut: a reader that read the records meanwhile knows the file
+        by its inode and where it stopped, and a cut file that the next append (the same
+        message sent again) grows back to that very length would look unchanged to it. The
+        recency log and the search index go back with it; their failures are only logged (the
+        file is the truth, and a search hit on what it no longer holds shows no snippet).
+        False when the disk refuses the new file too: the records stay, as written."""
+        was_ns = iso_to_ns(was_updated_at) if was_updated_at else None
         try:
-            os.ftruncate(fd, size)
+            write_atomically(self.path(owner, conversation_id), os.pread(fd, size, 0), mtime_ns=was_ns)
         except OSError:
             log.exception("conversation %s: could not take back records the disk did not keep", conversation_id)
             return False
         log.error("conversation %s: the disk did not keep its new records; they were taken back", conversation_id)
-        was_ns = iso_to_ns(was_updated_at) if was_updated_at else None
-        try:
-            if was_ns is not None:  # the time the index knows it by, as the start-up check expects
-                os.utime(fd, ns=(was_ns, was_ns))
-            os.fsync(fd)
-        except OSError:  # readers see the file without them; only a crash might bring them back
-            log.exception("conversation %s: the cut could not be made durable", conversation_id)
         if indexed:
-            if was_ns is not None:
-                self.recency(owner).record(conversation_id, was_ns)
-            self._index_whole(owner, conversation_id)
+            try:
+                if was_ns is not None:
+                    self.recency(owner).record(conversation_id, was_ns)
+                self._index_whole(owner, conversation_id)
+            except (OSError, sqlite3.Error):
+                log.exception("conversation %s: its listing or search index may still show what was taken back",
+                              conversation_id)
         return True
 
     def _repair(self, fd: int, conversation_id: str) -> int:
