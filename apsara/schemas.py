@@ -317,6 +317,11 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorBodySchema)
 
 
+# A change to a conversation that could not be made now; nothing of it was stored.
+STORE_UNAVAILABLE = ("The conversation stayed locked by another change, the database is away, or the disk did "
+                     "not keep the change: nothing was stored; try again after Retry-After.")
+
+
 class PartSchema(Schema):
     type = fields.String(validate=validate.OneOf(
         ["text", "thought", "file", "code", "code_result", "function_call", "function_response"]))

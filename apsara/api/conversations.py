@@ -13,7 +13,7 @@ from ..errors import ApiError
 from ..schemas import (CONVERSATION_LINKS, ConversationCreateSchema, ConversationExportSchema,
                        ConversationListSchema, ConversationPatchSchema, ConversationSchema, ErrorSchema,
                        ExportQuerySchema, ForkSchema, ImportResultSchema, ImportUploadSchema, ListQuerySchema,
-                       TokenCountSchema)
+                       STORE_UNAVAILABLE, TokenCountSchema)
 from .bodies import parse_json_body
 
 blp = Blueprint("conversations", __name__, url_prefix="/api/v1/conversations",
@@ -127,6 +127,7 @@ def export(query, conversation_id):
 @blp.response(201, ConversationSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
 @blp.alt_response(409, schema=ErrorSchema, description="The id is taken.")
+@blp.alt_response(503, schema=ErrorSchema, description=STORE_UNAVAILABLE)
 def fork(body, conversation_id):
     """Start a new conversation from the path up to and including a message: new message ids, the same
     model, instruction, tools and settings, files shared."""
@@ -145,6 +146,7 @@ def get(conversation_id):
 @blp.arguments(ConversationPatchSchema)
 @blp.response(200, ConversationSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation.")
+@blp.alt_response(503, schema=ErrorSchema, description=STORE_UNAVAILABLE)
 def put(changes, conversation_id):
     """Change title, model, system instruction, tools or settings (merged key by key)."""
     return jsonify(manager().update(current_user(), conversation_id, changes))
@@ -153,6 +155,7 @@ def put(changes, conversation_id):
 @blp.route("/<conversation_id>", methods=["DELETE"])
 @blp.response(204)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation.")
+@blp.alt_response(503, schema=ErrorSchema, description=STORE_UNAVAILABLE)
 def delete(conversation_id):
     """Delete a conversation and all its versions (its files stay)."""
     current_app.extensions["apsara"].chat.delete_conversation(current_user(), conversation_id)

@@ -12,9 +12,9 @@ from flask_smorest import Blueprint
 
 from ..auth import current_user
 from ..errors import ApiError
-from ..schemas import (EVENT_ID, ConversationSchema, EditSchema, ErrorSchema, EventsQuerySchema, RegenerateSchema,
-                       ReplyResultSchema, SendSchema, TURN_LINKS, TurnResultSchema, stream_content,
-                       stream_response)
+from ..schemas import (EVENT_ID, STORE_UNAVAILABLE, TURN_LINKS, ConversationSchema, EditSchema, ErrorSchema,
+                       EventsQuerySchema, RegenerateSchema, ReplyResultSchema, SendSchema, TurnResultSchema,
+                       stream_content, stream_response)
 from ..streaming import sse_response
 from ..turns.follow import from_job
 
@@ -22,8 +22,7 @@ blp = Blueprint("messages", __name__, url_prefix="/api/v1/conversations",
                 description="Messages, replies and their versions.")
 
 STREAM_DOC = {**stream_response(with_user=True), **TURN_LINKS}
-UNAVAILABLE_DOC = ("No Gemini key configured, or Gemini unavailable; or the disk did not keep the turn (nothing "
-                   "was stored: try again after Retry-After).")
+UNAVAILABLE_DOC = "No Gemini key configured, or Gemini unavailable. " + STORE_UNAVAILABLE
 REGENERATE_STREAM_DOC = stream_response(with_user=False)
 
 
@@ -110,6 +109,7 @@ def regenerate(body, conversation_id, message_id):
 @blp.route("/<conversation_id>/messages/<message_id>/select", methods=["POST"])
 @blp.response(200, ConversationSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
+@blp.alt_response(503, schema=ErrorSchema, description=STORE_UNAVAILABLE)
 def select(conversation_id, message_id):
     """Make a version active, with its ancestors and the branch last active below it."""
     services = current_app.extensions["apsara"]
@@ -155,6 +155,7 @@ def _event_id(header: str) -> int:
 @blp.route("/<conversation_id>/messages/<reply_id>/stop", methods=["POST"])
 @blp.response(200, ReplyResultSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or reply.")
+@blp.alt_response(503, schema=ErrorSchema, description=STORE_UNAVAILABLE)
 def stop(conversation_id, reply_id):
     """Stop a reply being written (from any worker): Gemini's request is closed, what arrived is kept."""
     return jsonify({"reply": _chat().stop(current_user(), conversation_id, reply_id)})
