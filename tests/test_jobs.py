@@ -341,6 +341,38 @@ def test_a_reply_gemini_has_not_answered_yet_writes_nothing_then_its_first_words
     assert stream.finish()[-1][0] == "done"
 
 
+def test_a_turn_whose_commit_failed_after_its_write_has_its_reply_ended_only_where_the_turn_is_stored(
+        chat, chat_app, fake, monkeypatch, store_kind):
+    # The reply's Gemini call starts once the records are written, before the commit ends (the
+    # fsync, PostgreSQL's COMMIT). A commit that fails then may or may not have stored the turn:
+    # the reply's end reads the conversation to tell, and stores nothing for a turn that is not there.
+    store = chat_app.extensions["apsara"].manager.store
+    new_conversation(chat)
+    assert chat.post(f"{API}/c1/messages", json={"text": "first"}).status_code == 201
+    before = chat.get(f"{API}/c1").json
+    original = store.append
+
+    def append_then_fail(owner, conversation_id, records, **kwargs):
+        mark = original(owner, conversation_id, records, **kwargs)
+        if any(r["type"] == "message" for r in records):
+            raise store.transient_errors[0]("the connection was lost")
+        return mark
+
+    monkeypatch.setattr(store, "append", append_then_fail)
+    assert chat.post(f"{API}/c1/messages", json={"text": "second"}).status_code >= 500
+    monkeypatch.undo()
+    if store_kind == "postgresql":  # rolled back with its transaction: its reply's end must store nothing
+        time.sleep(0.5)
+        after = chat.get(f"{API}/c1").json
+        assert after["messages"] == before["messages"]
+        assert after["updated_at"] == before["updated_at"]
+    else:  # on disk all the same: its reply's end is stored (stopped, or complete when Gemini was quicker)
+        reply = wait_until(lambda: (m := chat.get(f"{API}/c1").json["messages"][-1])["status"] != "streaming" and m)
+        assert reply["status"] in ("stopped", "complete")
+        assert [m["text"] for m in chat.get(f"{API}/c1").json["messages"]][:3] == ["first", "Echo: first", "second"]
+    assert chat.post(f"{API}/c1/messages", json={"text": "third"}).status_code == 201
+
+
 def test_a_reply_end_that_fails_once_is_stored_on_the_next_try(chat, chat_app, fake, monkeypatch):
     new_conversation(chat)
     failed, _ = failing_appends(monkeypatch, chat_app.extensions["apsara"].manager.store, "reply", 1)

@@ -59,6 +59,9 @@ class Turn:
     bill: object = None                # the usage bill this turn's Gemini calls go on
     files: tuple = ()                  # the context's file parts: (message index, part)
     known_turns: list = field(default_factory=list)  # (role, parts) of the context's first messages, kept
+    # From the write of its records to the end of their commit: a failure then (a COMMIT the
+    # database never answered) may or may not have stored them, which only the conversation tells.
+    unsure: bool = False
 
 
 class ConversationManager:
@@ -388,6 +391,12 @@ class ConversationManager:
         messages (one write, one fsync), unlock. `on_written` runs once the write is done,
         before the fsync: the reply's Gemini call is on its way as the disk catches up."""
         conversation_id = turn.conversation_id
+
+        def done_writing() -> None:
+            turn.unsure = True  # until the commit has ended well (see turn_kept)
+            if on_written is not None:
+                on_written()
+
         with self._locked(owner, conversation_id):
             document = self.load(owner, conversation_id)
             tree = MessageTree.of(document)
@@ -405,7 +414,7 @@ class ConversationManager:
             reply = {**turn.stored_reply, "_writer": new_writer()}
             records.append(record(0, "message", stamp, message=reply))
             try:
-                mark = self._append(owner, conversation_id, document, records, tree, on_written=on_written)
+                mark = self._append(owner, conversation_id, document, records, tree, on_written=done_writing)
             except NotKept:
                 turn.persist = False  # nothing of the turn is stored: its reply's end must not be either
                 raise
@@ -413,6 +422,20 @@ class ConversationManager:
             link = self.link(owner)
             turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None
             turn.reply = message_view(tree.get(reply["id"]), tree, link)
+        turn.unsure = False
+
+    def turn_kept(self, owner: str, turn: Turn) -> bool:
+        """Whether a turn's records are stored. Ask under the conversation's lock: a reply's end
+        asks it there, and stores nothing for a turn whose commit failed without storing it."""
+        if not turn.persist:
+            return False
+        if not turn.unsure:
+            return True
+        try:
+            document = self.load(owner, turn.conversation_id)
+        except ApiError:
+            return False
+        return any(m["id"] == turn.stored_reply["id"] for m in document["messages"])
 
     def checkpoint(self, owner: str, conversation_id: str, reply_id: str, events: list) -> dict | None:
         """Append a reply's progress (no fsync: a killed process loses nothing written).
@@ -428,9 +451,9 @@ class ConversationManager:
                      text: str | None = None, kept: Callable[[], bool] | None = None) -> bool:
         """Store how a reply ended (with its last events); False when the conversation is gone,
         LockTimeout when it stayed locked. `text`: the reply's text, for the search index (else
-        read back). `kept()`, asked under the lock: whether the reply's turn is stored (False
-        when the disk did not keep it, as this end waited). When the records have outgrown the
-        snapshot, fold them into a new one."""
+        read back). `kept()`, asked under the lock: whether the reply's turn is stored (see
+        `turn_kept`: its commit may have failed as this end waited). When the records have
+        outgrown the snapshot, fold them into a new one."""
         try:
             with self.store.locked(owner, conversation_id, existing=True):
                 if kept is not None and not kept():

@@ -247,7 +247,8 @@ class ReplyRunner:
                 taken_at = time.monotonic()
                 events, upto = job.unflushed()
                 self.manager.finish_reply(owner, turn.conversation_id, job.reply_id, events + [last], fields,
-                                          text=message_text(stored), kept=lambda: turn.persist)
+                                          text=message_text(stored),
+                                          kept=lambda: self.manager.turn_kept(owner, turn))
                 job.written(upto, taken_at)
             view = message_view({**stored, "last_event_id": final_id}, link=self.manager.link(owner))
             if turn.reply is not None:
