@@ -413,11 +413,7 @@ class ConversationManager:
                 records.append(record(0, "message", stamp, message=turn.stored_user))
             reply = {**turn.stored_reply, "_writer": new_writer()}
             records.append(record(0, "message", stamp, message=reply))
-            try:
-                mark = self._append(owner, conversation_id, document, records, tree, on_written=done_writing)
-            except NotKept:
-                turn.persist = False  # nothing of the turn is stored: its reply's end must not be either
-                raise
+            mark = self._append(owner, conversation_id, document, records, tree, on_written=done_writing)
             turn.position = mark["position"]
             link = self.link(owner)
             turn.user_message = message_view(tree.get(turn.stored_user["id"]), tree, link) if turn.stored_user else None
@@ -426,7 +422,8 @@ class ConversationManager:
 
     def turn_kept(self, owner: str, turn: Turn) -> bool:
         """Whether a turn's records are stored. Ask under the conversation's lock: a reply's end
-        asks it there, and stores nothing for a turn whose commit failed without storing it."""
+        asks it there, and stores nothing for a turn whose commit failed without storing it (a
+        COMMIT rolled back, records the disk did not keep and the store took back)."""
         if not turn.persist:
             return False
         if not turn.unsure:

@@ -19,10 +19,10 @@ PROBE_WAIT_S means the connection is deaf: it stops counting as listening and is
 made again. The listening connection itself sends nothing after its LISTEN, and
 the listener does not wait for a probe's own connection (a thread of its own
 sends it, one at a time): a statement would wait for ever on a server that hung,
-which the lost probe tells instead. A connection that
-never heard a probe (a pooler, or a server that hung as it began to listen) is
-made again too, each time a little later (NEVER_HEARD_S), so that behind a
-pooler the listener does not keep reconnecting.
+which the lost probe tells instead. A connection that never heard a probe (a
+pooler, or a server that hung as it began to listen) is made again too, each
+time a little later (NEVER_HEARD_S), so that behind a pooler the listener does
+not keep reconnecting.
 """
 from __future__ import annotations
 
