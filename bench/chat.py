@@ -10,9 +10,10 @@ Side by side, in one run, against the same offline Gemini fake (its own process)
   2. bytes written to the conversation's file per turn, compactions included,
      over a run of consecutive turns on a 10-turn and a 500-turn conversation;
   3. time to first delta, direct stream vs through Apsara;
-  4. N concurrent 10-second streams: a bare HTTP client straight to the fake,
-     then through Apsara (per worker class), then through google-genai alone in
-     the same Gunicorn (bench/sdk_only.py): first-delta p99 side by side;
+  4. N concurrent 10-second streams, in rounds: a bare HTTP client straight to
+     the fake, then through Apsara (per worker class), then through google-genai
+     alone and through Flask with google-genai, in the same Gunicorn
+     (bench/sdk_only.py): first-delta p99 side by side, and the median ratio;
   5. resume: the first replayed byte of a finished 2,000-event reply, asked of
      another Gunicorn server sharing the data folder;
   6. stop: from the stop request (sent to the other server) to the moment the
@@ -149,6 +150,7 @@ def warm(base: str, data: Path, turns: int = 8) -> None:
 
 
 SDK_ONLY = "bench.sdk_only:app"  # google-genai alone in the same Gunicorn: the floor under Apsara's figures
+FLASK_SDK = "bench.sdk_only:flask_app"  # the same on Flask: the floor of the stack Apsara is built on
 
 
 def warm_sdk_only(base: str) -> None:
@@ -458,15 +460,33 @@ def print_cpu(watch: CpuWatch, started: float, p99: float, streams: int) -> None
         for name, seconds_used in used.items()))
 
 
-def concurrency_section(worker_class: str, streams: int, seconds: float) -> None:
+def floor_burst(label: str, app: str, env: dict, worker_class: str, fake, streams: int, seconds: float,
+                bare_p99: float) -> float:
+    """The same burst through a floor app (bench/sdk_only.py) in the same Gunicorn; its p99 ratio."""
+    with gunicorn(env, workers=2, worker_class=worker_class, app=app) as base:
+        warm_sdk_only(base)
+        workers = children(MASTERS[base])
+        settled(workers)
+        with CpuWatch({f"{label} workers": workers, "fake Gemini": [fake.pid]}) as watch:
+            started = time.perf_counter()
+            _, errors, firsts, _, _ = burst([base], "", streams, seconds, path="/stream")
+    if not firsts:
+        print(f"{label:>10}: no stream answered; first errors: {errors[:5]}")
+        return float("nan")
+    p99 = pct(firsts, .99)
+    print(f"{label:>10}: {len(errors)} errors; first delta p50 {statistics.median(firsts) * 1000:.0f} ms "
+          f"p99 {p99 * 1000:.0f} ms = {p99 / bare_p99:.2f}x the bare client's p99")
+    print_cpu(watch, started, p99, streams)
+    return p99 / bare_p99
+
+
+def concurrency_section(worker_class: str, streams: int, seconds: float, rounds: int) -> None:
+    """Rounds of: the bare client, Apsara, then two floors (google-genai alone, and Flask with
+    google-genai) in the same Gunicorn, each the same burst. The floors do no storage, no
+    planning, no checks: what the stack Apsara is built on costs by itself under the burst."""
     chunks = 20
     fake, fake_url = start_fake(chunks=chunks, delay=seconds / (chunks - 1))
-    with CpuWatch({"fake Gemini": [fake.pid]}) as watch:
-        started = time.perf_counter()
-        bare, bare_errors = bare_first_chunks(fake_url, streams, seconds)
-    print(f"    bare: {streams} concurrent {seconds:.0f}-second streams straight to the fake: {len(bare_errors)} errors;"
-          f" first chunk p50 {statistics.median(bare) * 1000:.0f} ms p99 {pct(bare, .99) * 1000:.0f} ms")
-    print_cpu(watch, started, pct(bare, .99), streams)
+    ratios: dict[str, list[float]] = {"Apsara": [], "SDK only": [], "Flask+SDK": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         for n in range(streams):
@@ -474,45 +494,51 @@ def concurrency_section(worker_class: str, streams: int, seconds: float) -> None
         index_seeded(data)
         env = {"APSARA_DATA_DIR": str(data), "gemini": "bench", "GEMINI_BASE_URL": fake_url,
                "GUNICORN_ACCESS_LOG": "/dev/null", "GUNICORN_THREADS": str(max(streams // 2 + 10, 50))}
-        with gunicorn(env, workers=2, worker_class=worker_class) as base:
-            host, port = base.removeprefix("http://").split(":")
-            # Warm both workers (their Gemini client, the model list) as a bare client needs no warming.
-            for n in range(8):
-                conn = http.client.HTTPConnection(host, int(port))
-                conn.request("GET", "/api/v1/models")
-                conn.getresponse().read()
-                conn.close()
-            workers = children(MASTERS[base])
-            settled(workers)
-            with CpuWatch({"Apsara's workers": workers, "fake Gemini": [fake.pid]}) as watch:
+        for round_number in range(1, rounds + 1):
+            print(f"  {worker_class}, round {round_number} of {rounds}:")
+            with CpuWatch({"fake Gemini": [fake.pid]}) as watch:
                 started = time.perf_counter()
-                ok, errors, firsts, totals, wall = burst([base], "c", streams, seconds)
-        stored_ok = 0
-        store = ConversationStore(data)
-        for n in range(streams):
-            document = store.read("local", f"c{n}")
-            stored_ok += document["messages"][-1].get("status") == "complete"
-        # The floor: google-genai alone in the same Gunicorn, the same burst.
-        with gunicorn(env, workers=2, worker_class=worker_class, app=SDK_ONLY) as floor_base:
-            warm_sdk_only(floor_base)
-            workers = children(MASTERS[floor_base])
-            settled(workers)
-            with CpuWatch({"SDK-only workers": workers, "fake Gemini": [fake.pid]}) as floor_watch:
-                floor_started = time.perf_counter()
-                _, floor_errors, floor_firsts, _, _ = burst([floor_base], "", streams, seconds, path="/stream")
+                bare, bare_errors = bare_first_chunks(fake_url, streams, seconds)
+            bare_p99 = pct(bare, .99)
+            print(f"{'bare':>10}: {streams} concurrent {seconds:.0f}-second streams straight to the fake: "
+                  f"{len(bare_errors)} errors; first chunk p50 {statistics.median(bare) * 1000:.0f} ms "
+                  f"p99 {bare_p99 * 1000:.0f} ms")
+            print_cpu(watch, started, bare_p99, streams)
+            ratios["Apsara"].append(apsara_burst(env, data, worker_class, fake, streams, seconds, bare_p99))
+            ratios["SDK only"].append(floor_burst("SDK only", SDK_ONLY, env, worker_class, fake, streams, seconds,
+                                                  bare_p99))
+            ratios["Flask+SDK"].append(floor_burst("Flask+SDK", FLASK_SDK, env, worker_class, fake, streams,
+                                                   seconds, bare_p99))
     fake.terminate()
     fake.wait()
-    if floor_firsts:
-        floor_p99 = pct(floor_firsts, .99)
-        print(f"{'SDK only':>8}: the same burst through google-genai alone in the same Gunicorn: {len(floor_errors)} errors; "
-              f"first delta p50 {statistics.median(floor_firsts) * 1000:.0f} ms p99 {floor_p99 * 1000:.0f} ms = "
-              f"{floor_p99 / pct(bare, .99):.2f}x the bare client's p99")
-        print_cpu(floor_watch, floor_started, floor_p99, streams)
+    print(f"{worker_class:>8}: {streams} concurrent streams, first-delta p99 over the bare client's, median of "
+          f"{rounds} rounds: " + ", ".join(f"{name} {statistics.median(r):.2f}x" for name, r in ratios.items())
+          + f" (target <= 2x: {'met' if statistics.median(ratios['Apsara']) <= 2 else 'MISSED'})")
+
+
+def apsara_burst(env: dict, data: Path, worker_class: str, fake, streams: int, seconds: float,
+                 bare_p99: float) -> float:
+    """The burst through Apsara, one streamed turn on each of `streams` conversations; its p99 ratio."""
+    with gunicorn(env, workers=2, worker_class=worker_class) as base:
+        host, port = base.removeprefix("http://").split(":")
+        # Warm both workers (their Gemini client, the model list) as a bare client needs no warming.
+        for n in range(8):
+            conn = http.client.HTTPConnection(host, int(port))
+            conn.request("GET", "/api/v1/models")
+            conn.getresponse().read()
+            conn.close()
+        workers = children(MASTERS[base])
+        settled(workers)
+        with CpuWatch({"Apsara's workers": workers, "fake Gemini": [fake.pid]}) as watch:
+            started = time.perf_counter()
+            ok, errors, firsts, totals, wall = burst([base], "c", streams, seconds)
+    store = ConversationStore(data)
+    stored_ok = sum(store.read("local", f"c{n}")["messages"][-1].get("status") == "complete"
+                    for n in range(streams))
     p99 = pct(firsts, .99) if firsts else float("nan")
-    ratio = p99 / pct(bare, .99) if bare else float("nan")
-    print(f"{worker_class:>8}: {streams} concurrent {seconds:.0f}-second streams: {len(ok)} completed, "
-          f"{len(errors)} errors, {stored_ok} replies stored complete; first delta p50 "
-          f"{statistics.median(firsts) * 1000 if firsts else float('nan'):.0f} ms p99 "
+    ratio = p99 / bare_p99
+    print(f"{'Apsara':>10}: {len(ok)} completed, {len(errors)} errors, {stored_ok} replies stored complete; "
+          f"first delta p50 {statistics.median(firsts) * 1000 if firsts else float('nan'):.0f} ms p99 "
           f"{p99 * 1000:.0f} ms = {ratio:.2f}x the bare client's p99 (target <= 2x, 0 errors: "
           f"{'met' if ratio <= 2 and not errors else 'MISSED'}); stream p99 "
           f"{pct(totals, .99) if totals else float('nan'):.2f} s; wall {wall:.1f} s")
@@ -520,6 +546,7 @@ def concurrency_section(worker_class: str, streams: int, seconds: float) -> None
         print_cpu(watch, started, p99, streams)
     if errors:
         print("          first errors:", errors[:5])
+    return ratio
 
 
 def read_first_event(base: str, path: str, headers=None) -> float:
@@ -603,6 +630,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--classes", default="gevent")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the concurrent-streams burst")
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--turns", type=int, default=250, help="consecutive turns for the bytes-per-turn runs")
     parser.add_argument("--latency-class", default="gevent", help="worker class for the latency runs")
@@ -650,7 +678,7 @@ def main() -> None:
     if "resume" in only:
         resume_and_stop_sections(args.samples // 4)
     for worker_class in filter(None, args.classes.split(",")) if "streams" in only else ():
-        concurrency_section(worker_class, args.streams, args.seconds)
+        concurrency_section(worker_class, args.streams, args.seconds, args.rounds)
 
 
 if __name__ == "__main__":

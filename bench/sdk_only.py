@@ -73,3 +73,31 @@ def _events():
     for number, chunk in enumerate(_sdk().models.generate_content_stream(model=MODEL, contents=_contents(1))):
         yield f"id: {number}\nevent: delta\ndata: {json.dumps({'text': chunk.text or ''})}\n\n".encode()
     yield b"event: done\ndata: {}\n\n"
+
+
+def _flask_app():
+    """The same endpoints on Flask, the framework Apsara is built on: what Flask adds to the floor."""
+    from flask import Flask, Response, jsonify, request
+
+    flask = Flask(__name__)
+
+    @flask.post("/stream")
+    def stream():
+        request.get_json(silent=True)
+        return Response(_events(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @flask.post("/turn")
+    def turn():
+        request.get_json(silent=True)
+        turns = request.args.get("turns", 10, type=int)
+        response = _sdk().models.generate_content(model=MODEL, contents=_contents(turns))
+        return jsonify(reply={"text": response.text}), 201
+
+    @flask.get("/health/live")
+    def live():
+        return ""
+
+    return flask
+
+
+flask_app = _flask_app()
