@@ -1,4 +1,10 @@
-"""HTTP views, one blueprint per resource, and the OpenAPI document built from them."""
+"""HTTP views, one blueprint per resource, and the OpenAPI document built from them.
+
+Views take their arguments' schemas as instances, made once: given a class, webargs
+makes a new schema for every request, and marshmallow copies each of its fields to
+do so (~0.25 ms of a turn's ~5 ms before its first delta). Loading keeps no state
+on the schema, so one serves every request.
+"""
 from __future__ import annotations
 
 from flask import Flask

@@ -31,7 +31,7 @@ def created(body, status=201):
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(ConversationCreateSchema, required=False)
+@blp.arguments(ConversationCreateSchema(), required=False)
 @blp.response(201, ConversationSchema)
 @blp.doc(responses=CONVERSATION_LINKS)
 @blp.alt_response(409, schema=ErrorSchema, description="The id is taken.")
@@ -42,7 +42,7 @@ def new(body):
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(ListQuerySchema, location="query", unknown=RAISE)
+@blp.arguments(ListQuerySchema(), location="query", unknown=RAISE)
 @blp.response(200, ConversationListSchema)
 def all(query):
     """List conversations, newest `updated_at` first, `limit` at a time; `q` searches them.
@@ -107,7 +107,7 @@ def _export_document():
 
 
 @blp.route("/<conversation_id>/export", methods=["GET"])
-@blp.arguments(ExportQuerySchema, location="query")
+@blp.arguments(ExportQuerySchema(), location="query")
 @blp.response(200, ConversationExportSchema, content_type="application/json")
 @blp.doc(responses={"200": {"description": "The export (JSON), or the active path (`format=markdown`).",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ConversationExport"}},
@@ -123,7 +123,7 @@ def export(query, conversation_id):
 
 
 @blp.route("/<conversation_id>/fork", methods=["POST"])
-@blp.arguments(ForkSchema)
+@blp.arguments(ForkSchema())
 @blp.response(201, ConversationSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
 @blp.alt_response(409, schema=ErrorSchema, description="The id is taken.")
@@ -143,7 +143,7 @@ def get(conversation_id):
 
 
 @blp.route("/<conversation_id>", methods=["PATCH"])
-@blp.arguments(ConversationPatchSchema)
+@blp.arguments(ConversationPatchSchema())
 @blp.response(200, ConversationSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation.")
 @blp.alt_response(503, schema=ErrorSchema, description=STORE_UNAVAILABLE)

@@ -40,7 +40,7 @@ def _refuse_other_fields() -> None:
 
 
 @blp.route("", methods=["POST"])
-@blp.arguments(UploadSchema, location="files")
+@blp.arguments(UploadSchema(), location="files")
 @blp.response(201, FileSchema)
 @blp.doc(responses=FILE_LINKS)
 @blp.alt_response(413, schema=ErrorSchema, description="Larger than APSARA_MAX_UPLOAD_MB.")

@@ -12,7 +12,7 @@ blp = Blueprint("generate", __name__, url_prefix="/api/v1", description="One-sho
 
 
 @blp.route("/generate", methods=["POST"])
-@blp.arguments(GenerateSchema)
+@blp.arguments(GenerateSchema())
 @blp.response(200, GenerateResultSchema)
 @blp.doc(responses={"200": {"description": "The reply as JSON, or as server-sent events when streaming.",
                             "content": {"application/json": {"schema": {

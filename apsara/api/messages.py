@@ -61,7 +61,7 @@ def _chat():
 
 
 @blp.route("/<conversation_id>/messages", methods=["POST"])
-@blp.arguments(SendSchema)
+@blp.arguments(SendSchema())
 @blp.response(201, TurnResultSchema)
 @blp.doc(responses=STREAM_DOC)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or file.")
@@ -77,7 +77,7 @@ def send(body, conversation_id):
 
 
 @blp.route("/<conversation_id>/messages/<message_id>", methods=["PUT"])
-@blp.arguments(EditSchema)
+@blp.arguments(EditSchema())
 @blp.response(201, TurnResultSchema)
 @blp.doc(responses=STREAM_DOC)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
@@ -92,7 +92,7 @@ def edit(body, conversation_id, message_id):
 
 
 @blp.route("/<conversation_id>/messages/<message_id>/regenerate", methods=["POST"])
-@blp.arguments(RegenerateSchema, required=False)
+@blp.arguments(RegenerateSchema(), required=False)
 @blp.response(201, TurnResultSchema)
 @blp.doc(responses=REGENERATE_STREAM_DOC)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or message.")
@@ -127,7 +127,7 @@ LAST_EVENT_ID_DOC = {"in": "header", "name": "Last-Event-ID", "required": False,
 
 
 @blp.route("/<conversation_id>/messages/<reply_id>/events", methods=["GET"])
-@blp.arguments(EventsQuerySchema, location="query")
+@blp.arguments(EventsQuerySchema(), location="query")
 @blp.response(200)
 @blp.doc(responses=EVENTS_DOC, parameters=[LAST_EVENT_ID_DOC])
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or reply.")

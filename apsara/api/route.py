@@ -11,7 +11,7 @@ blp = Blueprint("route", __name__, url_prefix="/api/v1", description="Automatic 
 
 
 @blp.route("/route", methods=["POST"])
-@blp.arguments(RouteSchema)
+@blp.arguments(RouteSchema())
 @blp.response(200, RoutingSchema)
 @blp.alt_response(404, schema=ErrorSchema, description="No such conversation or file.")
 def route(body):

@@ -15,7 +15,7 @@ blp = Blueprint("usage", __name__, url_prefix="/api/v1", description="Usage and 
 
 
 @blp.route("/usage", methods=["GET"])
-@blp.arguments(UsageQuerySchema, location="query", unknown=RAISE)  # a misspelt parameter is an error
+@blp.arguments(UsageQuerySchema(), location="query", unknown=RAISE)  # a misspelt parameter is an error
 @blp.response(200, UsageReportSchema)
 @blp.alt_response(422, schema=ErrorSchema, description="A bad date or group, or `user` without an admin key.")
 def usage(query):
